@@ -1,7 +1,8 @@
 """The `trace-rl` command line.
 
 Each sub-command lives in its own module of this package with two functions,
-``add_parser(subparsers)`` and ``run(args) -> int``; `COMMANDS` lists them in help order.
+``add_parser(subparsers)`` (which must call ``set_defaults(run=run)``) and
+``run(args) -> int``; `COMMANDS` lists them in help order.
 Modules are imported lazily so `trace-rl --help` stays fast and a sub-command's heavy
 dependencies (torch, bm25s, ...) are only imported when it runs.
 """
