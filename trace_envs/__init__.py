@@ -1,0 +1,26 @@
+"""Gymnasium environments for tool use, forkable and snapshottable at any turn.
+
+    import gymnasium as gym
+    import trace_envs  # registers trace/Calculator-v0 and friends
+
+    env = gym.make("trace/Calculator-v0")
+    obs, info = env.reset(seed=0)
+    branch = env.fork()              # independent copy at this turn
+    snap = env.snapshot().to_bytes() # safe, small, restorable in another process
+"""
+
+from trace_envs.actions import ParsedAction, ToolCall, parse_action
+from trace_envs.core import Response, ToolEnv
+from trace_envs.registration import register_env
+from trace_envs.snapshot import Snapshot
+from trace_envs.tasks.base import Grade, Task, TaskSuite
+from trace_envs.tasks.suites import load_suite, register_suite
+from trace_envs.tools import Tool, ToolError, tool
+
+register_env("Calculator", "trace_envs.calculator.env:CalculatorEnv")
+
+__all__ = [
+    "Grade", "ParsedAction", "Response", "Snapshot", "Task", "TaskSuite", "Tool", "ToolCall",
+    "ToolEnv", "ToolError", "load_suite", "parse_action", "register_env", "register_suite",
+    "tool",
+]

@@ -1,0 +1,111 @@
+"""Parse an agent's text action in the Qwen3/Hermes format.
+
+An action is free text (the thought) around either one or more
+``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks or one final
+``<answer>...</answer>``. This is the one parser of the project: the envs use it to act and
+the agents use it to render and check turns, so both sides always agree.
+
+Parsing never raises: every problem becomes a message meant for the model to read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+TOOL_CALL_OPEN = "<tool_call>"
+TOOL_CALL_CLOSE = "</tool_call>"
+ANSWER_OPEN = "<answer>"
+ANSWER_CLOSE = "</answer>"
+
+_TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
+_ANSWER_RE = re.compile(r"<answer>(.*?)(?:</answer>|\Z)", re.DOTALL)
+_THINK_RE = re.compile(r"<think>(.*?)(?:</think>|\Z)", re.DOTALL)
+
+FORMAT_HINT = (
+    'Call a tool with <tool_call>{"name": "<tool>", "arguments": {...}}</tool_call> '
+    "or give the final answer as <answer>...</answer>."
+)
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One requested tool call; ``error`` is set (and ``name`` may be empty) when it is malformed."""
+
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({"name": self.name, "arguments": self.arguments}, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class ParsedAction:
+    thought: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    answer: str | None = None
+    error: str | None = None
+    """Why the action as a whole is unusable (no tag, both a tool call and an answer, too long)."""
+
+
+def parse_tool_call(body: str) -> ToolCall:
+    """Parse the JSON inside one ``<tool_call>`` block.
+
+    ``arguments`` may also arrive as a JSON-encoded string (OpenAI style); it is decoded.
+    """
+    body = body.strip()
+    if not body:
+        return ToolCall("", error="empty <tool_call> block")
+    try:
+        obj = json.loads(body)
+    except json.JSONDecodeError as exc:
+        return ToolCall("", error=f"tool call is not valid JSON ({exc.msg} at char {exc.pos})")
+    if not isinstance(obj, dict):
+        return ToolCall("", error="tool call must be a JSON object with 'name' and 'arguments'")
+    name = obj.get("name")
+    if not isinstance(name, str) or not name:
+        return ToolCall("", error="tool call has no string 'name'")
+    arguments = obj.get("arguments", obj.get("parameters", {}))
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError:
+            return ToolCall(name, error=f"arguments of '{name}' are not a JSON object")
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, dict):
+        return ToolCall(name, error=f"arguments of '{name}' must be a JSON object")
+    return ToolCall(name, arguments)
+
+
+def parse_action(text: str, *, max_chars: int = 32_768) -> ParsedAction:
+    """Split an action into thought, tool calls and answer.
+
+    An unterminated last block (a generation stopped at ``</tool_call>``) is accepted.
+    """
+    if not isinstance(text, str):
+        return ParsedAction("", error=f"action must be a string, got {type(text).__name__}")
+    if len(text) > max_chars:
+        return ParsedAction(
+            "", error=f"action is {len(text)} characters long; the limit is {max_chars}"
+        )
+    visible = _THINK_RE.sub("", text)
+    calls = tuple(parse_tool_call(m) for m in _TOOL_CALL_RE.findall(visible))
+    answers = _ANSWER_RE.findall(visible)
+    thought_parts = [m.strip() for m in _THINK_RE.findall(text)]
+    thought_parts.append(_ANSWER_RE.sub("", _TOOL_CALL_RE.sub("", visible)).strip())
+    thought = "\n".join(p for p in thought_parts if p)
+    if calls and answers:
+        return ParsedAction(
+            thought, calls, answers[-1].strip(),
+            error="use either tool calls or a final answer in one turn, not both",
+        )
+    if answers:
+        return ParsedAction(thought, answer=answers[-1].strip())
+    if calls:
+        return ParsedAction(thought, calls)
+    reason = "empty action" if not text.strip() else "no <tool_call> or <answer> found"
+    return ParsedAction(thought, error=f"{reason}. {FORMAT_HINT}")

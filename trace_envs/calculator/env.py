@@ -1,0 +1,87 @@
+"""`trace/Calculator-v0`: math word problems with a calculator tool."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any
+
+from trace_envs.calculator.evaluator import CalculatorError, Number, evaluate, format_number
+from trace_envs.core import ToolEnv
+from trace_envs.tasks.base import Task, TaskSuite
+from trace_envs.tasks.suites import load_suite
+from trace_envs.tools import ToolError, tool
+
+
+class CalculatorEnv(ToolEnv):
+    """Solve a math problem, calling ``calculator`` as often as needed, then ``<answer>``.
+
+    The tool keeps the last result as ``ans`` so a chain of steps can build on it; that result
+    is the env's tool state and is what ``fork()`` copies.
+    """
+
+    instructions = (
+        "Solve the problem step by step. Use the calculator tool for every arithmetic step "
+        "(the previous result is available as `ans`). When you are done, reply with the final "
+        "answer alone inside <answer></answer>."
+    )
+
+    def __init__(
+        self,
+        suite: str | TaskSuite = "arithmetic",
+        *,
+        split: str = "all",
+        max_turns: int = 8,
+        suite_options: dict[str, Any] | None = None,
+        **env_options: Any,
+    ) -> None:
+        tasks = suite if isinstance(suite, TaskSuite) else load_suite(suite, **(suite_options or {}))
+        super().__init__(tasks.split(split), max_turns=max_turns, **env_options)  # type: ignore[arg-type]
+        self.ans: Number | None = None
+
+    @tool
+    def calculator(self, expression: str) -> str:
+        """Evaluate an arithmetic expression exactly: + - * / // % ** (or ^), parentheses, and
+        sqrt, log, ln, exp, sin, cos, tan, factorial, gcd, lcm, comb, round, floor, ceil, min,
+        max, abs; constants pi and e; `ans` is the previous result."""
+        names = {} if self.ans is None else {"ans": self.ans}
+        try:
+            self.ans = evaluate(expression, names)
+        except CalculatorError as exc:
+            raise ToolError(f"calculator: {exc}") from None
+        return format_number(self.ans)
+
+    def reset_tool_state(self, task: Task) -> None:
+        self.ans = None
+
+    def get_tool_state(self) -> Any:
+        return {"ans": _encode(self.ans)}
+
+    def set_tool_state(self, state: Any) -> None:
+        self.ans = _decode(state["ans"])
+
+    def copy_tool_state_to(self, clone: CalculatorEnv) -> None:  # type: ignore[override]
+        clone.ans = self.ans  # numbers are immutable: sharing is copying
+
+
+def _encode(x: Number | None) -> str | None:
+    """Exact, JSON-safe encoding (floats as hex so a restore reproduces every bit)."""
+    if x is None:
+        return None
+    if isinstance(x, int):
+        return f"i:{x}"
+    if isinstance(x, Fraction):
+        return f"q:{x.numerator}/{x.denominator}"
+    return f"f:{x.hex()}"
+
+
+def _decode(s: str | None) -> Number | None:
+    if s is None:
+        return None
+    kind, _, body = s.partition(":")
+    if kind == "i":
+        return int(body)
+    if kind == "q":
+        return Fraction(body)
+    if kind == "f":
+        return float.fromhex(body)
+    raise ValueError(f"bad calculator state {s!r}")

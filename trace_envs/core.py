@@ -1,0 +1,241 @@
+"""`ToolEnv`: a Gymnasium environment for tool use that can be forked and snapshotted at any turn.
+
+The episode state is small and explicit: the task, the turn count, whether the episode is over,
+the RNG state, and whatever the env's tools keep (``get_tool_state``/``set_tool_state``).
+Everything else (task suite, tool definitions, indexes) is shared read-only between forks, so a
+fork costs what the state costs, not what the history cost.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.error import ResetNeeded
+
+from trace_envs.actions import ParsedAction, ToolCall, parse_action
+from trace_envs.snapshot import Snapshot
+from trace_envs.spaces import UnicodeText
+from trace_envs.tasks.base import Task, TaskSuite
+from trace_envs.tools import Tool, ToolError
+
+ERROR_PREFIX = "Error: "
+
+
+@dataclass
+class Response:
+    """What an env answers to one parsed action, before the common bookkeeping in ``step``."""
+
+    observation: str
+    reward: float = 0.0
+    terminated: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class ToolEnv(gym.Env[str, str]):
+    """Base class of all trace-rl tool environments.
+
+    Subclasses declare tools as methods decorated with :func:`trace_envs.tool`, and override
+    ``get_tool_state``/``set_tool_state``/``reset_tool_state`` when their tools keep state. An
+    env whose turn logic differs (e.g. a multi-turn conversation) overrides :meth:`respond`.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    tools: ClassVar[Mapping[str, Tool]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        found = dict(cls.tools)
+        found.update({t.name: t for t in vars(cls).values() if isinstance(t, Tool)})
+        cls.tools = found
+
+    def __init__(
+        self,
+        tasks: TaskSuite,
+        *,
+        max_turns: int = 8,
+        max_calls_per_turn: int = 8,
+        max_action_chars: int = 32_768,
+        max_observation_chars: int = 16_384,
+    ) -> None:
+        if len(tasks) == 0:
+            raise ValueError(f"task suite {tasks.name!r} is empty")
+        if max_turns < 1:
+            raise ValueError("max_turns must be at least 1")
+        self.tasks = tasks
+        self.max_turns = max_turns
+        self.max_calls_per_turn = max_calls_per_turn
+        self.max_action_chars = max_action_chars
+        self.max_observation_chars = max_observation_chars
+        self.action_space = UnicodeText(max_action_chars)
+        self.observation_space = UnicodeText(max_observation_chars)
+        self.task: Task | None = None
+        self.turn = 0
+        self.done = False
+
+    # ----------------------------------------------------------------- identity
+    @property
+    def env_id(self) -> str:
+        """The class identity stored in snapshots; restoring into another class is refused."""
+        cls = type(self)
+        return f"{cls.__module__}:{cls.__qualname__}"
+
+    def available_tools(self) -> Mapping[str, Tool]:
+        """Tools the model may call now (an env may reveal tools as the episode goes on)."""
+        return self.tools
+
+    def tool_schemas(self) -> list[dict[str, Any]]:
+        return [t.schema() for t in self.available_tools().values()]
+
+    # ------------------------------------------------------------ tool state
+    def reset_tool_state(self, task: Task) -> None:
+        """Set the tools up for a new episode of ``task``."""
+
+    def get_tool_state(self) -> Any:
+        """The tools' mutable state as a JSON-serialisable value."""
+        return None
+
+    def set_tool_state(self, state: Any) -> None:
+        """Inverse of :meth:`get_tool_state`; must not keep references into ``state``'s caller."""
+
+    def copy_tool_state_to(self, clone: Self) -> None:
+        """Give ``clone`` an independent copy of the tool state (override for speed)."""
+        clone.set_tool_state(copy.deepcopy(self.get_tool_state()))
+
+    # ------------------------------------------------------------- gym API
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        super().reset(seed=seed)
+        task_id = (options or {}).get("task_id")
+        if task_id is None:
+            task = self.tasks[int(self.np_random.integers(len(self.tasks)))]
+        else:
+            task = self.tasks.get(task_id)
+        self.task, self.turn, self.done = task, 0, False
+        self.reset_tool_state(task)
+        return self.initial_observation(task), {"task_id": task.id, "turn": 0}
+
+    def initial_observation(self, task: Task) -> str:
+        return task.prompt
+
+    def step(self, action: str) -> tuple[str, SupportsFloat, bool, bool, dict[str, Any]]:
+        if self.task is None:
+            raise ResetNeeded("call reset() before step()")
+        if self.done:
+            raise ResetNeeded("the episode is over; call reset() before step()")
+        self.turn += 1
+        parsed = parse_action(action, max_chars=self.max_action_chars)
+        if parsed.error is not None:
+            response = Response(ERROR_PREFIX + parsed.error, info={"error": parsed.error})
+        else:
+            response = self.respond(parsed)
+        truncated = not response.terminated and self.turn >= self.max_turns
+        self.done = response.terminated or truncated
+        info = {"task_id": self.task.id, "turn": self.turn, **response.info}
+        reward = 0.0 if truncated else float(response.reward)
+        return self._clip(response.observation), reward, response.terminated, truncated, info
+
+    def respond(self, action: ParsedAction) -> Response:
+        """Answer a well-formed action: grade a final answer, or run the tool calls."""
+        assert self.task is not None
+        if action.answer is not None:
+            grade = self.task.grade(action.answer)
+            return Response("", grade.reward, True, {"score": grade.score, **grade.details})
+        return self.run_tool_calls(action.tool_calls)
+
+    def run_tool_calls(self, calls: tuple[ToolCall, ...]) -> Response:
+        results: list[dict[str, str]] = []
+        errors: list[str] = []
+        if len(calls) > self.max_calls_per_turn:
+            errors.append(
+                f"{len(calls)} tool calls in one turn; only the first "
+                f"{self.max_calls_per_turn} were run"
+            )
+        for call in calls[: self.max_calls_per_turn]:
+            try:
+                content = self.call_tool(call)
+            except ToolError as exc:
+                errors.append(str(exc))
+                content = ERROR_PREFIX + str(exc)
+            results.append({"name": call.name, "content": self._clip(content)})
+        observation = "\n\n".join(r["content"] for r in results)
+        info: dict[str, Any] = {"tool_results": results}
+        if errors:
+            info["error"] = "; ".join(errors)
+            if not results:
+                observation = ERROR_PREFIX + info["error"]
+        return Response(observation, info=info)
+
+    def call_tool(self, call: ToolCall) -> str:
+        """Run one call; any problem is a :class:`ToolError` the model will read."""
+        if call.error is not None:
+            raise ToolError(call.error)
+        tools = self.available_tools()
+        if call.name not in tools:
+            raise ToolError(f"unknown tool {call.name!r}; available: {sorted(tools)}")
+        return tools[call.name](self, call.arguments)
+
+    def _clip(self, text: str) -> str:
+        limit = self.max_observation_chars
+        if len(text) <= limit:
+            return text
+        note = f"\n[... truncated {len(text) - limit} characters]"
+        return text[: limit - len(note)] + note
+
+    # ------------------------------------------------------- fork/snapshot
+    def fork(self) -> Self:
+        """An independent env at this exact turn: same task, tool state, turn count and RNG."""
+        clone = copy.copy(self)
+        if self._np_random is not None:
+            clone._np_random = _copy_rng(self._np_random)
+        self.copy_tool_state_to(clone)
+        return clone
+
+    def snapshot(self) -> Snapshot:
+        """An immutable, JSON-backed record of this turn (see :class:`Snapshot`)."""
+        rng = None if self._np_random is None else self._np_random.bit_generator.state
+        return Snapshot.of(
+            self.env_id,
+            {
+                "suite": self.tasks.name,
+                "task_id": None if self.task is None else self.task.id,
+                "turn": self.turn,
+                "done": self.done,
+                "rng": rng,
+                "tools": self.get_tool_state(),
+            },
+        )
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Put this env back at the snapshot's turn (the env may be fresh, in another process)."""
+        if snapshot.env_id != self.env_id:
+            raise ValueError(f"snapshot is of {snapshot.env_id!r}, this env is {self.env_id!r}")
+        state = snapshot.state()
+        if state["suite"] != self.tasks.name:
+            raise ValueError(
+                f"snapshot is of suite {state['suite']!r}, this env has {self.tasks.name!r}"
+            )
+        self.task = None if state["task_id"] is None else self.tasks.get(state["task_id"])
+        self.turn, self.done = int(state["turn"]), bool(state["done"])
+        if state["rng"] is None:
+            self._np_random = None
+        else:
+            self._np_random = _rng_from_state(state["rng"])
+        self.set_tool_state(state["tools"])
+
+
+def _copy_rng(rng: np.random.Generator) -> np.random.Generator:
+    return _rng_from_state(rng.bit_generator.state)
+
+
+def _rng_from_state(state: dict[str, Any]) -> np.random.Generator:
+    bit_generator_cls = getattr(np.random, state["bit_generator"])
+    bit_generator = bit_generator_cls.__new__(bit_generator_cls)
+    bit_generator.__init__(0)  # seeding from a constant avoids an OS entropy read
+    bit_generator.state = state
+    return np.random.Generator(bit_generator)
