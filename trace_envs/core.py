@@ -46,6 +46,8 @@ class ToolEnv(gym.Env[str, str]):
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
     tools: ClassVar[Mapping[str, Tool]] = {}
+    instructions: ClassVar[str] = ""
+    """What the agent's system prompt tells the model about this env (tools are listed apart)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
