@@ -147,6 +147,7 @@ class HFBackend:
         self.max_batch = max_batch
         self._queue: asyncio.Queue[tuple[list[int], SamplingParams, asyncio.Future[Completion]]] | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def model(self) -> Any:
@@ -165,10 +166,12 @@ class HFBackend:
 
     async def generate(self, prompt: Prompt, params: SamplingParams) -> Completion:
         ids = self.encode_prompt(prompt)
-        if self._queue is None or self._worker is None or self._worker.done():
-            self._queue = asyncio.Queue()
-            self._worker = asyncio.create_task(self._serve(self._queue))
-        future: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if self._queue is None or self._worker is None or self._worker.done() or self._loop is not loop:
+            # one batching worker per event loop (tests run a fresh loop each)
+            self._queue, self._loop = asyncio.Queue(), loop
+            self._worker = loop.create_task(self._serve(self._queue))
+        future: asyncio.Future[Completion] = loop.create_future()
         await self._queue.put((ids, params, future))
         return await future
 

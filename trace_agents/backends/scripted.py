@@ -34,14 +34,12 @@ class ScriptedBackend:
             prompt_tokens = 0
         reply = self.policy(context, params)
         text = reply if isinstance(reply, str) else await reply
-        finish = "length"
+        finish = "stop"
         for stop in params.stop:
             at = text.find(stop)
             if at >= 0:
-                text, finish = text[: at + len(stop)], "stop"
+                text = text[: at + len(stop)]
                 break
-        else:
-            finish = "stop"
         ids = [] if self.tokenizer is None else list(self.tokenizer.encode(text, add_special_tokens=False))
         if len(ids) > params.max_tokens:
             ids, finish = ids[: params.max_tokens], "length"
