@@ -151,7 +151,8 @@ def test_bad_request_is_not_retried(standin, fresh_faults):
 
 
 def test_unreachable_server_fails_after_retries():
-    backend = SGLangBackend("http://127.0.0.1:9",  # discard port: nothing listens on loopback retry=FAST_RETRY, connect_timeout_s=0.5)
+    # the discard port: nothing listens there on loopback
+    backend = SGLangBackend("http://127.0.0.1:9", retry=FAST_RETRY, connect_timeout_s=0.5)
 
     async def run():
         try:
