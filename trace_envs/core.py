@@ -153,11 +153,6 @@ class ToolEnv(gym.Env[str, str]):
     def run_tool_calls(self, calls: tuple[ToolCall, ...]) -> Response:
         results: list[dict[str, str]] = []
         errors: list[str] = []
-        if len(calls) > self.max_calls_per_turn:
-            errors.append(
-                f"{len(calls)} tool calls in one turn; only the first "
-                f"{self.max_calls_per_turn} were run"
-            )
         for call in calls[: self.max_calls_per_turn]:
             try:
                 content = self.call_tool(call)
@@ -166,11 +161,16 @@ class ToolEnv(gym.Env[str, str]):
                 content = ERROR_PREFIX + str(exc)
             results.append({"name": call.name, "content": self._clip(content)})
         observation = "\n\n".join(r["content"] for r in results)
+        if len(calls) > self.max_calls_per_turn:
+            dropped = (
+                f"{len(calls)} tool calls in one turn; only the first "
+                f"{self.max_calls_per_turn} were run"
+            )
+            errors.append(dropped)
+            observation += f"\n\n{ERROR_PREFIX}{dropped}"
         info: dict[str, Any] = {"tool_results": results}
         if errors:
             info["error"] = "; ".join(errors)
-            if not results:
-                observation = ERROR_PREFIX + info["error"]
         return Response(observation, info=info)
 
     def call_tool(self, call: ToolCall) -> str:
