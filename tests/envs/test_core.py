@@ -277,3 +277,18 @@ def test_user_registered_env():
     assert (env.count, fork.count) == (1, 2)
     assert env.tool_schemas()[0]["function"]["parameters"]["required"] == ["text"]
     assert env.step("<answer>ping</answer>")[1] == 1.0
+
+
+def test_reseeding_a_fork_wins_over_inherited_rng(env):
+    fork = env.fork()
+    fork.reset(seed=123)
+    fresh = CalculatorEnv(suite_options={"size": 50, "seed": 3})
+    fresh.reset(seed=123)
+    assert fork.snapshot() == fresh.snapshot()
+
+
+def test_forks_continue_the_rng_stream(env):
+    fork, restored = env.fork(), CalculatorEnv(suite_options={"size": 50, "seed": 3})
+    restored.restore(env.snapshot())
+    draws = {e.reset()[1]["task_id"] for e in (env, fork, restored)}
+    assert len(draws) == 1
