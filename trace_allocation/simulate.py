@@ -35,7 +35,7 @@ from trace_allocation.tree import Node, RolloutTree
 
 @dataclass(frozen=True)
 class Scenario:
-    n_prompts: int = 4096
+    n_prompts: int = 1024
     pool_size: int = 512
     roots: int = 256
     continuations_per_root: int = 2
@@ -51,7 +51,7 @@ class Scenario:
     max_turns: int = 8
     grpo_effective_ratio: float = 0.27
     difficulty_mean: float = -0.5
-    topic_share: float = 0.6
+    topic_share: float = 0.9
     n_topics: int = 64
     topics_per_prompt: int = 3
     drift: float = 0.02

@@ -20,7 +20,7 @@ class LexicalPredictor:
         *,
         learning_rate: float = 0.3,
         l2: float = 1e-4,
-        epochs: int = 3,
+        epochs: int = 1,
         batch_size: int = 256,
         seed: int = 0,
     ) -> None:
