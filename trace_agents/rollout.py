@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -171,6 +171,7 @@ class RolloutRunner:
         max_concurrency: int = 64,
         max_context_tokens: int | None = None,
         seed: int = 0,
+        on_episode: Callable[[Episode], None] | None = None,
     ) -> None:
         if backend.accepts_token_ids and tokenizer is None:
             raise ValueError("token-level rollouts need the model's tokenizer")
@@ -181,18 +182,20 @@ class RolloutRunner:
             tuple(dict.fromkeys(sampling.stop + STOP_STRINGS)), sampling.seed,
         )
         self.max_context_tokens = max_context_tokens
+        self.on_episode = on_episode
+        """Called as each episode ends (progress bars)."""
         self._slots = asyncio.Semaphore(max_concurrency)
         self._rng = np.random.default_rng(seed)
         self.stats = {"episodes": 0, "failed": 0, "turns": 0, "generated_tokens": 0,
                       "prompt_tokens": 0, "cached_tokens": 0}
 
     def new_tree(self, env: ToolEnv, task_id: str, *, seed: int | None = None) -> RolloutTree:
-        """Reset ``env`` on the task and make the tree's root (the env is kept as the template
-        that every resumed node forks from, so do not step it afterwards)."""
+        """Reset ``env`` on the task and make the tree's root. A fork of the reset env is kept as
+        the template every node of the tree resumes from, so ``env`` stays free for other trees."""
         prompt, _ = env.reset(seed=seed, options={"task_id": task_id})
         messages = initial_messages(env, prompt)
         ids = self.format.prompt_ids(messages) if self.format else []
-        start = Start(env, task_id, prompt, tuple(messages), tuple(ids), env.snapshot())
+        start = Start(env.fork(), task_id, prompt, tuple(messages), tuple(ids), env.snapshot())
         return RolloutTree(task_id, prompt, handle=start)
 
     async def rollouts(self, tree: RolloutTree, node: Node, k: int) -> list[Episode]:
@@ -209,6 +212,8 @@ class RolloutRunner:
             except BackendError as exc:
                 episode.status, episode.error = "failed", str(exc)
         self._account(episode)
+        if self.on_episode is not None:
+            self.on_episode(episode)
         return episode
 
     async def _play(self, episode: Episode, seed: int) -> None:
@@ -244,7 +249,7 @@ class RolloutRunner:
                 prompt_tokens=out.prompt_tokens, cached_tokens=out.cached_tokens,
                 snapshot=env.snapshot(),
             )
-            node = node.add_child("", handle=turn, continuation=first)
+            node = node.add_child("", handle=turn, continuation=first and episode.continuation)
             node.text = functools.partial(transcript, node)  # rendered only if a predictor asks
             first = False
             ids += list(action_ids) + list(tail)

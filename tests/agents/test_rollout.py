@@ -54,7 +54,7 @@ def test_turns_record_token_segments_that_match_the_chat_template(tiny, calc):
     episodes = asyncio.run(runner.rollouts(tree, tree.root, 3))
     fmt = ChatFormat(tok)
     assert [e.status for e in episodes] == ["terminated"] * 3
-    assert all(e.turns == 3 for e in episodes)
+    assert all(e.turns == 3 for e in episodes) and all(n.bare for n in tree.nodes())
     for node in tree.nodes():
         if node.is_leaf:
             continue
