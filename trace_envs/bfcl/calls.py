@@ -10,6 +10,7 @@ writes the canonical string that BFCL's checker re-executes: a bare name and ``r
 from __future__ import annotations
 
 import ast
+import keyword
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,8 +24,8 @@ class CallSyntaxError(ValueError):
 
 
 def is_plain_name(name: str) -> bool:
-    """A function name BFCL can hold: letters, digits and ``_``; no dunder, no leading ``_``."""
-    return bool(_NAME_RE.fullmatch(name))
+    """A name BFCL can hold: letters, digits and ``_``, no leading ``_``, not a Python keyword."""
+    return bool(_NAME_RE.fullmatch(name)) and not keyword.iskeyword(name)
 
 
 def parse_call(
@@ -56,12 +57,12 @@ def parse_call(
             raise CallSyntaxError(f"{name} takes at most {len(names)} arguments")
         for key, value in zip(names, node.args):
             arguments[key] = _literal(key, value)
-    for keyword in node.keywords:
-        if keyword.arg is None:
+    for item in node.keywords:
+        if item.arg is None:
             raise CallSyntaxError("**kwargs is not supported")
-        if keyword.arg in arguments:
-            raise CallSyntaxError(f"argument {keyword.arg!r} given twice")
-        arguments[keyword.arg] = _literal(keyword.arg, keyword.value)
+        if item.arg in arguments:
+            raise CallSyntaxError(f"argument {item.arg!r} given twice")
+        arguments[item.arg] = _literal(item.arg, item.value)
     return name, arguments
 
 

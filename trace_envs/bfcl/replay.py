@@ -62,6 +62,21 @@ def replay_entry(env: BFCLEnv, task_id: str) -> tuple[float, dict[str, Any]]:
     return 0.0, info
 
 
+def hidden_function_calls(task: Task) -> list[str]:
+    """Ground-truth calls made before BFCL reveals their function (held out until a later turn).
+
+    BFCL's executor runs any method of the class, revealed or not, so its checker accepts
+    them; this env refuses calls to functions the model has not been shown.
+    """
+    reveal = {d["name"]: turn for turn, docs in task.metadata["held_out"].items() for d in docs}
+    return [
+        f"turn {t}: {call}"
+        for t, turn in enumerate(task.answer)
+        for call in turn
+        if reveal.get(call.split("(", 1)[0].strip(), -1) > t
+    ]
+
+
 @dataclass
 class SubsetReport:
     subset: str
@@ -70,7 +85,9 @@ class SubsetReport:
     oracle_passed: int = 0
     seconds: float = 0.0
     failures: list[dict[str, Any]] = field(default_factory=list)
-    """Entries the env failed although BFCL's checker accepts their ground truth."""
+    """Entries the env failed although BFCL's checker accepts their ground truth, unexplained."""
+    explained: list[dict[str, Any]] = field(default_factory=list)
+    """Such entries whose ground truth calls a function before BFCL reveals it."""
     oracle_failures: list[str] = field(default_factory=list)
 
     @property
@@ -93,7 +110,11 @@ def replay_subset(subset: str, task_ids: Iterable[str] | None = None) -> SubsetR
         if not oracle["valid"]:
             report.oracle_failures.append(task_id)
         elif reward != 1.0:
-            report.failures.append({"id": task_id, "bfcl": info.get("bfcl"), "error": info.get("error")})
+            hidden = hidden_function_calls(task)
+            if hidden:
+                report.explained.append({"id": task_id, "hidden_function_calls": hidden})
+            else:
+                report.failures.append({"id": task_id, "bfcl": info.get("bfcl"), "error": info.get("error")})
     report.seconds = time.perf_counter() - start
     return report
 
@@ -113,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         reports.append(report)
         print(f"{subset:>13}: env {report.env_passed}/{report.entries} "
               f"({100 * report.success_rate:.1f}%), BFCL oracle {report.oracle_passed}/"
-              f"{report.entries}, {len(report.failures)} env-only failures, {report.seconds:.1f} s")
-        for failure in report.failures[:5]:
+              f"{report.entries}, {len(report.explained)} explained and "
+              f"{len(report.failures)} unexplained env-only failures, {report.seconds:.1f} s")
+        for failure in report.explained + report.failures[:5]:
             print("   ", json.dumps(failure)[:500])
     if args.json:
         print(json.dumps({r.subset: {**asdict(r), "success_rate": r.success_rate} for r in reports}))
