@@ -142,3 +142,12 @@ def test_import_trace_envs_does_not_import_bfcl_eval():
     code = "import sys, trace_envs, trace_envs.bfcl; print(any(m.startswith('bfcl_eval') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_calls_beyond_the_per_action_limit_are_reported_not_run():
+    env = gym.make("trace/BFCL-v0", subset="base", max_calls_per_turn=2)
+    env.reset(options={"task_id": "multi_turn_base_0"})
+    obs, *_, info = env.step(call("pwd") * 3)
+    assert len(info["tool_results"]) == 2 and "only the first 2 were run" in info["error"]
+    assert obs.endswith("Error during execution: 3 tool calls in one action; only the first 2 were run")
+    assert env.decoded == [[["pwd()", "pwd()"]]]

@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from trace_envs.actions import ANSWER_CLOSE, ANSWER_OPEN, FORMAT_HINT, ParsedAction, ToolCall, parse_action
+from trace_envs.actions import ANSWER_CLOSE, ANSWER_OPEN, ParsedAction, ToolCall, parse_action
 from trace_envs.bfcl import state as backend
 from trace_envs.bfcl.calls import is_plain_name, render_call
 from trace_envs.bfcl.data import SUBSETS, load_subset, user_text
@@ -43,8 +43,8 @@ class BFCLEnv(ToolEnv):
         "You are helping a user through several requests, one turn at a time. At each turn, try "
         "your best to complete the user's request by calling the available functions; keep "
         "calling functions until the request is fulfilled. When you have no more functions to "
-        "call, reply to the user without a tool call: that completes the turn. "
-        + FORMAT_HINT.split(" or ")[0] + "."
+        "call, reply to the user without a tool call: that completes the turn. Call a function "
+        'with <tool_call>{"name": "<function>", "arguments": {...}}</tool_call>.'
     )
 
     def __init__(
@@ -160,9 +160,6 @@ class BFCLEnv(ToolEnv):
         """Run the calls in order; every problem is a BFCL-style execution-error result."""
         results: list[dict[str, str]] = []
         errors: list[str] = []
-        if len(calls) > self.max_calls_per_turn:
-            errors.append(f"{len(calls)} tool calls in one action; only the first "
-                          f"{self.max_calls_per_turn} were run")
         executed: list[str] = []
         for call in calls[: self.max_calls_per_turn]:
             try:
@@ -174,10 +171,16 @@ class BFCLEnv(ToolEnv):
             results.append({"name": call.name, "content": self._clip(content)})
         if executed:
             self.decoded[self.user_turn].append(executed)
+        observation = "\n\n".join(r["content"] for r in results)
+        if len(calls) > self.max_calls_per_turn:
+            dropped = (f"{len(calls)} tool calls in one action; only the first "
+                       f"{self.max_calls_per_turn} were run")
+            errors.append(dropped)
+            observation += f"\n\n{EXECUTION_ERROR}{dropped}"
         info: dict[str, Any] = {"tool_results": results}
         if errors:
             info["error"] = "; ".join(errors)
-        return Response("\n\n".join(r["content"] for r in results), info=info)
+        return Response(observation, info=info)
 
     def _call(self, call: ToolCall, executed: list[str] | None = None) -> str:
         """Check one call, run it on this episode's instance, and record it for the verdict."""
