@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     env = BFCLEnv("long_context")
     task_id, size = largest_state_entry(env)
     at_last_turn(env, task_id)
-    actions_played = sum(1 for a in ground_truth_actions(env.task)[:-1] if a)  # type: ignore[arg-type]
+    assert env.task is not None
+    actions_played = sum(1 for a in ground_truth_actions(env.task)[:-1] if a)
     target = BFCLEnv("long_context")
 
     def snapshot_restore() -> None:

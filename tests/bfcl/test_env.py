@@ -151,3 +151,12 @@ def test_calls_beyond_the_per_action_limit_are_reported_not_run():
     assert len(info["tool_results"]) == 2 and "only the first 2 were run" in info["error"]
     assert obs.endswith("Error during execution: 3 tool calls in one action; only the first 2 were run")
     assert env.decoded == [[["pwd()", "pwd()"]]]
+
+
+def test_tool_objects_run_and_record_like_actions(env):
+    env.reset(options={"task_id": "multi_turn_base_0"})
+    tools = env.available_tools()
+    with pytest.raises(trace_envs.ToolError):
+        tools["cd"].validate({"directory": "x"})
+    assert json.loads(tools["pwd"](env, {})) == {"current_working_directory": "/workspace"}
+    assert env.decoded == [[["pwd()"]]]

@@ -63,7 +63,8 @@ def load_function_docs(root: Path) -> dict[str, list[dict[str, Any]]]:
 
     docs: dict[str, list[dict[str, Any]]] = {}
     for class_name in MULTI_TURN_CLASSES:
-        entries = _read_jsonl(root / "multi_turn_func_doc" / MULTI_TURN_FUNC_DOC_FILE_MAPPING[class_name])
+        file_name = MULTI_TURN_FUNC_DOC_FILE_MAPPING[class_name]
+        entries = _read_jsonl(root / "multi_turn_func_doc" / file_name)
         for doc in entries:
             doc["description"] = doc["description"] + PYTHON_HINT
         docs[class_name] = entries
@@ -86,11 +87,10 @@ def load_subset(subset: str, root: str | os.PathLike[str] | None = None) -> Task
     if subset not in SUBSETS:
         raise ValueError(f"unknown BFCL subset {subset!r}; choose from {SUBSETS}")
     path = data_dir(root)
-    entries = _read_jsonl(path / f"{VERSION_PREFIX}_multi_turn_{subset}.json")
-    answers = {
-        a["id"]: a["ground_truth"]
-        for a in _read_jsonl(path / "possible_answer" / f"{VERSION_PREFIX}_multi_turn_{subset}.json")
-    }
+    file_name = f"{VERSION_PREFIX}_multi_turn_{subset}.json"
+    entries = _read_jsonl(path / file_name)
+    ground_truth = _read_jsonl(path / "possible_answer" / file_name)
+    answers = {a["id"]: a["ground_truth"] for a in ground_truth}
     docs = load_function_docs(path)
     tasks = []
     for entry in entries:

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, SupportsFloat
 
 from trace_envs.actions import ANSWER_CLOSE, ANSWER_OPEN, ParsedAction, ToolCall, parse_action
 from trace_envs.bfcl import state as backend
 from trace_envs.bfcl.calls import is_plain_name, render_call
 from trace_envs.bfcl.data import SUBSETS, load_subset, user_text
-from trace_envs.bfcl.functions import EXECUTION_ERROR, CallError, check_arguments, execute, tool_schema
+from trace_envs.bfcl.functions import (
+    EXECUTION_ERROR, CallError, check_arguments, execute, tool_schema,
+)
 from trace_envs.bfcl.verdict import FORCE_TERMINATED, bfcl_verdict
 from trace_envs.core import Response, ToolEnv
 from trace_envs.tasks.base import Task
@@ -77,7 +79,7 @@ class BFCLEnv(ToolEnv):
         self._docs: Mapping[str, dict[str, Any]] = {}  # revealed docs; replaced, never mutated
 
     # ------------------------------------------------------------------ turns
-    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:  # type: ignore[override]
+    def step(self, action: str) -> tuple[str, SupportsFloat, bool, bool, dict[str, Any]]:
         """A reply with no tool call ends the user turn (in BFCL it is the answer to the user).
 
         The shared parser calls such text a format error; it is turned into an empty
@@ -88,7 +90,7 @@ class BFCLEnv(ToolEnv):
             parsed = parse_action(action, max_chars=self.max_action_chars)
             if parsed.error is not None and not parsed.tool_calls and parsed.answer is None:
                 action = _END_OF_TURN
-        return super().step(action)  # type: ignore[return-value]
+        return super().step(action)
 
     def respond(self, action: ParsedAction) -> Response:
         assert self.task is not None
@@ -101,7 +103,8 @@ class BFCLEnv(ToolEnv):
                     "error_message": f"more than {self.max_steps_per_turn} steps in user turn "
                                      f"{self.user_turn}",
                 }, response.info)
-            return Response(response.observation, info={**response.info, "user_turn": self.user_turn})
+            info = {**response.info, "user_turn": self.user_turn}
+            return Response(response.observation, info=info)
         return self._next_user_turn()
 
     def _next_user_turn(self) -> Response:
@@ -120,7 +123,8 @@ class BFCLEnv(ToolEnv):
         if new_docs:
             info["new_tools"] = [d["name"] for d in new_docs]
             schemas = json.dumps([tool_schema(d) for d in new_docs], ensure_ascii=False)
-            text = ADDITIONAL_FUNCTIONS_PROMPT.format(functions=schemas) + (f"\n\n{text}" if text else "")
+            announcement = ADDITIONAL_FUNCTIONS_PROMPT.format(functions=schemas)
+            text = f"{announcement}\n\n{text}" if text else announcement
         return Response(text, info=info)
 
     def _finish(self, observation: str, verdict: dict[str, Any], info: dict[str, Any]) -> Response:
@@ -194,10 +198,14 @@ class BFCLEnv(ToolEnv):
         check_arguments(doc, call.arguments)
         if not all(is_plain_name(k) for k in call.arguments):
             raise CallError(f"bad argument name in call to {call.name}")
-        instance = self.instances[self.task.metadata["owner"][call.name]]  # type: ignore[union-attr]
+        assert self.task is not None
+        instance = self.instances[self.task.metadata["owner"][call.name]]
         content = execute(instance, call.name, call.arguments)
-        if executed is not None:
-            executed.append(render_call(call.name, call.arguments))
+        rendered = render_call(call.name, call.arguments)
+        if executed is None:  # a lone call (via a Tool object) is a step of its own
+            self.decoded[self.user_turn].append([rendered])
+        else:
+            executed.append(rendered)
         return content
 
     # ------------------------------------------------------------------ state

@@ -42,7 +42,8 @@ def ground_truth_actions(task: Task) -> list[str]:
         blocks = []
         for call in turn:
             name, arguments = parse_call(call, parameters)
-            blocks.append(f"<tool_call>{json.dumps({'name': name, 'arguments': arguments})}</tool_call>")
+            body = json.dumps({"name": name, "arguments": arguments})
+            blocks.append(f"<tool_call>{body}</tool_call>")
         actions.append("\n".join(blocks))
     return actions
 
@@ -114,7 +115,9 @@ def replay_subset(subset: str, task_ids: Iterable[str] | None = None) -> SubsetR
             if hidden:
                 report.explained.append({"id": task_id, "hidden_function_calls": hidden})
             else:
-                report.failures.append({"id": task_id, "bfcl": info.get("bfcl"), "error": info.get("error")})
+                report.failures.append(
+                    {"id": task_id, "bfcl": info.get("bfcl"), "error": info.get("error")}
+                )
     report.seconds = time.perf_counter() - start
     return report
 
@@ -139,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         for failure in report.explained + report.failures[:5]:
             print("   ", json.dumps(failure)[:500])
     if args.json:
-        print(json.dumps({r.subset: {**asdict(r), "success_rate": r.success_rate} for r in reports}))
+        summary = {r.subset: {**asdict(r), "success_rate": r.success_rate} for r in reports}
+        print(json.dumps(summary))
     return 0 if all(not r.failures for r in reports) else 1
 
 

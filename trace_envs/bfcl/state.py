@@ -1,4 +1,4 @@
-"""The stateful BFCL back-ends of one episode: build, copy (for ``fork``) and encode (for snapshots).
+"""The stateful BFCL back-ends of one episode: build, copy (``fork``), encode (snapshots).
 
 BFCL's API classes are plain Python objects whose whole state is ``vars(instance)``: containers
 of literals, a ``random.Random``, and (for ``GorillaFileSystem``) a tree of ``Directory``/``File``
