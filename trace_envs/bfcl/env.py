@@ -160,31 +160,24 @@ class BFCLEnv(ToolEnv):
 
         return Tool(doc["name"], schema["description"], schema["parameters"], run, validate)
 
+    error_prefix = EXECUTION_ERROR
+
     def run_tool_calls(self, calls: tuple[ToolCall, ...]) -> Response:
-        """Run the calls in order; every problem is a BFCL-style execution-error result."""
-        results: list[dict[str, str]] = []
-        errors: list[str] = []
-        executed: list[str] = []
-        for call in calls[: self.max_calls_per_turn]:
-            try:
-                content = self._call(call, executed)
-            except CallError as exc:
-                content = EXECUTION_ERROR + str(exc)
-            if content.startswith(EXECUTION_ERROR):
-                errors.append(content[len(EXECUTION_ERROR):])
-            results.append({"name": call.name, "content": self._clip(content)})
-        if executed:
-            self.decoded[self.user_turn].append(executed)
-        observation = "\n\n".join(r["content"] for r in results)
-        if len(calls) > self.max_calls_per_turn:
-            dropped = (f"{len(calls)} tool calls in one action; only the first "
-                       f"{self.max_calls_per_turn} were run")
-            errors.append(dropped)
-            observation += f"\n\n{EXECUTION_ERROR}{dropped}"
-        info: dict[str, Any] = {"tool_results": results}
-        if errors:
-            info["error"] = "; ".join(errors)
-        return Response(observation, info=info)
+        """Run the calls in order (the core does that) and record them as one BFCL step."""
+        self._executed: list[str] = []
+        response = super().run_tool_calls(calls)
+        if self._executed:
+            self.decoded[self.user_turn].append(self._executed)
+        return response
+
+    def call_tool(self, call: ToolCall) -> str:
+        try:
+            content = self._call(call, self._executed)
+        except CallError as exc:
+            raise ToolError(str(exc)) from None
+        if content.startswith(EXECUTION_ERROR):  # the API itself failed: an error for info too
+            raise ToolError(content[len(EXECUTION_ERROR):])
+        return content
 
     def _call(self, call: ToolCall, executed: list[str] | None = None) -> str:
         """Check one call, run it on this episode's instance, and record it for the verdict."""
