@@ -15,6 +15,7 @@ import sys
 
 COMMANDS: dict[str, str] = {
     "demo": "trace_agents.cli.demo",
+    "serve-retriever": "trace_agents.cli.serve_retriever",
 }
 
 
