@@ -113,6 +113,8 @@ class ToolEnv(gym.Env[str, str]):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[str, dict[str, Any]]:
         super().reset(seed=seed)
+        if seed is not None:
+            self._pending_rng = None  # the new seed wins over a state inherited from a fork
         task_id = (options or {}).get("task_id")
         if task_id is None:
             task = self.tasks[int(self.np_random.integers(len(self.tasks)))]
@@ -153,11 +155,6 @@ class ToolEnv(gym.Env[str, str]):
     def run_tool_calls(self, calls: tuple[ToolCall, ...]) -> Response:
         results: list[dict[str, str]] = []
         errors: list[str] = []
-        if len(calls) > self.max_calls_per_turn:
-            errors.append(
-                f"{len(calls)} tool calls in one turn; only the first "
-                f"{self.max_calls_per_turn} were run"
-            )
         for call in calls[: self.max_calls_per_turn]:
             try:
                 content = self.call_tool(call)
@@ -166,11 +163,16 @@ class ToolEnv(gym.Env[str, str]):
                 content = ERROR_PREFIX + str(exc)
             results.append({"name": call.name, "content": self._clip(content)})
         observation = "\n\n".join(r["content"] for r in results)
+        if len(calls) > self.max_calls_per_turn:
+            dropped = (
+                f"{len(calls)} tool calls in one turn; only the first "
+                f"{self.max_calls_per_turn} were run"
+            )
+            errors.append(dropped)
+            observation += f"\n\n{ERROR_PREFIX}{dropped}"
         info: dict[str, Any] = {"tool_results": results}
         if errors:
             info["error"] = "; ".join(errors)
-            if not results:
-                observation = ERROR_PREFIX + info["error"]
         return Response(observation, info=info)
 
     def call_tool(self, call: ToolCall) -> str:
@@ -190,17 +192,36 @@ class ToolEnv(gym.Env[str, str]):
         return text[: limit - len(note)] + note
 
     # ------------------------------------------------------- fork/snapshot
+    # Forks rarely draw random numbers before their episode ends, and building a Generator costs
+    # most of a fork, so a fork keeps its parent's RNG *state* and builds the Generator on first use.
+    _pending_rng: dict[str, Any] | None = None
+
+    @property
+    def np_random(self) -> np.random.Generator:
+        if self._pending_rng is not None:
+            self._np_random, self._pending_rng = _rng_from_state(self._pending_rng), None
+        return super().np_random
+
+    @np_random.setter
+    def np_random(self, value: np.random.Generator) -> None:
+        self._pending_rng = None
+        self._np_random = value
+
+    def _rng_state(self) -> dict[str, Any] | None:
+        if self._pending_rng is not None:
+            return self._pending_rng
+        return None if self._np_random is None else self._np_random.bit_generator.state
+
     def fork(self) -> Self:
         """An independent env at this exact turn: same task, tool state, turn count and RNG."""
         clone = copy.copy(self)
-        if self._np_random is not None:
-            clone._np_random = _copy_rng(self._np_random)
+        clone._pending_rng, clone._np_random = self._rng_state(), None
         self.copy_tool_state_to(clone)
         return clone
 
     def snapshot(self) -> Snapshot:
         """An immutable, JSON-backed record of this turn (see :class:`Snapshot`)."""
-        rng = None if self._np_random is None else self._np_random.bit_generator.state
+        rng = self._rng_state()
         return Snapshot.of(
             self.env_id,
             {
@@ -224,15 +245,8 @@ class ToolEnv(gym.Env[str, str]):
             )
         self.task = None if state["task_id"] is None else self.tasks.get(state["task_id"])
         self.turn, self.done = int(state["turn"]), bool(state["done"])
-        if state["rng"] is None:
-            self._np_random = None
-        else:
-            self._np_random = _rng_from_state(state["rng"])
+        self._np_random, self._pending_rng = None, state["rng"]
         self.set_tool_state(state["tools"])
-
-
-def _copy_rng(rng: np.random.Generator) -> np.random.Generator:
-    return _rng_from_state(rng.bit_generator.state)
 
 
 def _rng_from_state(state: dict[str, Any]) -> np.random.Generator:

