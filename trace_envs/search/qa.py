@@ -117,7 +117,7 @@ def context_passages(path: str | Path) -> Iterable[dict[str, str]]:
     seen: set[tuple[str, str]] = set()
     for record in _records(Path(path)):
         if "context" in record:  # HotpotQA / 2Wiki: [[title, [sentences]]]
-            paragraphs = [(t, " ".join(s).strip()) for t, s in record["context"]]
+            paragraphs = [(t, " ".join(x.strip() for x in s)) for t, s in record["context"]]
         else:  # MuSiQue: [{"title", "paragraph_text"}]
             paragraphs = [(p["title"], p["paragraph_text"]) for p in record.get("paragraphs", ())]
         for title, text in paragraphs:
