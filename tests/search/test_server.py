@@ -188,3 +188,11 @@ def test_cli_reports_a_missing_corpus(tmp_path):
         [sys.executable, "-m", "trace_agents.cli", "serve-retriever",
          "--corpus", str(tmp_path / "nope.jsonl")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "cannot load corpus" in out.stderr
+
+
+def test_async_client_survives_a_new_event_loop(server_url, world):
+    client = HttpRetriever(server_url)
+    first = asyncio.run(client.asearch([world.questions[0].path[0]], 3))
+    second = asyncio.run(_asearch(client, [world.questions[0].path[0]]))  # a fresh loop
+    assert first == second and first[0][0].passage.title == world.questions[0].path[0]
+    client.close()

@@ -1,12 +1,10 @@
 """HTTP client for retrieval servers, sync and async, in the three wire variants in use.
 
-=============  ==================================================  ===========
-``api``        request body (``POST <url>``, default path /retrieve)  encoding
-=============  ==================================================  ===========
-``search-r1``  ``{"queries": [q, ...], "topk": k, "return_scores": true}``   JSON
-``skyrl``      ``{"query": q, "topk": k, "return_scores": true}`` (one per query)  JSON
-``gem``        same fields as ``search-r1``                          msgpack
-=============  ==================================================  ===========
+- ``search-r1`` (Search-R1, Tree-GRPO): JSON ``{"queries": [q, ...], "topk": k,
+  "return_scores": true}``, one request per batch;
+- ``skyrl`` (SkyRL-gym): JSON ``{"query": q, "topk": k, "return_scores": true}``, one request
+  per query;
+- ``gem`` (GEM): the ``search-r1`` fields as a msgpack body (``application/msgpack``).
 
 All reply ``{"result": [[{"document": {"id", "contents": "Title\\nText"}, "score": s}, ...]]}``
 (one ranked list per query; bare document dicts when scores are not asked for).
@@ -91,6 +89,7 @@ class HttpRetriever:
                                     max_keepalive_connections=max_connections)
         self._client = httpx.Client(limits=self._limits)
         self._aclient: httpx.AsyncClient | None = None
+        self._aloop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------- wire
     def _requests(self, queries: Sequence[str], topk: int) -> list[dict[str, Any]]:
@@ -166,8 +165,9 @@ class HttpRetriever:
         """Like :meth:`search`; SkyRL-style single-query requests are sent concurrently."""
         if not queries:
             return []
-        if self._aclient is None:
-            self._aclient = httpx.AsyncClient(limits=self._limits)
+        loop = asyncio.get_running_loop()
+        if self._aclient is None or self._aloop is not loop:  # an async client is loop-bound
+            self._aclient, self._aloop = httpx.AsyncClient(limits=self._limits), loop
         deadline = time.monotonic() + self.timeout
         try:
             async with asyncio.timeout(self.timeout):

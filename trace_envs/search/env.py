@@ -12,6 +12,7 @@ and fork; the episode state is only the searches made so far (queries and retrie
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any, Literal
 
 from trace_envs.actions import ParsedAction
@@ -35,6 +36,11 @@ def render_hits(hits: list[Hit]) -> str:
 @functools.lru_cache(maxsize=16)
 def _shared_http(url: str, api: str, timeout: float, retries: int) -> HttpRetriever:
     return HttpRetriever(url, api=api, timeout=timeout, retries=retries)  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=16)
+def _generated(options_json: str) -> TaskSuite:
+    return generated_suite(**json.loads(options_json))
 
 
 @functools.lru_cache(maxsize=16)
@@ -85,7 +91,7 @@ class SearchEnv(ToolEnv):
         if isinstance(suite, TaskSuite):
             tasks = suite
         elif generated:
-            tasks = generated_suite(**(suite_options or {}))
+            tasks = _generated(json.dumps(suite_options or {}, sort_keys=True))
         else:
             tasks = _qa_file(str(suite), qa_format)
         super().__init__(tasks.split(split), max_turns=max_turns, **env_options)  # type: ignore[arg-type]
