@@ -217,3 +217,12 @@ print(json.dumps({{"turn": env.turn, "queries": env.queries, "reward": reward, "
     obs, *_ = local.step(search_call(path[3]))
     assert obs == result["obs"]
     assert Snapshot.from_bytes(blob).state()["tools"]["queries"] == list(path[:3])
+
+
+def test_dense_retriever_by_argument(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    env = make(retriever="dense", suite_options={**WORLD, "people": 12, "questions": 20})
+    env.reset(options={"task_id": "gen-1"})
+    reward, info = follow_the_chain(env, env.task)
+    assert info["all_gold_retrieved"] == (reward == 1.0)
+    assert type(env.retriever).__name__ == "DenseRetriever"
