@@ -15,6 +15,7 @@ import sys
 
 COMMANDS: dict[str, str] = {
     "demo": "trace_agents.cli.demo",
+    "train": "trace_agents.cli.train",
     "simulate": "trace_agents.cli.simulate",
     "serve-retriever": "trace_agents.cli.serve_retriever",
 }

@@ -10,6 +10,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 AllocatorName = Literal["trace", "grpo", "pcl", "treepo", "dapo"]
+CONFIG_NAME = "config.yaml"
+"""Where a run directory keeps its config, for ``--resume``."""
 
 
 class _Strict(BaseModel):
@@ -49,7 +51,7 @@ class BudgetConfig(_Strict):
     """Candidate prompts offered to the allocator each step (the same for every allocator)."""
     roots: int = Field(16, ge=2)
     """Root-rollout budget M per step."""
-    continuations_per_root: float = Field(2.0, ge=0)
+    continuations_per_root: int = Field(2, ge=0)
     """N: continuations per root rollout on average (TRACE/TreePO); flat allocators spend the
     same total cost on more root rollouts instead."""
     continuation_cost: float = Field(0.5, gt=0, le=1)
@@ -82,6 +84,10 @@ class OptimConfig(_Strict):
     max_grad_norm: float = Field(1.0, gt=0)
     clip_eps: float = Field(0.2, gt=0)
     kl_coef: float = Field(0.0, ge=0)
+    ppo_epochs: int = Field(1, ge=1)
+    """Passes over each step's samples; the clip matters from the second pass on."""
+    micro_batch: int = Field(8, ge=1)
+    """Sequences per forward/backward pass (memory)."""
     level: Literal["token", "sequence"] = "token"
     advantage: Literal["tree", "grpo"] = "tree"
     shared_tokens: Literal["once", "average", "per_path"] = "once"
