@@ -18,44 +18,48 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.numpy import load_file as load_numpy
+from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, save_file
 
 NAME = "checkpoint"
 
 
-def _to_json(value: Any) -> Any:
+def _split_arrays(value: Any, arrays: dict[str, np.ndarray], path: str = "") -> Any:
+    """JSON-able copy of ``value`` whose numpy arrays moved to ``arrays`` (saved as safetensors)."""
     if isinstance(value, np.ndarray):
-        return {"__ndarray__": value.tolist(), "dtype": str(value.dtype)}
+        arrays[path] = np.ascontiguousarray(value)
+        return {"__array__": path}
     if isinstance(value, Mapping):
-        return {k: _to_json(v) for k, v in value.items()}
+        return {k: _split_arrays(v, arrays, f"{path}/{k}") for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_to_json(v) for v in value]
+        return [_split_arrays(v, arrays, f"{path}/{i}") for i, v in enumerate(value)]
     return value
 
 
-def _from_json(value: Any) -> Any:
+def _join_arrays(value: Any, arrays: Mapping[str, np.ndarray]) -> Any:
     if isinstance(value, dict):
-        if "__ndarray__" in value:
-            return np.array(value["__ndarray__"], dtype=value["dtype"])
-        return {k: _from_json(v) for k, v in value.items()}
+        if set(value) == {"__array__"}:
+            return arrays[value["__array__"]]
+        return {k: _join_arrays(v, arrays) for k, v in value.items()}
     if isinstance(value, list):
-        return [_from_json(v) for v in value]
+        return [_join_arrays(v, arrays) for v in value]
     return value
 
 
 def rng_state() -> dict[str, Any]:
-    """Python's, numpy's global and torch's CPU RNG states (JSON-able but torch's)."""
+    """Python's and numpy's global RNG states (torch's is saved apart, as a tensor)."""
     version, internal, gauss = random.getstate()
     return {
         "python": [version, list(internal), gauss],
-        "numpy": _to_json(np.random.get_state(legacy=False)),
+        "numpy": np.random.get_state(legacy=False),
     }
 
 
 def set_rng_state(state: Mapping[str, Any], torch_state: torch.Tensor) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-    np.random.set_state(_from_json(state["numpy"]))
+    np.random.set_state(state["numpy"])
     torch.set_rng_state(torch_state)
 
 
@@ -83,7 +87,9 @@ def save_checkpoint(
     for name, optimizer in optimizers.items():
         torch.save(optimizer.state_dict(), tmp / f"optim-{name}.pt")
     save_file({"torch_rng": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
-    meta = {"step": step, "rng": rng_state(), "states": _to_json(dict(states))}
+    arrays: dict[str, np.ndarray] = {}
+    meta = _split_arrays({"step": step, "rng": rng_state(), "states": dict(states)}, arrays)
+    save_numpy(arrays, str(tmp / "states.safetensors"))
     (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
     if final.exists():
         shutil.rmtree(final)
@@ -109,5 +115,6 @@ def load_checkpoint(
         model.load_state_dict(load_file(str(path / f"model-{name}.safetensors")))
     for name, optimizer in optimizers.items():
         optimizer.load_state_dict(torch.load(path / f"optim-{name}.pt", weights_only=True))
+    meta = _join_arrays(meta, load_numpy(str(path / "states.safetensors")))
     set_rng_state(meta["rng"], load_file(str(path / "rng.safetensors"))["torch_rng"])
-    return Loaded(int(meta["step"]), _from_json(meta["states"]))
+    return Loaded(int(meta["step"]), meta["states"])

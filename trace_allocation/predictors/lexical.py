@@ -60,6 +60,25 @@ class LexicalPredictor:
         self._history: deque[tuple[list[str], np.ndarray, np.ndarray]] = deque(maxlen=replay)
         self._rng = np.random.default_rng(seed)
 
+    def state_dict(self) -> dict:
+        """Everything an exact resume needs (arrays stay numpy; the rest is JSON-able)."""
+        return {
+            "weights": self.weights.copy(), "bias": self.bias,
+            "squared_grads": self._squared_grads.copy(), "bias_squared_grad": self._bias_squared_grad,
+            "history": [[list(t), y.copy(), w.copy()] for t, y, w in self._history],
+            "rng": self._rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.weights = np.array(state["weights"], dtype=float)
+        self.bias = float(state["bias"])
+        self._squared_grads = np.array(state["squared_grads"], dtype=float)
+        self._bias_squared_grad = float(state["bias_squared_grad"])
+        self._history.clear()
+        for texts, y, w in state["history"]:
+            self._history.append((list(texts), np.asarray(y, dtype=float), np.asarray(w, dtype=float)))
+        self._rng.bit_generator.state = state["rng"]
+
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         if not len(texts):
             return np.zeros(0)
