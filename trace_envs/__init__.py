@@ -19,6 +19,7 @@ from trace_envs.tools import Tool, ToolError, tool
 
 register_env("Calculator", "trace_envs.calculator.env:CalculatorEnv")
 register_env("BFCL", "trace_envs.bfcl.env:BFCLEnv")
+register_env("Search", "trace_envs.search.env:SearchEnv")
 
 __all__ = [
     "Grade", "ParsedAction", "Response", "Snapshot", "Task", "TaskSuite", "Tool", "ToolCall",

@@ -52,3 +52,22 @@ def test_oracle_trace_beats_uniform_grpo_by_a_wide_margin():
 def test_propositions_hold():
     checks = propositions(SMALL, samples=400, continuations=32)
     assert all(check["holds"] for check in checks.values())
+
+
+def test_text_value_is_the_mean_true_value_given_the_text():
+    """E[V_0 | topics]: binned by it, the true values of the prompts average to the bin's value."""
+    sc = Scenario(n_prompts=20000, drift=0.0)
+    world = SyntheticTasks(sc)
+    prompts = np.arange(sc.n_prompts)
+    text, true = world.text_value(prompts, 0), normal_cdf(world.probit(prompts, 0))
+    bins = np.digitize(text, np.linspace(0.1, 0.9, 9))
+    for b in np.unique(bins):
+        assert true[bins == b].mean() == pytest.approx(text[bins == b].mean(), abs=0.03)
+
+
+def test_oracle_references_bracket_the_learned_predictor():
+    factories = allocators(SMALL)
+    runs = {n: simulate(SMALL, factories[n][0], name=n) for n in ("trace", "trace_oracle_seen", "trace_oracle")}
+    assert runs["trace_oracle"].mean("pool_error") == 0.0
+    assert 0.0 < runs["trace_oracle_seen"].mean("pool_error") < runs["trace"].mean("pool_error")
+    assert runs["trace"].mean("effective_ratio") < runs["trace_oracle"].mean("effective_ratio")

@@ -16,6 +16,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "demo": "trace_agents.cli.demo",
     "simulate": "trace_agents.cli.simulate",
+    "serve-retriever": "trace_agents.cli.serve_retriever",
 }
 
 
