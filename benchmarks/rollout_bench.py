@@ -3,7 +3,7 @@
     python benchmarks/rollout_bench.py --model smollm2 --backend standin --steps 2
     python benchmarks/rollout_bench.py --model tiny --backend inprocess --env bfcl --json
 
-Runs the calculator (or BFCL) env with a real transformer (tiny random Qwen3 or SmolLM2-135M-
+Runs the calculator (or search, or BFCL) env with a real transformer (tiny random Qwen3 or SmolLM2-135M-
 Instruct), in process or through the stand-in SGLang server on loopback, allocator TRACE (or a
 baseline), and prints one line per step; ``--json`` prints a JSON object as the last line.
 """
@@ -24,7 +24,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def build_pool(env_name: str, n: int, max_turns: int):
     from trace_agents.sampler import Candidate
 
-    if env_name == "bfcl":
+    if env_name == "search":
+        from trace_envs.search.env import SearchEnv
+
+        env = SearchEnv(max_turns=max_turns)
+    elif env_name == "bfcl":
         from trace_envs.bfcl.env import BFCLEnv
 
         env = BFCLEnv("base", max_turns=max_turns)
@@ -100,7 +104,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
     p.add_argument("--backend", choices=["inprocess", "standin"], default="inprocess")
-    p.add_argument("--env", choices=["calculator", "bfcl"], default="calculator")
+    p.add_argument("--env", choices=["calculator", "search", "bfcl"], default="calculator")
     p.add_argument("--allocator", choices=["trace", "grpo", "treepo"], default="trace")
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--budget", type=float, default=16)
