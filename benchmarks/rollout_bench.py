@@ -60,6 +60,10 @@ async def main_async(args: argparse.Namespace) -> dict:
     from trace_agents.standin_server import StandinServer
     from trace_allocation.budget import Budget
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # on a shared CPU, fewer threads avoid oversubscription
     t0 = time.perf_counter()
     model, tok = tiny_qwen3() if args.model == "tiny" else smollm2()
     load_s = time.perf_counter() - t0
@@ -91,7 +95,7 @@ async def main_async(args: argparse.Namespace) -> dict:
             server.stop()
     return {
         "model": args.model, "backend": args.backend, "env": args.env, "allocator": args.allocator,
-        "budget": args.budget, "load_s": round(load_s, 2),
+        "budget": args.budget, "threads": args.threads or None, "load_s": round(load_s, 2),
         "step_s": [round(m["seconds"], 2) for m in steps],
         "tokens_per_s": [round(m["tokens_per_s"], 1) for m in steps],
         "episodes": [m["episodes"] for m in steps],
@@ -114,6 +118,7 @@ def main() -> None:
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     report = asyncio.run(main_async(args))

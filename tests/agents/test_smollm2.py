@@ -28,7 +28,7 @@ def smol():
 def test_smollm2_rollouts_and_a_branch_keep_exact_prefixes(smol):
     model, tok = smol
     runner = RolloutRunner(HFBackend(model, tok), tokenizer=tok,
-                           sampling=SamplingParams(temperature=0.7, max_tokens=32), seed=0)
+                           sampling=SamplingParams(temperature=0.7, max_tokens=24), seed=0)
     env = CalculatorEnv("arithmetic", max_turns=2, suite_options={"size": 4, "seed": 0})
     tree = runner.new_tree(env, env.tasks[0].id)
     fmt = ChatFormat(tok)
