@@ -110,7 +110,7 @@ def test_server_killed_mid_batch_loses_no_rollout(tiny):
         task = asyncio.create_task(runner.rollouts(tree, tree.root, 8))
         while not tree.root.children and not task.done():  # first turns served: mid-batch now
             await asyncio.sleep(0.01)
-        server.process.kill()  # SIGKILL: in-flight requests die with the server
+        server.kill()  # SIGKILL: in-flight requests die with the server
         try:
             return await asyncio.wait_for(task, timeout=30)
         finally:
