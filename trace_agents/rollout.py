@@ -201,6 +201,8 @@ class RolloutRunner:
     async def rollouts(self, tree: RolloutTree, node: Node, k: int) -> list[Episode]:
         """``k`` episodes resumed from ``node``: bare rollouts from the root, continuations from
         any other node (attached there as new children)."""
+        if isinstance(node.handle, Turn) and (node.handle.terminated or node.handle.truncated):
+            raise ValueError("cannot continue from a node that ended its episode")
         seeds = self._rng.integers(0, 2**62, size=k).tolist()
         return list(await asyncio.gather(*(self._episode(tree, node, s) for s in seeds)))
 
@@ -211,6 +213,8 @@ class RolloutRunner:
                 await self._play(episode, seed)
             except BackendError as exc:
                 episode.status, episode.error = "failed", str(exc)
+            except Exception as exc:  # one broken episode must not sink the others of the step
+                episode.status, episode.error = "failed", f"{type(exc).__name__}: {exc}"
         self._account(episode)
         if self.on_episode is not None:
             self.on_episode(episode)
@@ -218,8 +222,6 @@ class RolloutRunner:
 
     async def _play(self, episode: Episode, seed: int) -> None:
         node = episode.start
-        if isinstance(node.handle, Turn) and (node.handle.terminated or node.handle.truncated):
-            raise ValueError("cannot continue from a node that ended its episode")
         env = resume_env(node)
         ids = prefix_ids(node) if self.format else []
         messages = prefix_messages(node) if not self.format else []

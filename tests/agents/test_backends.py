@@ -25,12 +25,14 @@ def _prompt(tokenizer, text: str = "What is 2 + 3?") -> list[int]:
     return ChatFormat(tokenizer).prompt_ids([{"role": "user", "content": text}])
 
 
-def test_hf_batched_matches_one_at_a_time(tiny):
+@pytest.mark.parametrize("max_batch_tokens", [16_384, 80])
+def test_hf_batched_matches_one_at_a_time(tiny, max_batch_tokens):
+    """Same tokens whether requests share a padded batch or are split into length groups."""
     model, tok = tiny
-    prompts = [_prompt(tok, "x" * n) for n in (1, 7, 30)]
+    prompts = [_prompt(tok, "x" * n) for n in (30, 1, 7)]
 
     async def run():
-        backend = HFBackend(model, tok)
+        backend = HFBackend(model, tok, max_batch_tokens=max_batch_tokens)
         alone = [await backend.generate(p, GREEDY) for p in prompts]
         together = await asyncio.gather(*(backend.generate(p, GREEDY) for p in prompts))
         await backend.aclose()

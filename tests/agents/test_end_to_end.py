@@ -1,5 +1,5 @@
 """TRACE steps end to end with a real (tiny, random) transformer, in process and over HTTP,
-on the calculator and BFCL envs; and a server killed in the middle of a batch."""
+on the calculator, search and BFCL envs; and a server killed in the middle of a batch."""
 
 from __future__ import annotations
 
@@ -23,9 +23,15 @@ from trace_envs.calculator.env import CalculatorEnv
 SAMPLING = SamplingParams(temperature=1.0, max_tokens=12)
 
 
-def _pool():
+def _pool(with_bfcl: bool):
     calc = CalculatorEnv("arithmetic", max_turns=2, suite_options={"size": 8, "seed": 1})
     pool = [Candidate(calc, t.id) for t in calc.tasks[:3]]
+    from trace_envs.search.env import SearchEnv
+
+    search = SearchEnv(max_turns=2)
+    pool += [Candidate(search, t.id) for t in search.tasks[:2]]
+    if not with_bfcl:
+        return pool
     try:
         from trace_envs.bfcl.env import BFCLEnv
 
@@ -46,16 +52,18 @@ def _backend(kind, tiny, url=None):
     return OpenAIBackend(url, "standin", retry=retry)
 
 
-@pytest.mark.parametrize("kind", ["inprocess", "sglang", "openai"])
-def test_trace_step_with_a_tiny_transformer(tiny, standin, fresh_faults, kind, tmp_path):
+@pytest.mark.parametrize(("kind", "with_bfcl"), [("inprocess", False), ("sglang", True), ("openai", False)])
+def test_trace_step_with_a_tiny_transformer(tiny, standin, fresh_faults, kind, with_bfcl, tmp_path):
+    """BFCL's prompts are ~10k tiny-tokenizer tokens (slow on CPU): one variant runs them."""
     _, tok = tiny
     backend = _backend(kind, tiny, standin.url)
     runner = RolloutRunner(backend, tokenizer=tok, sampling=SAMPLING, seed=0)
-    allocator = TreeAllocator(LexicalPredictor(2**12), continuations_per_root=1, m_max=4,
-                              rng=np.random.default_rng(0))
+    # uniform roots in pairs open every prompt of the pool (every env runs); Stage 2 is active
+    allocator = TreeAllocator(LexicalPredictor(2**12), continuations_per_root=1, roots="uniform",
+                              group_size=2, rng=np.random.default_rng(0))
     sampler = TraceSampler(runner, allocator, metrics_path=tmp_path / "m.jsonl", progress=False)
-    pool = _pool()
-    budget = Budget(12)
+    pool = _pool(with_bfcl)
+    budget = Budget(3 * len(pool))  # every prompt: 2 roots + 2 continuations x 1/2
 
     async def run():
         try:
@@ -65,7 +73,9 @@ def test_trace_step_with_a_tiny_transformer(tiny, standin, fresh_faults, kind, t
 
     result = asyncio.run(run())
     assert all(e.status in ("terminated", "truncated") for e in result.episodes)
-    assert budget.spent <= 12 and budget.roots >= 2 and budget.continuations >= 1
+    assert budget.spent <= budget.total and budget.roots == 2 * len(pool)
+    assert len(result.trees) == len(pool)
+    assert budget.continuations >= 1
     for e in result.episodes:
         path = token_path(e.leaf)
         assert sum(path.loss_mask) == sum(len(n.handle.action_ids) for n in e.leaf.path()[1:])
@@ -100,7 +110,7 @@ def test_server_killed_mid_batch_loses_no_rollout(tiny):
         task = asyncio.create_task(runner.rollouts(tree, tree.root, 8))
         while not tree.root.children and not task.done():  # first turns served: mid-batch now
             await asyncio.sleep(0.01)
-        server.process.kill()  # SIGKILL: in-flight requests die with the server
+        server.kill()  # SIGKILL: in-flight requests die with the server
         try:
             return await asyncio.wait_for(task, timeout=30)
         finally:

@@ -142,3 +142,12 @@ def test_chat_mode_without_token_ids(calc):
     (cont,) = asyncio.run(runner.rollouts(tree, node, 1))
     assert cont.continuation and cont.reward == 1.0
     assert prefix_messages(node)[-1]["content"] == "<tool_response>\n5\n</tool_response>"
+
+
+def test_a_finished_turn_cannot_be_continued(tiny, calc):
+    _, tok = tiny
+    runner = RolloutRunner(Recorder(chain_policy(_answers(calc), steps=0), tok), tokenizer=tok)
+    tree = runner.new_tree(calc, calc.tasks[5].id)
+    (episode,) = asyncio.run(runner.rollouts(tree, tree.root, 1))
+    with pytest.raises(ValueError, match="ended its episode"):
+        asyncio.run(runner.rollouts(tree, episode.leaf, 1))

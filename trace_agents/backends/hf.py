@@ -40,8 +40,11 @@ class _Row:
 class HFEngine:
     """Synchronous batched sampler over a causal LM (the part that runs in a worker thread)."""
 
-    def __init__(self, model: Any, tokenizer: Any) -> None:
+    def __init__(self, model: Any, tokenizer: Any, *, max_batch_tokens: int = 16_384) -> None:
         self.model = model
+        self.max_batch_tokens = max_batch_tokens
+        """Bound on rows x padded prompt length of one batch: attention memory grows with both,
+        so long prompts (BFCL's are thousands of tokens) are decoded in smaller groups."""
         self.tokenizer = tokenizer
         eos = model.generation_config.eos_token_id
         if eos is None:
@@ -58,8 +61,24 @@ class HFEngine:
     def generate(self, requests: Sequence[tuple[list[int], SamplingParams]]) -> list[Completion]:
         import torch
 
+        order = sorted(range(len(requests)), key=lambda i: len(requests[i][0]))
+        results: dict[int, Completion] = {}
         with self.lock, torch.inference_mode():
-            return self._generate(requests)
+            for group in self._groups(order, requests):
+                for i, completion in zip(group, self._generate([requests[i] for i in group])):
+                    results[i] = completion
+        return [results[i] for i in range(len(requests))]
+
+    def _groups(self, order: list[int], requests: Sequence[tuple[list[int], SamplingParams]]) -> list[list[int]]:
+        """Consecutive runs of the length-sorted requests whose padded size fits the bound."""
+        groups: list[list[int]] = []
+        for i in order:
+            width = len(requests[i][0])
+            if groups and width * (len(groups[-1]) + 1) <= self.max_batch_tokens:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        return groups
 
     def _generate(self, requests: Sequence[tuple[list[int], SamplingParams]]) -> list[Completion]:
         import torch
@@ -141,8 +160,9 @@ class HFBackend:
 
     accepts_token_ids = True
 
-    def __init__(self, model: Any, tokenizer: Any, *, max_batch: int = 16) -> None:
-        self.engine = HFEngine(model, tokenizer)
+    def __init__(self, model: Any, tokenizer: Any, *, max_batch: int = 16,
+                 max_batch_tokens: int = 16_384) -> None:
+        self.engine = HFEngine(model, tokenizer, max_batch_tokens=max_batch_tokens)
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self._queue: asyncio.Queue[tuple[list[int], SamplingParams, asyncio.Future[Completion]]] | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -38,8 +40,10 @@ class ServerProcess:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._log: IO[bytes] | None = open(log_path, "wb") if log_path else None
+        # its own process group: servers spawn workers (vLLM's EngineCore) that must stop with it
         self.process = subprocess.Popen(
-            list(command), stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT
+            list(command), stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             self._wait_healthy(health_path, timeout_s)
@@ -62,16 +66,27 @@ class ServerProcess:
             time.sleep(1.0)
         raise TimeoutError(f"{self.base_url}{health_path} not healthy after {timeout_s:.0f} s")
 
+    def kill(self) -> None:
+        """SIGKILL the server and its workers at once (a crash, for fault tests)."""
+        self._signal_group(signal.SIGKILL)
+        self.process.wait()
+
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        """Stop the server and its workers: SIGTERM, then SIGKILL after 30 s."""
+        self._signal_group(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self._signal_group(signal.SIGKILL)  # workers that outlived the main process
         if self._log is not None:
             self._log.close()
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
 
     def __enter__(self) -> ServerProcess:
         return self
