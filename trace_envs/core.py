@@ -95,6 +95,10 @@ class ToolEnv(gym.Env[str, str]):
     def tool_schemas(self) -> list[dict[str, Any]]:
         return [t.schema() for t in self.available_tools().values()]
 
+    def demonstration(self, task: Task) -> list[str] | None:
+        """An expert's actions for ``task`` (for format warm-starts and tests), if the env knows one."""
+        return None
+
     # ------------------------------------------------------------ tool state
     def reset_tool_state(self, task: Task) -> None:
         """Set the tools up for a new episode of ``task``."""

@@ -292,3 +292,10 @@ def test_forks_continue_the_rng_stream(env):
     restored.restore(env.snapshot())
     draws = {e.reset()[1]["task_id"] for e in (env, fork, restored)}
     assert len(draws) == 1
+
+
+def test_calculator_demonstration_solves_its_task(env):
+    actions = env.demonstration(env.task)
+    assert len(actions) == 2
+    rewards = [env.step(a)[1] for a in actions]
+    assert rewards == [0.0, 1.0]

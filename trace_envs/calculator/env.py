@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from fractions import Fraction
 from typing import Any
 
@@ -49,6 +50,15 @@ class CalculatorEnv(ToolEnv):
         except CalculatorError as exc:
             raise ToolError(f"calculator: {exc}") from None
         return format_number(self.ans)
+
+    def demonstration(self, task: Task) -> list[str] | None:
+        """Compute the generated problem's expression with the calculator, then answer."""
+        answer = f"<answer>{task.answer}</answer>"
+        expression = task.metadata.get("expression")
+        if not expression:
+            return [answer]
+        call = json.dumps({"name": "calculator", "arguments": {"expression": expression}})
+        return [f"<tool_call>{call}</tool_call>", answer]
 
     def reset_tool_state(self, task: Task) -> None:
         self.ans = None
