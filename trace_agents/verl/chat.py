@@ -81,10 +81,9 @@ class ChatCodec:
     def prompt_ids(self, messages: Sequence[Message], tools: list[dict]) -> list[int]:
         """The initial prompt, ending with the assistant's generation prompt."""
         text = self.render(messages, generation_prompt=True, tools=tools)
-        missing = [t["function"]["name"] for t in tools if t["function"]["name"] not in text]
-        if missing:
-            raise ValueError(f"the chat template does not render the tools {missing}; use one that "
-                             "supports `tools` (Qwen2.5/Qwen3, Hermes, Llama 3.1)")
+        if tools and text == self.render(messages, generation_prompt=True):
+            raise ValueError("the chat template ignores `tools`; use one that renders them "
+                             "(Qwen2.5/Qwen3, Hermes, Llama 3.1)")
         return self.encode(text)
 
     def observation_ids(self, action_ids: Sequence[int], observation: str) -> list[int]:
