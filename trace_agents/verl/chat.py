@@ -20,6 +20,7 @@ STOP_STRINGS = (TOOL_CALL_CLOSE, ANSWER_CLOSE)
 """Generation stops after the action: the env answers before the model speaks again."""
 
 _SENTINEL = "\x00TRACE_SENTINEL\x00"
+_OBSERVATION = "\x00TRACE_OBSERVATION\x00"
 
 Message = dict[str, str]
 
@@ -55,17 +56,18 @@ class ChatCodec:
         self.template_kwargs = dict(chat_template_kwargs or {})
         eos = tokenizer.eos_token_id
         self.eos_ids = frozenset(() if eos is None else eos if isinstance(eos, list) else [eos])
-        base = [{"role": "user", "content": "u"}, {"role": "assistant", "content": _SENTINEL}]
-        rendered = self.render(base, generation_prompt=False)
-        if rendered.count(_SENTINEL) != 1:
-            raise ValueError("the chat template does not render assistant content verbatim")
-        closer = rendered.split(_SENTINEL)[1]
-        with_obs = self.render(base + [{"role": "user", "content": _SENTINEL}], generation_prompt=True)
-        if not with_obs.startswith(rendered):
-            raise ValueError("the chat template renders a conversation's prefix differently")
-        self._observation_template = with_obs[len(rendered):]
-        self.closer_ids = self.encode(closer)
-        """What the template puts after an assistant message (``<|im_end|>\\n`` in ChatML)."""
+        # Cut the observation segment from a conversation in which the assistant turn is *not* the
+        # last message: templates such as Qwen3's render the last assistant turn differently.
+        probe = [
+            {"role": "user", "content": "u"},
+            {"role": "assistant", "content": _SENTINEL},
+            {"role": "user", "content": observation_content(_OBSERVATION)},
+        ]
+        rendered = self.render(probe, generation_prompt=True)
+        if rendered.count(_SENTINEL) != 1 or rendered.count(_OBSERVATION) != 1:
+            raise ValueError("the chat template does not render message content verbatim")
+        self._observation_template = rendered.split(_SENTINEL)[1]
+        """Turn closer, observation message and next generation prompt (``<|im_end|>\\n<|im_start|>user...``)."""
 
     def render(
         self, messages: Sequence[Message], *, generation_prompt: bool, tools: list[dict] | None = None
@@ -87,10 +89,12 @@ class ChatCodec:
         return self.encode(text)
 
     def observation_ids(self, action_ids: Sequence[int], observation: str) -> list[int]:
-        """Tokens the env adds after an action: the turn closer (unless the model already ended
-        its turn), the observation message and the next generation prompt."""
-        body = self._observation_template.replace(_SENTINEL, observation_content(observation))
-        return self._closer_after(action_ids) + self.encode(body)
+        """Tokens the env adds after an action: the turn closer (less the end-of-turn token when
+        the model already emitted it), the observation message and the next generation prompt."""
+        ids = self.encode(self._observation_template.replace(_OBSERVATION, observation))
+        if action_ids and action_ids[-1] in self.eos_ids and ids[:1] == [action_ids[-1]]:
+            return ids[1:]
+        return ids
 
     def action_text(self, action_ids: Sequence[int]) -> str:
         """The action as the env reads it (a trailing end-of-turn token dropped)."""
@@ -98,10 +102,3 @@ class ChatCodec:
         while ids and ids[-1] in self.eos_ids:
             ids.pop()
         return self.tokenizer.decode(ids, skip_special_tokens=False)
-
-    def _closer_after(self, action_ids: Sequence[int]) -> list[int]:
-        if action_ids and action_ids[-1] in self.eos_ids:
-            closer = self.closer_ids
-            # the model's end-of-turn token is the closer's first token; keep only the rest
-            return list(closer[1:]) if closer and closer[0] == action_ids[-1] else []
-        return list(self.closer_ids)
