@@ -15,6 +15,7 @@ import numpy as np
 
 from trace_allocation.allocators import DapoAllocator, GrpoAllocator, PclAllocator, TreeAllocator
 from trace_allocation.predictors import BetaBernoulliPredictor, LexicalPredictor, OraclePredictor
+from trace_allocation.predictors.beta import first_line
 from trace_allocation.prefix import allocate_prefixes, prefix_value, reproduce_probs
 from trace_allocation.root import allocate_roots, root_value
 from trace_allocation.simulate import (
@@ -38,6 +39,30 @@ OnStep = Callable[[str, StepReport], None]
 def lexical() -> LexicalPredictor:
     """The CPU-default learned predictor used by every learned method in the experiments."""
     return LexicalPredictor()
+
+
+def bag_of_words() -> LexicalPredictor:
+    """The earlier default, for comparison: no depth crossing, no replay, learning rate 0.3."""
+    return LexicalPredictor(depth_of=None, replay=0, learning_rate=0.3)
+
+
+class SeenPromptOracle:
+    """Reference for the gap to the oracle: exact values, except that a prompt this run has never
+    rolled out gets E[V_0 | its text] at the root. No predictor can know more about an unseen
+    prompt, so the oracle's lead over this reference is unavoidable; it is optimistic about seen
+    prompts (exact after one sighting), so the learned predictor's gap to it is an upper bound on
+    what a better model could win."""
+
+    def __init__(self, world: SyntheticTasks) -> None:
+        self.world = world
+        self.seen: set[str] = set()
+
+    def predict(self, texts) -> np.ndarray:
+        truth, text_truth = self.world.truth, self.world.text_truth
+        return np.array([text_truth[t] if t in text_truth and t not in self.seen else truth[t] for t in texts])
+
+    def update(self, texts, targets, weights=None) -> None:
+        self.seen.update(t for t in texts if t in self.world.text_truth)
 
 
 def tree(sc: Scenario, roots: str, prefixes: str, predictor_of) -> AllocatorFactory:
@@ -65,7 +90,10 @@ def allocators(sc: Scenario) -> dict[str, tuple[AllocatorFactory, float]]:
         "pcl": (lambda w, rng: PclAllocator(lexical(), sc.grpo_group), 1.0),
         "treepo": (tree(sc, "uniform", "uniform", None), 1.0),
         "trace_beta": (tree(sc, "active", "active", lambda w: BetaBernoulliPredictor()), 1.0),
+        "trace_bow": (tree(sc, "active", "active", lambda w: bag_of_words()), 1.0),
         "trace": (tree(sc, "active", "active", lambda w: lexical()), 1.0),
+        "trace_oracle_roots": (tree(sc, "active", "active", lambda w: OraclePredictor(lambda t: w.truth[first_line(t)])), 1.0),
+        "trace_oracle_seen": (tree(sc, "active", "active", SeenPromptOracle), 1.0),
         "trace_oracle": (tree(sc, "active", "active", lambda w: OraclePredictor(w.truth.__getitem__)), 1.0),
         "dapo": (lambda w, rng: DapoAllocator(sc.grpo_group, batch_prompts=batch, rng=rng), DAPO_BUDGET_MULTIPLE),
     }
@@ -80,6 +108,7 @@ def _summary(report: RunReport) -> dict:
         "realized_mixed": report.mean("realized_mixed"),
         "brier": report.mean("brier"),
         "brier_root": report.mean("brier_root"),
+        "pool_error": report.mean("pool_error"),
     }
 
 

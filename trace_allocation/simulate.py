@@ -35,7 +35,7 @@ from trace_allocation.tree import Node, RolloutTree
 
 @dataclass(frozen=True)
 class Scenario:
-    n_prompts: int = 4096
+    n_prompts: int = 1024
     pool_size: int = 512
     roots: int = 256
     continuations_per_root: int = 2
@@ -51,7 +51,7 @@ class Scenario:
     max_turns: int = 8
     grpo_effective_ratio: float = 0.27
     difficulty_mean: float = -0.5
-    topic_share: float = 0.6
+    topic_share: float = 0.9
     n_topics: int = 64
     topics_per_prompt: int = 3
     drift: float = 0.02
@@ -105,7 +105,7 @@ class SyntheticTasks:
         topic_effect = rng.standard_normal(sc.n_topics)
         self.topics = np.stack([rng.choice(sc.n_topics, sc.topics_per_prompt, replace=False) for _ in range(sc.n_prompts)])
         shared = topic_effect[self.topics].sum(axis=1)
-        shared = (shared - shared.mean()) / shared.std()
+        self.shared = shared = (shared - shared.mean()) / shared.std()
         self.zeta = math.sqrt(sc.topic_share) * shared + math.sqrt(1 - sc.topic_share) * rng.standard_normal(sc.n_prompts)
         self.rate = rng.uniform(0.0, 2.0, sc.n_prompts)
         self.turns = rng.integers(sc.min_turns, sc.max_turns + 1, sc.n_prompts)
@@ -114,6 +114,7 @@ class SyntheticTasks:
         self.good = [f"g{k}" for k in range(sc.words_per_kind)]
         self.bad = [f"b{k}" for k in range(sc.words_per_kind)]
         self.truth: dict[str, float] = {}
+        self.text_truth: dict[str, float] = {}
 
     def _calibrate_spread(self) -> float:
         """Bisect the spread s so uniform GRPO's expected effective ratio at step 0 hits the target."""
@@ -135,10 +136,19 @@ class SyntheticTasks:
         sc = self.scenario
         return sc.difficulty_mean + self.spread * self.zeta[prompts] + sc.drift * step * self.rate[prompts]
 
+    def text_value(self, prompts: np.ndarray, step: int) -> np.ndarray:
+        """E[V_0 | the prompt's text]: topics known exactly, the prompt-specific part and the drift
+        rate unknown. The best root prediction possible for a prompt never rolled out."""
+        sc = self.scenario
+        mean = sc.difficulty_mean + self.spread * math.sqrt(sc.topic_share) * self.shared[prompts] + sc.drift * step
+        variance = self.spread**2 * (1 - sc.topic_share) + (sc.drift * step) ** 2 / 3  # rate ~ U(0, 2)
+        return normal_cdf(mean / math.sqrt(1 + variance))
+
     def root_tree(self, prompt: int, step: int) -> RolloutTree:
         text = self.texts[prompt]
         z = float(self.probit(np.array([prompt]), step)[0])
         self.truth[text] = float(normal_cdf(np.array(z)))
+        self.text_truth[text] = float(self.text_value(np.array([prompt]), step)[0])
         return RolloutTree(int(prompt), text, handle=SimState(z, 0, int(self.turns[prompt])))
 
     def roll(self, node: Node, n: int, rng: np.random.Generator, *, continuation: bool) -> list[Node]:
@@ -177,6 +187,7 @@ class StepReport:
     continuations: int
     brier: float | None  # predictor on bare prefixes vs their rollout's reward, before the update
     brier_root: float | None  # the same on the prompt text alone (Prop 1: prefixes should do better)
+    pool_error: float | None  # mean squared error against the true V_0 on the whole candidate pool
 
 
 @dataclass
@@ -217,6 +228,7 @@ def simulate(
         pool = np.random.default_rng([scenario.seed, 2, step]).choice(scenario.n_prompts, scenario.pool_size, replace=False)
         rng = np.random.default_rng([scenario.seed, 3, step])
         world.truth.clear()
+        world.text_truth.clear()
         report.steps.append(_run_step(world, allocator, pool, step, rng, budget_multiple))
         if on_step is not None:
             on_step(report.steps[-1])
@@ -246,9 +258,10 @@ def _run_step(
     budget = _make_budget(sc, world, budget_multiple)
     trees = {int(p): world.root_tree(int(p), step) for p in pool}
     texts = [trees[int(p)].root.prefix_text for p in pool]
+    true_v = normal_cdf(world.probit(pool, step))
+    pool_error = None if allocator.predictor is None else float(np.mean((allocator.predictor.predict(texts) - true_v) ** 2))
     counts = allocator.plan_roots(texts, budget)
     active = {int(p): int(c) for p, c in zip(pool, counts) if c}
-    true_v = normal_cdf(world.probit(pool, step))
     expected = float(root_value(true_v, counts).sum())
     while counts.any():
         for p, c in zip(pool, counts):
@@ -264,7 +277,7 @@ def _run_step(
         ratio = min(mixed, allocator.batch_prompts) / allocator.batch_prompts
     else:
         ratio = mixed / len(grown) if grown else 0.0
-    return StepReport(step, len(grown), ratio, expected, mixed, budget.spent, budget.roots, budget.continuations, brier, brier_root)
+    return StepReport(step, len(grown), ratio, expected, mixed, budget.spent, budget.roots, budget.continuations, brier, brier_root, pool_error)
 
 
 def _grow(world: SyntheticTasks, allocator: Allocator, tree: RolloutTree, n_roots: int, budget: Budget, rng) -> None:

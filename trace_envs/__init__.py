@@ -18,6 +18,8 @@ from trace_envs.tasks.suites import load_suite, register_suite
 from trace_envs.tools import Tool, ToolError, tool
 
 register_env("Calculator", "trace_envs.calculator.env:CalculatorEnv")
+register_env("BFCL", "trace_envs.bfcl.env:BFCLEnv")
+register_env("Search", "trace_envs.search.env:SearchEnv")
 
 __all__ = [
     "Grade", "ParsedAction", "Response", "Snapshot", "Task", "TaskSuite", "Tool", "ToolCall",

@@ -48,6 +48,8 @@ class ToolEnv(gym.Env[str, str]):
     tools: ClassVar[Mapping[str, Tool]] = {}
     instructions: ClassVar[str] = ""
     """What the agent's system prompt tells the model about this env (tools are listed apart)."""
+    error_prefix: ClassVar[str] = ERROR_PREFIX
+    """How a failed tool call's result starts (an env may mimic its benchmark's wording)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -160,16 +162,16 @@ class ToolEnv(gym.Env[str, str]):
                 content = self.call_tool(call)
             except ToolError as exc:
                 errors.append(str(exc))
-                content = ERROR_PREFIX + str(exc)
+                content = self.error_prefix + str(exc)
             results.append({"name": call.name, "content": self._clip(content)})
         observation = "\n\n".join(r["content"] for r in results)
         if len(calls) > self.max_calls_per_turn:
             dropped = (
-                f"{len(calls)} tool calls in one turn; only the first "
+                f"{len(calls)} tool calls in one action; only the first "
                 f"{self.max_calls_per_turn} were run"
             )
             errors.append(dropped)
-            observation += f"\n\n{ERROR_PREFIX}{dropped}"
+            observation += f"\n\n{self.error_prefix}{dropped}"
         info: dict[str, Any] = {"tool_results": results}
         if errors:
             info["error"] = "; ".join(errors)

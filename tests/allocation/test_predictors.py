@@ -13,6 +13,9 @@ from trace_allocation.predictors import (
     brier_score,
     reliability_curve,
 )
+from trace_allocation.predictors.lexical import count_turns
+from trace_allocation.experiments import tree
+from trace_allocation.simulate import Scenario, simulate
 
 
 def _noisy_texts(n: int, seed: int) -> tuple[list[str], np.ndarray]:
@@ -87,3 +90,47 @@ def test_frozen_minilm_head_learns(monkeypatch):
     model.update(texts, targets)
     probs = model.predict(["the search found the answer 99", "error: tool call failed 99"])
     assert probs[0] > 0.7 and probs[1] < 0.3
+
+
+def test_depth_crossing_beats_the_plain_bag_of_words_online():
+    """Refit online as TRACE does, the depth-crossed model predicts the candidate pool's true V_0
+    better: its roots get their own copy of the prompt tokens' weights, which the far more
+    numerous deep-prefix targets (V_t = Phi(X_t / sqrt(remaining)) scales the prompt prior with
+    depth) no longer drag around."""
+    sc = Scenario(n_prompts=512, pool_size=256, roots=128, steps=12, warmup=4)
+
+    def pool_error(**options) -> float:
+        factory = tree(sc, "active", "active", lambda w: LexicalPredictor(replay=0, **options))
+        return simulate(sc, factory, name="trace").mean("pool_error")
+
+    assert pool_error() < 0.85 * pool_error(depth_of=None)
+
+
+def test_count_turns_and_depth_buckets_separate_the_same_words():
+    model = LexicalPredictor(depth_of=count_turns("<turn>"), replay=0)
+    shallow, deep = "p <turn> good", "p <turn> x <turn> y <turn> good"
+    assert count_turns("<turn>")(deep) == 3
+    for _ in range(20):
+        model.update([shallow, deep], np.array([0.6, 1.0]))
+    assert model.predict([deep])[0] - model.predict([shallow])[0] > 0.2
+
+
+def test_replay_refits_recent_targets_within_its_window_only():
+    def weight_of_a(model: LexicalPredictor) -> float:
+        """logit("a") - logit(unseen text): the learned weight of the token "a" alone."""
+        pa, pc = model.predict(["a", "never seen"])
+        return float(np.log(pa / (1 - pa)) - np.log(pc / (1 - pc)))
+
+    def trajectory(replay: int) -> list[float]:
+        model = LexicalPredictor(replay=replay, depth_of=None)
+        model.update(["a"], np.array([1.0]))
+        weights = []
+        for _ in range(4):
+            model.update(["b"], np.array([0.0]))
+            weights.append(weight_of_a(model))
+        return weights
+
+    plain, replayed = trajectory(0), trajectory(2)
+    assert plain == pytest.approx([plain[0]] * 4)  # "a" is never refit
+    assert replayed[1] > replayed[0] > plain[0]  # refit on the two following updates
+    assert replayed[3] == pytest.approx(replayed[2]) == pytest.approx(replayed[1])  # then out of the window

@@ -15,7 +15,10 @@ import sys
 
 COMMANDS: dict[str, str] = {
     "demo": "trace_agents.cli.demo",
+    "train": "trace_agents.cli.train",
+    "eval": "trace_agents.cli.eval",
     "simulate": "trace_agents.cli.simulate",
+    "serve-retriever": "trace_agents.cli.serve_retriever",
 }
 
 

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         scenario = scenario.with_(**QUICK)
     if args.steps is not None:
         scenario = scenario.with_(steps=args.steps, warmup=min(scenario.warmup, args.steps // 2))
-    console = Console(stderr=args.json)
+    console = Console(stderr=args.json, width=max(140, Console().width))
     with Progress(console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("simulating", total=experiments.total_steps(scenario, args.experiments))
         result = experiments.run(
@@ -65,13 +65,15 @@ def run(args: argparse.Namespace) -> int:
 def _fmt(value) -> str:
     if value is None:
         return "-"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:.3f}" if value == 0 or abs(value) >= 0.01 else f"{value:.1e}"
+    return str(value)
 
 
 def _print_tables(console, result: dict) -> None:
     from rich.table import Table
 
-    columns = ["effective_ratio", "cost", "active_prompts", "expected_mixed", "realized_mixed", "brier", "brier_root"]
+    columns = ["effective_ratio", "cost", "active_prompts", "expected_mixed", "realized_mixed", "brier", "brier_root", "pool_error"]
     sections = [
         ("(a) allocators at equal budget", [{"method": n, **s} for n, s in result.get("compare", {}).items()], ["method"]),
         ("(b) ablation (Table 1)", result.get("ablation", []), ["stage1", "stage2"]),

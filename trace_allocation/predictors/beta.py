@@ -31,6 +31,12 @@ class BetaBernoulliPredictor:
         self.discount = discount
         self._evidence: dict[str, list[float]] = {}
 
+    def state_dict(self) -> dict:
+        return {"evidence": {k: list(v) for k, v in self._evidence.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._evidence = {k: [float(s), float(f)] for k, (s, f) in state["evidence"].items()}
+
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         a0, b0 = self.prior
         out = np.empty(len(texts))

@@ -1,16 +1,32 @@
-"""Cheap CPU default predictor: hashed unigrams + bigrams, logistic regression.
+"""Cheap CPU default predictor: hashed text features, logistic regression.
 
 Trained by AdaGrad on the (soft) backup targets with the weighted cross-entropy: convex, fast on
 sparse features and calibrated by construction, so it can be refit every step on thousands of
 prefixes in milliseconds. Token hashes use crc32 (stable across processes, unlike `hash`).
+
+Features: hashed unigrams and bigrams, plus every unigram crossed with a coarse *depth* bucket
+(turns completed, read from the text by `depth_of`). A value is "evidence so far scaled by the
+turns left" (a martingale's Phi(X_t / sqrt(remaining))), so the weight a token deserves depends on
+how deep the prefix is; a plain bag of words cannot express that, the depth-crossed copy can.
+Each update also replays the last few updates' targets: the policy drifts slowly, so recent trees
+are still nearly on-policy, and a prompt's identity tokens get more than one step to be learned.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 
 import numpy as np
+
+DEPTH_EDGES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # depth buckets: exact while short, coarser later
+
+
+def count_turns(marker: str = "\n") -> Callable[[str], int]:
+    """Depth = occurrences of a turn marker ("\\n" between turns in the simulator; for chat
+    transcripts pass the assistant-turn header, e.g. "<|im_start|>assistant")."""
+    return lambda text: text.count(marker)
 
 
 class LexicalPredictor:
@@ -18,12 +34,16 @@ class LexicalPredictor:
         self,
         n_features: int = 2**18,
         *,
-        learning_rate: float = 0.3,
+        learning_rate: float = 0.2,
         l2: float = 1e-4,
-        epochs: int = 3,
+        epochs: int = 1,
         batch_size: int = 256,
+        depth_of: Callable[[str], int] | None = count_turns("\n"),
+        replay: int = 3,
         seed: int = 0,
     ) -> None:
+        """`depth_of` gives the depth for the crossed features (None: plain bag of words);
+        `replay` refits on the last `replay` earlier updates' targets too (0: this update only)."""
         if n_features & (n_features - 1):
             raise ValueError("n_features must be a power of two")
         self.n_features = n_features
@@ -31,12 +51,33 @@ class LexicalPredictor:
         self.l2 = l2
         self.epochs = epochs
         self.batch_size = batch_size
+        self.depth_of = depth_of
         self.weights = np.zeros(n_features)
         self.bias = 0.0
         self._squared_grads = np.zeros(n_features)
         self._bias_squared_grad = 0.0
         self._token_ids: dict[str, int] = {}
+        self._history: deque[tuple[list[str], np.ndarray, np.ndarray]] = deque(maxlen=replay)
         self._rng = np.random.default_rng(seed)
+
+    def state_dict(self) -> dict:
+        """Everything an exact resume needs (arrays stay numpy; the rest is JSON-able)."""
+        return {
+            "weights": self.weights.copy(), "bias": self.bias,
+            "squared_grads": self._squared_grads.copy(), "bias_squared_grad": self._bias_squared_grad,
+            "history": [[list(t), y.copy(), w.copy()] for t, y, w in self._history],
+            "rng": self._rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.weights = np.array(state["weights"], dtype=float)
+        self.bias = float(state["bias"])
+        self._squared_grads = np.array(state["squared_grads"], dtype=float)
+        self._bias_squared_grad = float(state["bias_squared_grad"])
+        self._history.clear()
+        for texts, y, w in state["history"]:
+            self._history.append((list(texts), np.asarray(y, dtype=float), np.asarray(w, dtype=float)))
+        self._rng.bit_generator.state = state["rng"]
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         if not len(texts):
@@ -52,11 +93,19 @@ class LexicalPredictor:
         if not len(texts):
             return
         w = w / w.mean()
-        index, row = self._features(texts)
-        starts = np.searchsorted(row, np.arange(len(texts) + 1))
+        batch_texts, batch_y, batch_w = list(texts), y, w
+        if self._history.maxlen:
+            old = list(self._history)
+            batch_texts = [t for o in old for t in o[0]] + batch_texts
+            batch_y = np.concatenate([o[1] for o in old] + [y])
+            batch_w = np.concatenate([o[2] for o in old] + [w])
+            self._history.append((list(texts), y, w))
+        index, row = self._features(batch_texts)
+        starts = np.searchsorted(row, np.arange(len(batch_texts) + 1))
+        n = len(batch_texts)
         for _ in range(self.epochs):
-            for batch in np.array_split(self._rng.permutation(len(texts)), max(1, len(texts) // self.batch_size)):
-                self._step(batch, index, starts, y, w)
+            for batch in np.array_split(self._rng.permutation(n), max(1, n // self.batch_size)):
+                self._step(batch, index, starts, batch_y, batch_w)
 
     def _step(self, batch: np.ndarray, index: np.ndarray, starts: np.ndarray, y: np.ndarray, w: np.ndarray) -> None:
         lengths = starts[batch + 1] - starts[batch]
@@ -75,21 +124,28 @@ class LexicalPredictor:
     def _logits(self, index: np.ndarray, row: np.ndarray, n: int) -> np.ndarray:
         return np.bincount(row, weights=self.weights[index], minlength=n) + self.bias
 
+    def _ids(self, keys: list[str]) -> np.ndarray:
+        ids = self._token_ids
+        for key in set(keys).difference(ids):
+            ids[key] = zlib.crc32(key.encode())
+        return np.fromiter(map(ids.__getitem__, keys), dtype=np.int64, count=len(keys))
+
     def _features(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Hashed feature index per occurrence and the text row it belongs to (sorted by row)."""
+        mask = self.n_features - 1
         tokens_per_text = [t.split() for t in texts]
-        flat = [tok for toks in tokens_per_text for tok in toks]
-        ids = self._token_ids
-        for tok in set(flat).difference(ids):
-            ids[tok] = zlib.crc32(tok.encode()) & (self.n_features - 1)
-        unigram = np.fromiter(map(ids.__getitem__, flat), dtype=np.int64, count=len(flat))
+        unigram = self._ids([tok for toks in tokens_per_text for tok in toks])
         row = np.repeat(np.arange(len(texts)), [len(toks) for toks in tokens_per_text])
         same_text = row[1:] == row[:-1]
-        bigram = (unigram[:-1][same_text] * 1_000_003 + unigram[1:][same_text] * 7 + 12_345) & (self.n_features - 1)
-        index = np.concatenate([unigram, bigram])
-        rows = np.concatenate([row, row[:-1][same_text]])
-        order = np.argsort(rows, kind="stable")
-        return index[order], rows[order]
+        bigram = unigram[:-1][same_text] * 1_000_003 + unigram[1:][same_text] * 7 + 12_345
+        parts, rows = [unigram, bigram], [row, row[:-1][same_text]]
+        if self.depth_of is not None:
+            bucket = np.searchsorted(DEPTH_EDGES, [self.depth_of(t) for t in texts], side="right") + 1
+            parts.append(unigram * 2_654_435_761 + bucket[row] * 40_503)
+            rows.append(row)
+        index, row = np.concatenate(parts) & mask, np.concatenate(rows)
+        order = np.argsort(row, kind="stable")
+        return index[order], row[order]
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

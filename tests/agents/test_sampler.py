@@ -1,0 +1,124 @@
+"""The TRACE sampler: Stage 1 → bare rollouts → per-prompt Stage 2 → continuations, at equal cost
+for TRACE and the baselines, through one driver."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+
+from trace_agents.backends import SamplingParams, ScriptedBackend
+from trace_agents.rollout import RolloutRunner
+from trace_agents.sampler import Candidate, TraceSampler
+from trace_allocation.allocators import DapoAllocator, GrpoAllocator, PclAllocator, TreeAllocator
+from trace_allocation.budget import Budget
+from trace_allocation.predictors import LexicalPredictor
+from trace_envs.calculator.env import CalculatorEnv
+
+from tests.agents.scripted_policies import chain_policy
+
+
+@pytest.fixture(scope="module")
+def calc():
+    return CalculatorEnv("arithmetic", suite_options={"size": 16, "seed": 3})
+
+
+def _allocators(rng_seed: int = 0):
+    rng = lambda: np.random.default_rng(rng_seed)  # noqa: E731
+    return [
+        TreeAllocator(LexicalPredictor(2**12), continuations_per_root=2, rng=rng(), name="trace"),
+        TreeAllocator(None, roots="uniform", prefixes="uniform", group_size=4, rng=rng(), name="treepo"),
+        GrpoAllocator(4, rng=rng()),
+        PclAllocator(LexicalPredictor(2**12), 4),
+        DapoAllocator(4, batch_prompts=2, rng=rng()),
+    ]
+
+
+@pytest.mark.parametrize("allocator", _allocators(), ids=lambda a: a.name)
+def test_one_step_per_allocator_is_accounted(tiny, calc, allocator, tmp_path):
+    _, tok = tiny
+    backend = ScriptedBackend(chain_policy({t.prompt: t.answer for t in calc.tasks}, steps=1), tok)
+    runner = RolloutRunner(backend, tokenizer=tok, seed=0)
+    log = tmp_path / "metrics.jsonl"
+    sampler = TraceSampler(runner, allocator, metrics_path=log, progress=False)
+    candidates = [Candidate(calc, t.id) for t in calc.tasks]
+    budget = Budget(32 if allocator.name != "dapo" else 64)
+    result = asyncio.run(sampler.step(candidates, budget))
+
+    assert budget.spent <= budget.total + 1e-9 and budget.spent > 0
+    roots = sum(not e.continuation for e in result.episodes)
+    conts = sum(e.continuation for e in result.episodes)
+    assert (budget.roots, budget.continuations) == (roots, conts)
+    assert roots == int(result.root_counts.sum())
+    assert budget.spent == pytest.approx(roots + 0.5 * conts)
+    assert all(e.status == "terminated" for e in result.episodes)
+    if allocator.continuations_per_root:
+        assert conts == allocator.continuations_per_root * roots
+        assert all(not leaf.bare for e in result.episodes if e.continuation for leaf in [e.leaf])
+    else:
+        assert conts == 0
+    leaves = sum(len(t.rewards()) for t in result.trees)
+    assert leaves == len(result.episodes)
+    assert result.effective_ratio == np.mean([t.is_mixed for t in result.trees])
+    record = json.loads(log.read_text().splitlines()[-1])
+    assert record["allocator"] == allocator.name and record["cost"] == budget.spent
+    assert record["episodes"] == len(result.episodes)
+
+
+def test_stage2_starts_per_prompt_without_a_global_barrier(tiny, calc):
+    """A slow prompt must not hold back a fast prompt's continuations."""
+    _, tok = tiny
+    slow_prompt, fast_prompt = calc.tasks[0].prompt, calc.tasks[1].prompt
+    events: list[str] = []
+    gate = asyncio.Event()
+    answers = {t.prompt: t.answer for t in calc.tasks}
+
+    async def policy(context: str, params: SamplingParams) -> str:
+        which = "slow" if slow_prompt in context else "fast"
+        cont = context.count("<tool_response>\n")
+        events.append(f"{which}:{cont}")
+        if which == "slow":
+            await gate.wait()  # released only once the fast prompt has branched
+        elif cont == 1 and sum(e == "fast:1" for e in events) > 2:
+            gate.set()  # more 'after turn 1' requests than bare rollouts: continuations run
+        return chain_policy(answers, steps=1)(context, params)
+
+    runner = RolloutRunner(ScriptedBackend(policy, tok), tokenizer=tok)
+    allocator = TreeAllocator(None, roots="uniform", prefixes="uniform", group_size=2,
+                              rng=np.random.default_rng(0), continuations_per_root=2)
+    allocator.plan_roots = lambda texts, budget: np.array(  # type: ignore[method-assign]
+        [2 if t in (slow_prompt, fast_prompt) else 0 for t in texts])
+    sampler = TraceSampler(runner, allocator, progress=False, fit_predictor=False)
+
+    async def run():
+        return await asyncio.wait_for(
+            sampler.step([Candidate(calc, t.id) for t in calc.tasks[:2]], Budget(100)), timeout=20)
+
+    result = asyncio.run(run())
+    assert gate.is_set() and len(result.trees) == 2
+    assert sum(e.continuation for e in result.episodes) == 8
+
+
+def test_failed_rollouts_are_charged_and_reported(tiny, calc):
+    _, tok = tiny
+    calls = {"n": 0}
+
+    def flaky(context: str, params: SamplingParams) -> str:
+        calls["n"] += 1
+        if calls["n"] % 3 == 0:
+            from trace_agents.backends import BackendError
+
+            raise BackendError("injected")
+        return chain_policy({t.prompt: t.answer for t in calc.tasks}, steps=1)(context, params)
+
+    runner = RolloutRunner(ScriptedBackend(flaky, tok), tokenizer=tok, max_concurrency=1)
+    allocator = GrpoAllocator(4, rng=np.random.default_rng(0))
+    sampler = TraceSampler(runner, allocator, progress=False)
+    budget = Budget(8)
+    result = asyncio.run(sampler.step([Candidate(calc, t.id) for t in calc.tasks], budget))
+    failed = [e for e in result.episodes if e.status == "failed"]
+    assert failed and all(e.error == "injected" for e in failed)
+    assert len(result.episodes) == 8 and budget.spent == 8
+    assert result.metrics["failed"] == len(failed)

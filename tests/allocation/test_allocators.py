@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trace_allocation import Budget, RolloutTree
+from trace_allocation.allocators import DapoAllocator, GrpoAllocator, PclAllocator, TreeAllocator
+from trace_allocation.predictors import OraclePredictor
+
+
+def _table_predictor(values: dict[str, float]) -> OraclePredictor:
+    return OraclePredictor(lambda text: values.get(text, 0.5))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    pool=st.integers(0, 40),
+    total=st.floats(0, 200),
+    n=st.integers(0, 4),
+    unit=st.sampled_from(["trajectory", "turns"]),
+)
+def test_root_plans_fit_the_budget(seed, pool, total, n, unit):
+    rng = np.random.default_rng(seed)
+    texts = [f"p{i}" for i in range(pool)]
+    predictor = _table_predictor(dict(zip(texts, rng.random(pool))))
+    estimates = None if unit == "trajectory" else (6.0, 3.0)
+    planners = [
+        GrpoAllocator(8, rng=rng),
+        PclAllocator(predictor, 8),
+        TreeAllocator(predictor, continuations_per_root=n, rng=rng),
+        TreeAllocator(None, roots="uniform", prefixes="uniform", continuations_per_root=n, rng=rng),
+    ]
+    for planner in planners:
+        budget = Budget(total, unit=unit, estimates=estimates)
+        counts = planner.plan_roots(texts, budget)
+        assert counts.shape == (pool,) and counts.min(initial=0) >= 0
+        planned = counts.sum() * (budget.root_price + planner.continuations_per_root * budget.continuation_price)
+        assert planned <= total + 1e-9
+
+
+def _two_rollout_tree() -> RolloutTree:
+    tree = RolloutTree(0, "p")
+    a = tree.root.add_child("p\na1")
+    a.add_child("p\na1\na2").add_child("p\na1\na2\na3").finish(0.0)
+    tree.root.add_child("p\nb1").add_child("p\nb1\nb2").finish(1.0)
+    return tree
+
+
+def test_trace_continuations_go_to_surprising_prefixes_and_spend_m_times_n():
+    tree = _two_rollout_tree()
+    # a failed rollout whose second prefix looked like a success is the best anchor
+    predictor = _table_predictor({"p\na1": 0.3, "p\na1\na2": 0.95, "p\nb1": 0.9})
+    plan = TreeAllocator(predictor, continuations_per_root=2, rng=np.random.default_rng(0)).plan_continuations(tree)
+    # gains: a1a2 0.95, then a1 0.3, 0.21, 0.147 beat a1a2's second (0.0475) and b1's 0.1
+    assert {n.prefix_text: k for n, k in plan} == {"p\na1\na2": 1, "p\na1": 3}
+
+
+def test_uniform_continuations_spread_over_eligible_prefixes():
+    tree = _two_rollout_tree()
+    allocator = TreeAllocator(None, roots="uniform", prefixes="uniform", continuations_per_root=3, rng=np.random.default_rng(1))
+    plan = allocator.plan_continuations(tree)
+    assert sum(k for _, k in plan) == 6
+    assert {n.prefix_text for n, _ in plan} <= {"p\na1", "p\na1\na2", "p\nb1"}
+    assert allocator.plan_continuations(tree, count=0) == []
+
+
+def test_active_needs_a_predictor():
+    with pytest.raises(ValueError):
+        TreeAllocator(None, rng=np.random.default_rng(0))
+
+
+def test_pcl_keeps_prompts_nearest_one_half():
+    texts = ["a", "b", "c", "d"]
+    pcl = PclAllocator(_table_predictor({"a": 0.05, "b": 0.45, "c": 0.9, "d": 0.6}), group_size=2)
+    assert pcl.plan_roots(texts, Budget(4)).tolist() == [0, 2, 0, 2]
+
+
+def test_dapo_refills_until_its_batch_has_enough_mixed_groups():
+    texts = [f"p{i}" for i in range(6)]
+    dapo = DapoAllocator(2, batch_prompts=2, rng=np.random.default_rng(0))
+    first = dapo.plan_roots(texts, Budget(1000))
+    assert (first > 0).sum() == 2
+    flat = RolloutTree(0, "x")
+    for _ in range(2):
+        flat.root.add_child("x y").finish(1.0)
+    mixed = _two_rollout_tree()
+    again = dapo.plan_refill([flat, mixed], texts)
+    assert (again > 0).sum() == 1 and not np.any((again > 0) & (first > 0))
+    assert not dapo.plan_refill([mixed, mixed], texts).any()

@@ -1,0 +1,73 @@
+import math
+
+import numpy as np
+import pytest
+
+from trace_allocation.experiments import allocators, propositions
+from trace_allocation.simulate import Scenario, SyntheticTasks, mixed_rate, normal_cdf, simulate
+
+SMALL = Scenario(n_prompts=512, pool_size=128, roots=64, steps=4, warmup=1)
+
+
+def test_grpo_knob_calibrates_the_expected_effective_ratio():
+    for target in (0.2, 0.27, 0.5):
+        world = SyntheticTasks(SMALL.with_(grpo_effective_ratio=target))
+        z = world.probit(np.arange(SMALL.n_prompts), 0)
+        assert mixed_rate(z, SMALL.grpo_group) == pytest.approx(target, abs=1e-6)
+
+
+def test_true_values_are_a_martingale():
+    world = SyntheticTasks(SMALL)
+    rng = np.random.default_rng(0)
+    tree = world.root_tree(3, step=0)
+    node = world.roll(tree.root, 1, rng, continuation=False)[0].path()[1]  # a depth-1 prefix
+    world.roll(node, 4000, rng, continuation=True)
+    next_values = np.array([world.truth[c.prefix_text] for c in node.children[1:]])
+    v = world.truth[node.prefix_text]
+    assert next_values.mean() == pytest.approx(v, abs=4 * next_values.std() / math.sqrt(next_values.size) + 1e-9)
+    assert world.truth[tree.root.prefix_text] == pytest.approx(float(normal_cdf(world.probit(np.array([3]), 0))[0]))
+
+
+def test_runs_are_deterministic_and_never_overspend():
+    factories = allocators(SMALL)
+    for name in ("grpo", "treepo", "trace"):
+        make, multiple = factories[name]
+        one = simulate(SMALL, make, name=name)
+        two = simulate(SMALL, make, name=name)
+        assert one.steps == two.steps
+        assert all(s.spent <= SMALL.budget for s in one.steps)
+    turns = SMALL.with_(cost_unit="turns")
+    report = simulate(turns, allocators(turns)["trace"][0], name="trace")
+    world = SyntheticTasks(turns)
+    assert all(0 < s.spent <= turns.budget * world.turns.mean() for s in report.steps)
+
+
+def test_oracle_trace_beats_uniform_grpo_by_a_wide_margin():
+    factories = allocators(SMALL)
+    grpo = simulate(SMALL, factories["grpo"][0], name="grpo").mean("effective_ratio")
+    oracle = simulate(SMALL, factories["trace_oracle"][0], name="trace_oracle").mean("effective_ratio")
+    assert oracle > 2 * grpo
+
+
+def test_propositions_hold():
+    checks = propositions(SMALL, samples=400, continuations=32)
+    assert all(check["holds"] for check in checks.values())
+
+
+def test_text_value_is_the_mean_true_value_given_the_text():
+    """E[V_0 | topics]: binned by it, the true values of the prompts average to the bin's value."""
+    sc = Scenario(n_prompts=20000, drift=0.0)
+    world = SyntheticTasks(sc)
+    prompts = np.arange(sc.n_prompts)
+    text, true = world.text_value(prompts, 0), normal_cdf(world.probit(prompts, 0))
+    bins = np.digitize(text, np.linspace(0.1, 0.9, 9))
+    for b in np.unique(bins):
+        assert true[bins == b].mean() == pytest.approx(text[bins == b].mean(), abs=0.03)
+
+
+def test_oracle_references_bracket_the_learned_predictor():
+    factories = allocators(SMALL)
+    runs = {n: simulate(SMALL, factories[n][0], name=n) for n in ("trace", "trace_oracle_seen", "trace_oracle")}
+    assert runs["trace_oracle"].mean("pool_error") == 0.0
+    assert 0.0 < runs["trace_oracle_seen"].mean("pool_error") < runs["trace"].mean("pool_error")
+    assert runs["trace"].mean("effective_ratio") < runs["trace_oracle"].mean("effective_ratio")

@@ -1,0 +1,39 @@
+import pytest
+
+from trace_agents.train.config import ConfigError, TrainConfig, load_config
+
+
+def test_defaults_and_equal_budget():
+    cfg = TrainConfig()
+    assert cfg.budget.total == 16 * (1 + 2 * 0.5)
+    assert cfg.allocators == ["trace", "grpo"]
+
+
+def test_yaml_round_trip(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 3\nsteps: 2\nbudget: {roots: 8, continuations_per_root: 6}\n"
+                    "env: {id: trace/Calculator-v0, kwargs: {max_turns: 3}}\n")
+    cfg = load_config(path)
+    assert (cfg.seed, cfg.steps, cfg.budget.roots, cfg.env.kwargs) == (3, 2, 8, {"max_turns": 3})
+    assert load_config(path, {"steps": 5}).steps == 5
+
+
+@pytest.mark.parametrize("text, message", [
+    ("stepz: 3\n", "stepz: Extra inputs are not permitted"),
+    ("steps: 0\n", "steps: Input should be greater than or equal to 1"),
+    ("allocators: [trace, magic]\n", "allocators.1"),
+    ("budget: {m_min: 6, m_max: 4}\n", "m_max must be at least m_min"),
+    ("optim: {lr: -1}\n", "optim.lr"),
+    ("- a\n- b\n", "top level must be a mapping"),
+    ("steps: [\n", "not valid YAML"),
+])
+def test_bad_configs_name_the_field(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        load_config(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "none.yaml")

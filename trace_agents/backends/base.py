@@ -1,0 +1,63 @@
+"""One async interface over every inference engine.
+
+A backend generates from token ids (exact prefixes: what branching needs) or from chat messages
+(for servers that only speak chat), and returns what training needs later: the generated token
+ids, their log-probabilities, why generation stopped, and how many prompt tokens the server served
+from its prefix cache when it says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol, runtime_checkable
+
+Prompt = Sequence[int] | Sequence[dict[str, str]]
+"""Token ids, or chat messages ``[{"role": ..., "content": ...}]``."""
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+class BackendError(RuntimeError):
+    """A generation failed for good (after the retries a transient failure deserves)."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    """Per-request seed where the engine supports one (reproducible tests)."""
+
+    def with_seed(self, seed: int | None) -> SamplingParams:
+        return replace(self, seed=seed)
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    token_ids: list[int]
+    logprobs: list[float] | None
+    """Log-probability of each generated token under the model (before temperature/top-p, as
+    vLLM and SGLang report them); None when the engine returned none."""
+    finish_reason: FinishReason
+    prompt_tokens: int
+    cached_tokens: int | None = None
+    """Prompt tokens served from the engine's prefix cache; None when it does not say."""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def is_token_prompt(prompt: Prompt) -> bool:
+    return not prompt or not isinstance(prompt[0], dict)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    accepts_token_ids: bool
+    """False for chat-only engines: rollouts then send messages and token ids are best effort."""
+
+    async def generate(self, prompt: Prompt, params: SamplingParams) -> Completion: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,293 @@
+"""Rollouts that grow trees: many ReAct episodes at once, every turn boundary remembered, and
+continuations branched from any turn with the exact env state and token prefix.
+
+Each tree node (``trace_allocation.tree.Node``) is one turn; its ``handle`` is a :class:`Turn`
+(the root's is a :class:`Start`) holding the env snapshot after the turn and the turn's own token
+segments: the model's action tokens (trainable, with their log-probabilities) and the tokens the
+env and chat template add after them (masked). The token prefix of a node is the concatenation of
+the segments on its path, so a continuation sends the server the very ids its parent saw and the
+server's prefix cache (SGLang RadixAttention, vLLM prefix caching) serves them.
+
+Failures never lose a rollout: a generation that still fails after the backend's retries ends the
+episode as ``failed`` (kept, with the error, its completed turns in the tree without a reward).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from trace_agents.backends.base import Backend, BackendError, Completion, SamplingParams
+from trace_agents.react import (
+    STOP_STRINGS,
+    ChatFormat,
+    Message,
+    initial_messages,
+    observation_content,
+    turn_messages,
+)
+from trace_allocation.tree import Node, RolloutTree
+from trace_envs import Snapshot, ToolEnv
+
+Status = Literal["terminated", "truncated", "failed"]
+
+
+@dataclass(frozen=True)
+class Start:
+    """Handle of a root: the env and task, the first messages and prompt tokens, the reset state."""
+
+    env: ToolEnv
+    """An env of the right class and suite: forks of it are restored to resume any node."""
+    task_id: str
+    prompt: str
+    messages: tuple[Message, ...]
+    prompt_ids: tuple[int, ...]
+    snapshot: Snapshot
+
+
+@dataclass(frozen=True)
+class Turn:
+    """Handle of a turn node: what the model did, what the env answered, and the state after."""
+
+    action: str
+    observation: str | None
+    """None when the episode ended at this turn."""
+    action_ids: tuple[int, ...]
+    """The model's tokens: trainable."""
+    action_logprobs: tuple[float, ...] | None
+    env_ids: tuple[int, ...]
+    """Template and observation tokens after the action, up to the next generation prompt: masked."""
+    reward: float
+    terminated: bool
+    truncated: bool
+    info: dict[str, Any]
+    finish_reason: str
+    prompt_tokens: int
+    cached_tokens: int | None
+    snapshot: Snapshot
+
+
+@dataclass
+class Episode:
+    """One rollout (bare or continuation) and how it ended; failed ones are kept, not dropped."""
+
+    tree: RolloutTree
+    start: Node
+    """The node it was resumed from (the root for a bare rollout)."""
+    continuation: bool
+    status: Status | None = None
+    leaf: Node | None = None
+    reward: float | None = None
+    error: str | None = None
+    turns: int = 0
+    generated_tokens: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class TokenPath:
+    """Token view of a root-to-node path, for the trainer."""
+
+    ids: list[int]
+    loss_mask: list[int]
+    """1 on the model's tokens, 0 on prompt, template and observation tokens."""
+    logprobs: list[float | None]
+    """Sampling log-probability of each model token (None elsewhere or when not reported)."""
+    depth: list[int]
+    """Turn each token belongs to (0 = prompt): pick the turns a sample trains."""
+
+
+def start_of(node: Node) -> Start:
+    root = node.path()[0]
+    assert isinstance(root.handle, Start), "not a rollout tree grown by this module"
+    return root.handle
+
+
+def token_path(node: Node) -> TokenPath:
+    """Ids, loss mask, log-probs and turn index of every token from the prompt to ``node``."""
+    start = start_of(node)
+    n_prompt = len(start.prompt_ids)
+    ids, mask, depth = list(start.prompt_ids), [0] * n_prompt, [0] * n_prompt
+    lps: list[float | None] = [None] * n_prompt
+    for t, n in enumerate(node.path()[1:], start=1):
+        turn: Turn = n.handle
+        ids += turn.action_ids
+        mask += [1] * len(turn.action_ids)
+        lps += turn.action_logprobs or [None] * len(turn.action_ids)  # type: ignore[operator]
+        ids += turn.env_ids
+        mask += [0] * len(turn.env_ids)
+        lps += [None] * len(turn.env_ids)
+        depth += [t] * (len(turn.action_ids) + len(turn.env_ids))
+    return TokenPath(ids, mask, lps, depth)
+
+
+def prefix_ids(node: Node) -> list[int]:
+    """The exact token prefix a continuation from ``node`` sends to the server."""
+    return token_path(node).ids
+
+
+def prefix_messages(node: Node) -> list[Message]:
+    start = start_of(node)
+    messages = list(start.messages)
+    for n in node.path()[1:]:
+        messages += turn_messages(n.handle.action, n.handle.observation)
+    return messages
+
+
+def transcript(node: Node) -> str:
+    """The prefix H_t as plain text for the predictor: task, then each action and observation."""
+    parts = [start_of(node).prompt]
+    for n in node.path()[1:]:
+        parts.append(n.handle.action)
+        if n.handle.observation is not None:
+            parts.append(observation_content(n.handle.observation))
+    return "\n".join(parts)
+
+
+def resume_env(node: Node) -> ToolEnv:
+    """A new env at exactly the node's turn (the root: the reset state): a fork of the tree's env
+    restored from the node's snapshot."""
+    start = start_of(node)
+    env = start.env.fork()
+    env.restore(node.handle.snapshot)
+    return env
+
+
+class RolloutRunner:
+    """Runs ReAct episodes against a backend and records them into rollout trees."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        tokenizer: Any = None,
+        sampling: SamplingParams = SamplingParams(max_tokens=256),
+        max_concurrency: int = 64,
+        max_context_tokens: int | None = None,
+        seed: int = 0,
+        on_episode: Callable[[Episode], None] | None = None,
+    ) -> None:
+        if backend.accepts_token_ids and tokenizer is None:
+            raise ValueError("token-level rollouts need the model's tokenizer")
+        self.backend = backend
+        self.format = ChatFormat(tokenizer) if backend.accepts_token_ids else None
+        self.sampling = SamplingParams(
+            sampling.temperature, sampling.top_p, sampling.max_tokens,
+            tuple(dict.fromkeys(sampling.stop + STOP_STRINGS)), sampling.seed,
+        )
+        self.max_context_tokens = max_context_tokens
+        self.on_episode = on_episode
+        """Called as each episode ends (progress bars)."""
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._rng = np.random.default_rng(seed)
+        self.stats = {"episodes": 0, "failed": 0, "turns": 0, "generated_tokens": 0,
+                      "prompt_tokens": 0, "cached_tokens": 0}
+
+    def new_tree(self, env: ToolEnv, task_id: str, *, seed: int | None = None) -> RolloutTree:
+        """Reset ``env`` on the task and make the tree's root. A fork of the reset env is kept as
+        the template every node of the tree resumes from, so ``env`` stays free for other trees."""
+        prompt, _ = env.reset(seed=seed, options={"task_id": task_id})
+        messages = initial_messages(env, prompt)
+        ids = self.format.prompt_ids(messages) if self.format else []
+        start = Start(env.fork(), task_id, prompt, tuple(messages), tuple(ids), env.snapshot())
+        return RolloutTree(task_id, prompt, handle=start)
+
+    async def rollouts(self, tree: RolloutTree, node: Node, k: int) -> list[Episode]:
+        """``k`` episodes resumed from ``node``: bare rollouts from the root, continuations from
+        any other node (attached there as new children)."""
+        if isinstance(node.handle, Turn) and (node.handle.terminated or node.handle.truncated):
+            raise ValueError("cannot continue from a node that ended its episode")
+        seeds = self._rng.integers(0, 2**62, size=k).tolist()
+        return list(await asyncio.gather(*(self._episode(tree, node, s) for s in seeds)))
+
+    async def _episode(self, tree: RolloutTree, start: Node, seed: int) -> Episode:
+        episode = Episode(tree, start, continuation=start.parent is not None)
+        async with self._slots:
+            try:
+                await self._play(episode, seed)
+            except BackendError as exc:
+                episode.status, episode.error = "failed", str(exc)
+            except Exception as exc:  # one broken episode must not sink the others of the step
+                episode.status, episode.error = "failed", f"{type(exc).__name__}: {exc}"
+        self._account(episode)
+        if self.on_episode is not None:
+            self.on_episode(episode)
+        return episode
+
+    async def _play(self, episode: Episode, seed: int) -> None:
+        node = episode.start
+        env = resume_env(node)
+        ids = prefix_ids(node) if self.format else []
+        messages = prefix_messages(node) if not self.format else []
+        first = True
+        while True:
+            params = self.sampling.with_seed((seed + env.turn) % 2**63)
+            if self.max_context_tokens and len(ids) + params.max_tokens > self.max_context_tokens:
+                episode.status = "truncated"  # the context is full: like running out of turns
+                if node is not episode.start:
+                    episode.reward = node.finish(0.0).reward
+                return
+            out = await self.backend.generate(ids if self.format else messages, params)
+            obs, reward, terminated, truncated, info = env.step(out.text)
+            ended = terminated or truncated
+            action_ids = out.token_ids
+            if self.format:
+                tail = self.format.final_ids(action_ids) if ended else self.format.observation_ids(action_ids, obs)
+            else:
+                tail = []
+                messages += turn_messages(out.text, None if ended else obs)
+            turn = Turn(
+                action=out.text, observation=None if ended else obs,
+                action_ids=tuple(action_ids),
+                action_logprobs=None if out.logprobs is None else tuple(out.logprobs),
+                env_ids=tuple(tail), reward=float(reward), terminated=terminated,
+                truncated=truncated, info=info, finish_reason=out.finish_reason,
+                prompt_tokens=out.prompt_tokens, cached_tokens=out.cached_tokens,
+                snapshot=env.snapshot(),
+            )
+            node = node.add_child("", handle=turn, continuation=first and episode.continuation)
+            node.text = functools.partial(transcript, node)  # rendered only if a predictor asks
+            first = False
+            ids += list(action_ids) + list(tail)
+            self._count(episode, out)
+            if ended:
+                node.finish(float(reward))
+                episode.status = "terminated" if terminated else "truncated"
+                episode.leaf, episode.reward = node, float(reward)
+                return
+            episode.leaf = node
+
+    def _count(self, episode: Episode, out: Completion) -> None:
+        episode.turns += 1
+        episode.generated_tokens += len(out.token_ids)
+        episode.prompt_tokens += out.prompt_tokens
+        episode.cached_tokens += out.cached_tokens or 0
+
+    def _account(self, episode: Episode) -> None:
+        s = self.stats
+        s["episodes"] += 1
+        s["failed"] += episode.status == "failed"
+        s["turns"] += episode.turns
+        s["generated_tokens"] += episode.generated_tokens
+        s["prompt_tokens"] += episode.prompt_tokens
+        s["cached_tokens"] += episode.cached_tokens
+
+
+def episodes_summary(episodes: Sequence[Episode]) -> dict[str, float]:
+    done = [e for e in episodes if e.status != "failed"]
+    rewards = [e.reward for e in done if e.reward is not None]
+    return {
+        "episodes": len(episodes),
+        "failed": len(episodes) - len(done),
+        "reward_mean": float(np.mean(rewards)) if rewards else 0.0,
+        "turns": sum(e.turns for e in episodes),
+        "generated_tokens": sum(e.generated_tokens for e in episodes),
+        "prompt_tokens": sum(e.prompt_tokens for e in episodes),
+        "cached_tokens": sum(e.cached_tokens for e in episodes),
+    }

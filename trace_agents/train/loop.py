@@ -1,0 +1,257 @@
+"""The training loop: each allocator trains its own copy of the policy at equal sampling budget.
+
+One step of one run ("arm"): draw the candidate pool (the same pools for every arm), let the
+TRACE sampler grow rollout trees (Stage 1 roots, bare rollouts, Stage 2 continuations; the
+shared predictor is refit on the backup targets), update the policy on the trees' tree-aware
+advantages, and sync the new weights to the inference engine. After every step all arms are
+checkpointed together, so ``--resume`` continues exactly where a stopped run left off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import yaml
+from rich.console import Console
+
+import trace_envs  # noqa: F401  (registers the envs)
+from trace_agents.backends.base import Backend, SamplingParams
+from trace_agents.rollout import RolloutRunner
+from trace_agents.sampler import Candidate, TraceSampler
+from trace_agents.train.checkpoint import load_checkpoint, save_checkpoint
+from trace_agents.train.config import CONFIG_NAME, TrainConfig
+from trace_agents.train.metrics import MetricsLog, plot_metrics
+from trace_agents.train.update import PolicyUpdater
+from trace_agents.train.weight_sync import sync_weights
+from trace_allocation.allocators import (
+    Allocator, DapoAllocator, GrpoAllocator, PclAllocator, TreeAllocator,
+)
+from trace_allocation.budget import Budget
+from trace_allocation.predictors import (
+    BetaBernoulliPredictor, LexicalPredictor, SuccessPredictor, reliability_curve,
+)
+from trace_envs import ToolEnv
+
+METRICS_NAME = "metrics.jsonl"
+
+
+def load_model(name: str, dtype: str) -> tuple[torch.nn.Module, Any]:
+    """``smollm2`` and ``tiny-qwen3`` are offline; anything else is a local HF model directory."""
+    from trace_agents import models
+
+    if name == "smollm2":
+        model, tokenizer = models.smollm2()
+    elif name == "tiny-qwen3":
+        model, tokenizer = models.tiny_qwen3()
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(name)
+        if not path.is_dir():
+            raise FileNotFoundError(f"model {name!r}: not 'smollm2', 'tiny-qwen3' or a local directory")
+        model = AutoModelForCausalLM.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    if dtype == "bfloat16" or (dtype == "auto" and torch.cuda.is_available()):
+        model = model.to(torch.bfloat16)
+    if torch.cuda.is_available():
+        model = model.cuda()
+    return model.eval(), tokenizer
+
+
+def make_predictor(cfg: TrainConfig) -> SuccessPredictor:
+    kind, options = cfg.predictor.kind, dict(cfg.predictor.options)
+    if kind == "lexical":
+        return LexicalPredictor(seed=cfg.seed, **options)
+    if kind == "beta":
+        return BetaBernoulliPredictor(**options)
+    from trace_allocation.predictors import EncoderPredictor
+
+    return EncoderPredictor(**options)
+
+
+def make_allocator(name: str, cfg: TrainConfig, rng: np.random.Generator) -> Allocator:
+    b = cfg.budget
+    if name == "trace":
+        return TreeAllocator(make_predictor(cfg), continuations_per_root=b.continuations_per_root,
+                             m_min=b.m_min, m_max=b.m_max, group_size=b.group_size, rng=rng,
+                             name="trace")
+    if name == "treepo":
+        return TreeAllocator(None, continuations_per_root=b.continuations_per_root,
+                             roots="uniform", prefixes="uniform", group_size=b.group_size,
+                             rng=rng, name="treepo")
+    if name == "grpo":
+        return GrpoAllocator(b.group_size, rng=rng)
+    if name == "pcl":
+        return PclAllocator(make_predictor(cfg), b.group_size)
+    if name == "dapo":
+        batch = max(1, int(b.total) // b.group_size)
+        return DapoAllocator(b.group_size, batch_prompts=batch, rng=rng)
+    raise ValueError(f"unknown allocator {name!r}")
+
+
+def make_backend(cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any) -> Backend:
+    from trace_agents.backends.hf import HFBackend
+    from trace_agents.backends.http import OpenAIBackend, SGLangBackend
+
+    kind = cfg.backend.kind
+    if kind == "hf":
+        return HFBackend(model, tokenizer, max_batch=cfg.backend.max_concurrency)
+    if cfg.backend.url is None:
+        raise ValueError(f"backend {kind!r} needs backend.url")
+    options = {"timeout_s": cfg.backend.timeout_s, "max_concurrency": cfg.backend.max_concurrency}
+    if kind == "sglang":
+        return SGLangBackend(cfg.backend.url, tokenizer, **options)
+    return OpenAIBackend(cfg.backend.url, cfg.model.name, **options)
+
+
+@dataclass
+class Arm:
+    """One allocator's run: its own policy copy, optimiser, predictor and RNG streams."""
+
+    name: str
+    env: ToolEnv
+    model: torch.nn.Module
+    updater: PolicyUpdater
+    backend: Backend
+    runner: RolloutRunner
+    sampler: TraceSampler
+    data_rng: np.random.Generator
+    alloc_rng: np.random.Generator
+
+    def state(self) -> dict[str, Any]:
+        predictor = self.sampler.allocator.predictor
+        return {
+            "data_rng": self.data_rng.bit_generator.state,
+            "alloc_rng": self.alloc_rng.bit_generator.state,
+            "runner_rng": self.runner._rng.bit_generator.state,
+            "sampler_steps": self.sampler.steps,
+            "predictor": None if predictor is None else predictor.state_dict(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.data_rng.bit_generator.state = state["data_rng"]
+        self.alloc_rng.bit_generator.state = state["alloc_rng"]
+        self.runner._rng.bit_generator.state = state["runner_rng"]
+        self.sampler.steps = int(state["sampler_steps"])
+        predictor = self.sampler.allocator.predictor
+        if predictor is not None:
+            predictor.load_state_dict(state["predictor"])
+
+
+def build_arms(cfg: TrainConfig, out_dir: Path, *, progress: bool) -> list[Arm]:
+    base, tokenizer = load_model(cfg.model.name, cfg.model.dtype)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    sampling = SamplingParams(temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
+                              max_tokens=cfg.sampling.max_tokens)
+    arms = []
+    for i, name in enumerate(cfg.allocators):
+        model = base if i == len(cfg.allocators) - 1 else copy.deepcopy(base)
+        env = gym.make(cfg.env.id, split=cfg.env.split, **cfg.env.kwargs)
+        alloc_rng = np.random.default_rng(cfg.seed)
+        backend = make_backend(cfg, model, tokenizer)
+        runner = RolloutRunner(backend, tokenizer=tokenizer, sampling=sampling,
+                               max_concurrency=cfg.backend.max_concurrency, seed=cfg.seed)
+        sampler = TraceSampler(runner, make_allocator(name, cfg, alloc_rng), progress=progress)
+        arms.append(Arm(name, env, model, PolicyUpdater(model, pad_id=pad_id, config=cfg.optim),
+                        backend, runner, sampler, np.random.default_rng(cfg.seed), alloc_rng))
+    return arms
+
+
+def _calibration(trees: list[Any], predictor: SuccessPredictor | None) -> dict[str, Any] | None:
+    """Reliability of the predictor (already refit on this step) over the step's prefixes."""
+    if predictor is None:
+        return None
+    texts, targets = [], []
+    for tree in trees:
+        for node in tree.nodes():
+            if node.target is not None and not node.is_leaf:
+                texts.append(node.prefix_text)
+                targets.append(node.target)
+    if not texts:
+        return None
+    curve = reliability_curve(predictor.predict(texts), np.asarray(targets), n_bins=5)
+    keep = curve.counts > 0
+    return {"predicted": curve.predicted[keep].tolist(), "observed": curve.observed[keep].tolist()}
+
+
+async def run_step(arm: Arm, step: int, cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
+    pool = min(cfg.budget.pool, len(arm.env.tasks))
+    picks = arm.data_rng.choice(len(arm.env.tasks), pool, replace=False)
+    candidates = [Candidate(arm.env, arm.env.tasks[int(i)].id) for i in picks]
+    budget = Budget(cfg.budget.total, continuation_cost=cfg.budget.continuation_cost)
+    result = await arm.sampler.step(candidates, budget)
+    started = time.perf_counter()
+    update = arm.updater.update(result.trees)
+    update_s = time.perf_counter() - started
+    sync = await sync_weights(arm.backend, arm.model, out_dir / "weights" / arm.name)
+    record = {**result.metrics, "step": step, "allocator": arm.name, **update,
+              "update_s": update_s, "weight_sync": sync,
+              "calibration": _calibration(result.trees, arm.sampler.allocator.predictor)}
+    return record
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+async def train(
+    cfg: TrainConfig, out_dir: Path, *, resume: bool = False, stop_after: int | None = None,
+    progress: bool = True, console: Console | None = None,
+) -> list[dict[str, Any]]:
+    """Run (or continue) training; returns every metrics record of the run so far."""
+    console = console or Console()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = MetricsLog(out_dir / METRICS_NAME)
+    _seed_everything(cfg.seed)
+    arms = build_arms(cfg, out_dir, progress=progress)
+    start = 0
+    if resume:
+        loaded = load_checkpoint(out_dir, models={a.name: a.model for a in arms},
+                                 optimizers={a.name: a.updater.optimizer for a in arms})
+        for arm in arms:
+            arm.load_state(loaded.states[arm.name])
+        start = loaded.step + 1
+        log.truncate_after(loaded.step)
+        console.print(f"resumed {out_dir} after step {loaded.step}")
+    else:
+        if log.path.exists():
+            log.path.unlink()
+        (out_dir / CONFIG_NAME).write_text(yaml.safe_dump(cfg.model_dump()), encoding="utf-8")
+    try:
+        for step in range(start, cfg.steps):
+            for arm in arms:
+                record = await run_step(arm, step, cfg, out_dir)
+                log.append(record)
+                console.print(
+                    f"step {step} [bold]{arm.name:>6}[/]: effective ratio "
+                    f"{record['effective_ratio']:.2f}, reward {record['reward_mean']:.2f}, "
+                    f"cost {record['cost']:.1f}/{cfg.budget.total:g}, "
+                    f"{record['seconds'] + record['update_s']:.0f} s"
+                )
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+                save_checkpoint(out_dir, step=step, models={a.name: a.model for a in arms},
+                                optimizers={a.name: a.updater.optimizer for a in arms},
+                                states={a.name: a.state() for a in arms})
+            if stop_after is not None and step + 1 >= stop_after:
+                break
+    finally:
+        for arm in arms:
+            await arm.backend.aclose()
+    records = log.read()
+    plot_metrics(records, out_dir)
+    return records
+
+
+def run(cfg: TrainConfig, out_dir: Path, **options: Any) -> list[dict[str, Any]]:
+    return asyncio.run(train(cfg, out_dir, **options))

@@ -1,0 +1,102 @@
+"""Per-step metrics as JSON lines, and the plots a person wants to see after a run."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+PLOTTED = {
+    "reward_mean": "mean reward of the step's rollouts",
+    "effective_ratio": "effective ratio (prompts with mixed outcomes)",
+    "cost": "budget spent (trajectory equivalents)",
+    "predictor_brier": "predictor Brier score on the step's backup targets",
+}
+
+
+class MetricsLog:
+    """Append-only JSONL; a resumed run truncates records past its checkpoint before appending."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, default=_jsonable) + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        records = []
+        for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise ValueError(f"{self.path}:{n}: corrupt metrics line") from None
+        return records
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records of steps after ``step`` (written after the checkpoint being resumed)."""
+        kept = [r for r in self.read() if r.get("step", -1) <= step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def plot_metrics(records: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """One PNG per plotted metric (a line per allocator) plus the predictor's reliability curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    by_allocator: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        by_allocator[r.get("allocator", "run")].append(r)
+    written = []
+    for key, title in PLOTTED.items():
+        fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+        drawn = False
+        for name, rows in sorted(by_allocator.items()):
+            points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=name)
+                drawn = True
+        if not drawn:
+            plt.close(fig)
+            continue
+        ax.set(xlabel="step", title=title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = out / f"{key}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    curves = [(n, rows[-1]["calibration"]) for n, rows in by_allocator.items()
+              if rows and rows[-1].get("calibration")]
+    if curves:
+        fig, ax = plt.subplots(figsize=(4, 4), dpi=120)
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+        for name, cal in curves:
+            ax.plot(cal["predicted"], cal["observed"], marker="o", label=name)
+        ax.set(xlabel="predicted success", ylabel="observed success", title="predictor calibration")
+        ax.legend()
+        fig.tight_layout()
+        path = out / "calibration.png"
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,165 @@
+"""`trace/Search-v0`: multi-hop question answering with a ``search`` tool.
+
+    env = gym.make("trace/Search-v0")                                  # generated suite, BM25
+    env = gym.make("trace/Search-v0", retriever="dense")               # MiniLM, exact search
+    env = gym.make("trace/Search-v0", suite="hotpot_dev.json", retriever="http",
+                   url="http://127.0.0.1:8000")                        # a retrieval server
+
+The suite, corpus and retriever are built once per process and shared read-only by every env
+and fork; the episode state is only the searches made so far (queries and retrieved ids).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Literal
+
+from trace_envs.actions import ParsedAction
+from trace_envs.core import Response, ToolEnv
+from trace_envs.search.client import HttpRetriever
+from trace_envs.search.corpus import Corpus, cached_corpus
+from trace_envs.search.qa import QAGrader, generated_suite, generated_world, load_qa_file
+from trace_envs.search.retrievers import Hit, RetrievalError, Retriever, shared_retriever
+from trace_envs.tasks.base import Task, TaskSuite
+from trace_envs.tools import ToolError, tool
+
+
+def render_hits(hits: list[Hit]) -> str:
+    """Search-R1's rendering: ``Doc i(Title: <title>) <text>``, one line per hit."""
+    if not hits:
+        return "No passage matched the query. Try other words."
+    return "\n".join(f"Doc {i}(Title: {h.passage.title}) {h.passage.text}"
+                     for i, h in enumerate(hits, 1))
+
+
+@functools.lru_cache(maxsize=16)
+def _shared_http(url: str, api: str, timeout: float, retries: int) -> HttpRetriever:
+    return HttpRetriever(url, api=api, timeout=timeout, retries=retries)  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=16)
+def _generated(options_json: str) -> TaskSuite:
+    return generated_suite(**json.loads(options_json))
+
+
+@functools.lru_cache(maxsize=16)
+def _qa_file(path: str, qa_format: str) -> TaskSuite:
+    return load_qa_file(path, format=qa_format)
+
+
+class SearchEnv(ToolEnv):
+    """Answer a (multi-hop) question, calling ``search`` as often as needed, then ``<answer>``.
+
+    Reward 1.0 when the answer's token F1 against a gold answer reaches ``reward_threshold``
+    (``reward_mode="em"``: exact match); ``info["em"]``/``info["f1"]`` always report both.
+    """
+
+    instructions = (
+        "Answer the question. You know nothing about its subject: find every fact with the "
+        "search tool, one hop at a time, reading the passages it returns. When you know the "
+        "answer, reply with the answer alone (a short name or phrase) inside <answer></answer>."
+    )
+
+    def __init__(
+        self,
+        suite: str | TaskSuite = "generated",
+        *,
+        split: str = "all",
+        suite_options: dict[str, Any] | None = None,
+        qa_format: str = "auto",
+        retriever: Literal["bm25", "dense", "http"] | Retriever = "bm25",
+        corpus: str | Corpus | None = None,
+        index_dir: str | None = None,
+        url: str | None = None,
+        api: str = "search-r1",
+        timeout: float = 10.0,
+        retries: int = 2,
+        topk: int = 3,
+        max_topk: int = 10,
+        max_query_chars: int = 1000,
+        reward_threshold: float = 0.3,
+        reward_mode: Literal["f1", "em"] = "f1",
+        max_turns: int = 8,
+        **env_options: Any,
+    ) -> None:
+        if reward_mode not in ("f1", "em"):
+            raise ValueError(f"reward_mode must be 'f1' or 'em', not {reward_mode!r}")
+        if not 1 <= topk <= max_topk:
+            raise ValueError(f"topk must be between 1 and max_topk={max_topk}")
+        generated = suite == "generated"
+        if isinstance(suite, TaskSuite):
+            tasks = suite
+        elif generated:
+            tasks = _generated(json.dumps(suite_options or {}, sort_keys=True))
+        else:
+            tasks = _qa_file(str(suite), qa_format)
+        super().__init__(tasks.split(split), max_turns=max_turns, **env_options)  # type: ignore[arg-type]
+        self.grader = QAGrader(reward_threshold, reward_mode)
+        self.topk, self.max_topk, self.max_query_chars = topk, max_topk, max_query_chars
+        if isinstance(corpus, str):
+            corpus = cached_corpus(corpus)
+        elif corpus is None and generated:
+            corpus = generated_world(**(suite_options or {})).corpus
+        self.retriever = self._build_retriever(retriever, corpus, index_dir, url, api,
+                                               timeout, retries)
+        self.queries: list[str] = []
+        self.retrieved: list[list[str]] = []
+
+    @staticmethod
+    def _build_retriever(kind, corpus, index_dir, url, api, timeout, retries) -> Retriever:  # type: ignore[no-untyped-def]
+        if not isinstance(kind, str):
+            return kind
+        if kind == "http":
+            if not url:
+                raise ValueError("retriever='http' needs url=")
+            return _shared_http(url, api, float(timeout), int(retries))
+        if corpus is None:
+            raise ValueError(f"retriever={kind!r} over a QA file needs corpus= (a JSONL path)")
+        return shared_retriever(kind, corpus, index_dir)
+
+    @tool
+    def search(self, query: str, topk: int | None = None) -> str:
+        """Search the knowledge corpus. Returns the best-matching passages as
+        'Doc i(Title: ...) text'. `topk` (optional) is how many passages to return."""
+        k = self.topk if topk is None else topk
+        if not 1 <= k <= self.max_topk:
+            raise ToolError(f"search: topk must be between 1 and {self.max_topk}, got {k}")
+        query = query.strip()
+        if not query:
+            raise ToolError("search: the query is empty; write a few keywords to search for")
+        if len(query) > self.max_query_chars:
+            raise ToolError(f"search: the query is {len(query)} characters long; keep it under "
+                            f"{self.max_query_chars} (a few keywords work best)")
+        try:
+            hits = self.retriever.search([query], k)[0]
+        except RetrievalError as exc:
+            raise ToolError(f"search is unavailable right now ({exc}); try again") from None
+        self.queries.append(query)
+        self.retrieved.append([h.passage.id for h in hits])
+        return render_hits(hits)
+
+    def respond(self, action: ParsedAction) -> Response:
+        assert self.task is not None
+        if action.answer is not None:
+            grade = self.grader(action.answer, self.task)
+            return Response("", grade.reward, True, {"score": grade.score, **grade.details})
+        before = len(self.retrieved)
+        response = self.run_tool_calls(action.tool_calls)
+        response.info["retrieved"] = self.retrieved[before:]
+        return response
+
+    # ------------------------------------------------------------ tool state
+    def reset_tool_state(self, task: Task) -> None:
+        self.queries, self.retrieved = [], []
+
+    def get_tool_state(self) -> Any:
+        return {"queries": list(self.queries), "retrieved": [list(r) for r in self.retrieved]}
+
+    def set_tool_state(self, state: Any) -> None:
+        self.queries = [str(q) for q in state["queries"]]
+        self.retrieved = [[str(i) for i in r] for r in state["retrieved"]]
+
+    def copy_tool_state_to(self, clone: SearchEnv) -> None:  # type: ignore[override]
+        clone.queries = list(self.queries)  # strings are immutable: a shallow copy is a copy
+        clone.retrieved = [list(r) for r in self.retrieved]
