@@ -18,7 +18,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from tests.verl.test_episode import ChatMLTokenizer, ScriptedServer, answer, calc, script, spec
+from tests.verl.conftest import ChatMLTokenizer, ScriptedServer, answer, calc, script, spec
 from trace_agents.verl import BRANCH_KEY, EPISODE_KEY, Episode
 
 EXAMPLE_YAML = Path(__file__).parents[2] / "examples" / "verl" / "agent_loop.yaml"

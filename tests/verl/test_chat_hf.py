@@ -1,5 +1,5 @@
-"""ChatCodec with a real Hugging Face tokenizer (a byte-level BPE trained here, offline) and a
-Qwen3-style template that renders the *last* assistant turn with an empty think block."""
+"""The verl runner with a real Hugging Face tokenizer (a byte-level BPE trained here, offline) and
+a Qwen3-style template that renders the *last* assistant turn with an empty think block."""
 
 from __future__ import annotations
 
@@ -12,16 +12,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 tokenizers = pytest.importorskip("tokenizers")
 transformers = pytest.importorskip("transformers")
 
-from tests.verl.test_episode import ScriptedServer, answer, calc, script, spec  # noqa: E402
-from trace_agents.verl import ChatCodec, EpisodeRunner  # noqa: E402
-from trace_agents.verl.chat import initial_messages, observation_content  # noqa: E402
+from tests.verl.conftest import ScriptedServer, answer, calc, script, spec  # noqa: E402
+from trace_agents.react import ChatFormat, initial_messages, observation_content  # noqa: E402
+from trace_agents.verl import EpisodeRunner  # noqa: E402
 
 TEMPLATE = (
-    "{%- if tools %}<|im_start|>system\n{% if messages[0].role == 'system' %}{{ messages[0].content }}\n\n"
-    "{% endif %}# Tools\n<tools>{% for t in tools %}\n{{ t | tojson }}{% endfor %}\n</tools><|im_end|>\n"
-    "{%- elif messages[0].role == 'system' %}<|im_start|>system\n{{ messages[0].content }}<|im_end|>\n{%- endif %}"
-    "{%- for m in messages %}{%- if m.role == 'system' %}"
-    "{%- elif m.role == 'assistant' and loop.last %}<|im_start|>assistant\n<think>\n\n</think>\n\n{{ m.content }}<|im_end|>\n"
+    "{%- for m in messages %}{%- if m.role == 'assistant' and loop.last %}"
+    "<|im_start|>assistant\n<think>\n\n</think>\n\n{{ m.content }}<|im_end|>\n"
     "{%- else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endif %}{%- endfor %}"
     "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
 )
@@ -54,7 +51,7 @@ def test_every_branch_prefix_is_the_templates_rendering_of_the_history(hf_tokeni
         out.token_ids[-1] = server_eos
         return out
 
-    runner = EpisodeRunner(generate, ChatCodec(hf_tokenizer), response_length=4096)
+    runner = EpisodeRunner(generate, ChatFormat(hf_tokenizer), response_length=4096)
     ep = asyncio.run(runner.run(spec(), {}, prompt_key="p"))
     assert ep.reward == 1.0 and len(ep.turns) == 3
 
@@ -64,8 +61,7 @@ def test_every_branch_prefix_is_the_templates_rendering_of_the_history(hf_tokeni
     for turn in ep.turns[:-1]:
         history += [{"role": "assistant", "content": turn.action},
                     {"role": "user", "content": observation_content(turn.observation)}]
-        rendered = hf_tokenizer.apply_chat_template(history, tools=env.tool_schemas(), tokenize=False,
-                                                    add_generation_prompt=True)
+        rendered = hf_tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
         prefix = ep.prompt_ids + ep.response_ids[: turn.offset]
         assert hf_tokenizer.decode(prefix, skip_special_tokens=False) == rendered
     assert "<think>" not in hf_tokenizer.decode(ep.response_ids)

@@ -4,109 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trace_agents.verl import Branch, ChatCodec, EnvSpec, Episode, EpisodeRunner, stop_params
-from trace_envs import load_suite
-
-SUITE = {"size": 20, "seed": 1}
-SPECIALS = ("<|im_start|>", "<|im_end|>")
-
-
-class ChatMLTokenizer:
-    """Character-level tokenizer with two atomic special tokens and a ChatML template that
-    renders ``tools`` into the system message (what Qwen-style templates do)."""
-
-    chat_template = "chatml"
-    eos_token_id = 1
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        ids, i = [], 0
-        while i < len(text):
-            special = next((s for s in SPECIALS if text.startswith(s, i)), None)
-            if special:
-                ids.append(SPECIALS.index(special))
-                i += len(special)
-            else:
-                ids.append(ord(text[i]) + len(SPECIALS))
-                i += 1
-        return ids
-
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
-        out = []
-        for i in ids:
-            if i < len(SPECIALS):
-                out.append("" if skip_special_tokens else SPECIALS[i])
-            else:
-                out.append(chr(i - len(SPECIALS)))
-        return "".join(out)
-
-    def apply_chat_template(self, messages, tools=None, tokenize=False, add_generation_prompt=False, **_):
-        messages = [dict(m) for m in messages]
-        if tools:
-            block = "\n\n<tools>\n" + "\n".join(json.dumps(t) for t in tools) + "\n</tools>"
-            if messages[0]["role"] == "system":
-                messages[0]["content"] += block
-            else:
-                messages.insert(0, {"role": "system", "content": block.strip()})
-        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-        text += "<|im_start|>assistant\n" if add_generation_prompt else ""
-        return self.encode(text) if tokenize else text
-
-
-@dataclass
-class TokenOutput:
-    token_ids: list[int]
-    log_probs: list[float] | None = None
-
-
-@dataclass
-class ScriptedServer:
-    """verl's ``AsyncLLMServerManager.generate`` stand-in: ``policy(prompt_text, n_call)`` gives the
-    action text; it is returned as token ids followed by the end-of-turn token."""
-
-    tokenizer: ChatMLTokenizer
-    policy: Callable[[str, int], str]
-    logprobs: bool = False
-    calls: list[dict[str, Any]] = field(default_factory=list)
-
-    async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any]):
-        await asyncio.sleep(0)
-        n = sum(c["request_id"] == request_id for c in self.calls)
-        self.calls.append({"request_id": request_id, "prompt_ids": list(prompt_ids),
-                           "sampling_params": dict(sampling_params)})
-        ids = self.tokenizer.encode(self.policy(self.tokenizer.decode(prompt_ids), n)) + [1]
-        ids = ids[: sampling_params["max_tokens"]]
-        return TokenOutput(ids, [-0.5] * len(ids) if self.logprobs else None)
-
-
-def calc(expr: str) -> str:
-    return f'<tool_call>{{"name": "calculator", "arguments": {{"expression": "{expr}"}}}}</tool_call>'
-
-
-def script(*actions: str) -> Callable[[str, int], str]:
-    return lambda _prompt, n: actions[min(n, len(actions) - 1)]
-
-
-def spec(task: int = 0, max_turns: int = 6) -> EnvSpec:
-    task_id = load_suite("arithmetic", **SUITE)[task].id
-    return EnvSpec("trace/Calculator-v0", {"suite_options": SUITE, "max_turns": max_turns}, task_id)
-
-
-def answer(task: int = 0) -> str:
-    return load_suite("arithmetic", **SUITE)[task].answer
+from tests.verl.conftest import ChatMLTokenizer, ScriptedServer, answer, calc, script, spec
+from trace_agents.react import ChatFormat, initial_messages, system_prompt
+from trace_agents.verl import Branch, EnvSpec, Episode, EpisodeRunner, stop_params
 
 
 def make_runner(policy, *, response_length: int = 4096, logprobs: bool = False, **kw) -> tuple[EpisodeRunner, ScriptedServer]:
     tok = ChatMLTokenizer()
     server = ScriptedServer(tok, policy, logprobs)
-    return EpisodeRunner(server.generate, ChatCodec(tok), response_length=response_length, **kw), server
+    return EpisodeRunner(server.generate, ChatFormat(tok), response_length=response_length, **kw), server
 
 
 def play(runner: EpisodeRunner, env: EnvSpec, params: dict | None = None) -> Episode:
@@ -137,7 +48,7 @@ def test_mask_reward_and_turns_of_a_solved_episode():
     first, last = ep.turns
     assert first.observation == "5" and first.snapshot and first.offset == ep.response_mask.index(1, ep.response_mask.index(0))
     assert last.observation is None and last.snapshot is None
-    # the prompt: the env's instructions, the tools rendered by the template, the task
+    # the prompt: the env's instructions, its tools in the system text, the task
     prompt = ChatMLTokenizer().decode(ep.prompt_ids)
     assert '"name": "calculator"' in prompt and ep.task_prompt in prompt and prompt.endswith("assistant\n")
     # every turn is sent on one sticky session with the exact running prefix
@@ -241,14 +152,15 @@ def test_a_prompt_longer_than_verls_prompt_length_is_a_clear_error():
         play(runner, spec())
 
 
-def test_a_template_that_ignores_tools_is_refused():
-    class NoTools(ChatMLTokenizer):
-        def apply_chat_template(self, messages, tools=None, **kw):
-            return super().apply_chat_template(messages, None, **kw)
-
-    runner = EpisodeRunner(ScriptedServer(NoTools(), script("x")).generate, ChatCodec(NoTools()), response_length=99)
-    with pytest.raises(ValueError, match="ignores `tools`"):
-        play(runner, spec())
+def test_the_prompt_is_the_rollout_paths_system_prompt_and_task():
+    """One prompt builder: verl's prompt is `react.initial_messages` rendered by the template."""
+    runner, _ = make_runner(script("<answer>1</answer>"))
+    ep = play(runner, spec())
+    env = spec().make()
+    task_prompt, _ = env.reset(options={"task_id": spec().task_id})
+    assert ep.task_prompt == task_prompt
+    assert ep.prompt_ids == runner.format.prompt_ids(initial_messages(env, task_prompt))
+    assert system_prompt(env) in ChatMLTokenizer().decode(ep.prompt_ids)
 
 
 ACTIONS = st.sampled_from([calc("1+2"), calc("ans*3"), calc("nope("), "hmm", "", "<answer>9</answer>",

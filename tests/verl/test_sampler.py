@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.verl.test_episode import SUITE, ChatMLTokenizer, ScriptedServer, answer, calc, spec
-from trace_agents.verl import BRANCH_KEY, ChatCodec, EnvSpec, Episode, EpisodeRunner, TraceSampler
+from tests.verl.conftest import SUITE, ChatMLTokenizer, ScriptedServer, answer, calc, spec
+from trace_agents.react import ChatFormat
+from trace_agents.verl import BRANCH_KEY, EnvSpec, Episode, EpisodeRunner, TraceSampler
 from trace_allocation import Budget
 from trace_allocation.allocators import GrpoAllocator, TreeAllocator
 from trace_allocation.predictors import OraclePredictor
@@ -36,7 +37,7 @@ class Policy:
         self.seen: Counter[str] = Counter()
 
     def __call__(self, prompt: str, n: int) -> str:
-        if prompt.count("<tool_response>") == 0:
+        if prompt.count("<tool_response>\n") == 0:  # results, not the system prompt's mention
             return calc("2+2")
         k = self.seen[prompt]
         self.seen[prompt] += 1
@@ -74,7 +75,7 @@ def generate_sequences(runner: EpisodeRunner, rows: Sequence[dict]) -> list[Epis
 
 def make_runner() -> EpisodeRunner:
     tok = ChatMLTokenizer()
-    return EpisodeRunner(ScriptedServer(tok, Policy()).generate, ChatCodec(tok), response_length=4096)
+    return EpisodeRunner(ScriptedServer(tok, Policy()).generate, ChatFormat(tok), response_length=4096)
 
 
 def trace_step(sampler: TraceSampler, budget: Budget, runner: EpisodeRunner):

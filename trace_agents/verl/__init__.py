@@ -6,14 +6,16 @@
   env snapshot and token offset, and resuming a continuation from them;
 * `TraceSampler`: TRACE's Stage 1 counts and Stage 2 branch requests in verl's batch terms.
 
+Prompts and token segments come from `trace_agents.react.ChatFormat`, the same format the
+in-process rollouts and trainer use.
+
 Everything here but ``agent_loop`` imports without verl. See docs/verl.md.
 """
 
-from trace_agents.verl.chat import ChatCodec, stop_params
-from trace_agents.verl.episode import Branch, EnvSpec, Episode, EpisodeRunner, Turn
+from trace_agents.verl.episode import Branch, EnvSpec, Episode, EpisodeRunner, Turn, stop_params
 from trace_agents.verl.sampler import BRANCH_KEY, EPISODE_KEY, TraceSampler
 
 __all__ = [
-    "BRANCH_KEY", "Branch", "ChatCodec", "EPISODE_KEY", "EnvSpec", "Episode", "EpisodeRunner",
+    "BRANCH_KEY", "Branch", "EPISODE_KEY", "EnvSpec", "Episode", "EpisodeRunner",
     "TraceSampler", "Turn", "stop_params",
 ]

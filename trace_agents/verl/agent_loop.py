@@ -15,8 +15,8 @@ from typing import Any
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
 
-from trace_agents.verl.chat import ChatCodec, stop_params
-from trace_agents.verl.episode import EnvSpec, EpisodeRunner
+from trace_agents.react import ChatFormat
+from trace_agents.verl.episode import EnvSpec, EpisodeRunner, stop_params
 from trace_agents.verl.sampler import BRANCH_KEY, EPISODE_KEY
 
 AGENT_NAME = "trace_env"
@@ -38,7 +38,7 @@ class TraceEnvAgentLoop(AgentLoopBase):
         template_kwargs = self.config.data.get("apply_chat_template_kwargs", None) or {}
         self.runner = EpisodeRunner(
             self.server_manager.generate,
-            ChatCodec(self.tokenizer, template_kwargs),
+            ChatFormat(self.tokenizer, template_kwargs),
             response_length=rollout.response_length,
             prompt_length=rollout.prompt_length,
             stop=stop_params(rollout.name) if stop_at_action_end else None,

@@ -21,7 +21,17 @@ import gymnasium as gym
 
 import trace_envs  # noqa: F401  (registers the trace/* envs for gym.make)
 from trace_envs import Snapshot, ToolEnv
-from trace_agents.verl.chat import ChatCodec, initial_messages
+from trace_agents.react import STOP_STRINGS, ChatFormat, initial_messages
+
+
+def stop_params(engine: str) -> dict[str, Any]:
+    """Sampling params that stop at the end of an action and keep the stop string in the output
+    (the names differ per engine; an unknown engine gets none and relies on end-of-turn)."""
+    if engine == "vllm":
+        return {"stop": list(STOP_STRINGS), "include_stop_str_in_output": True}
+    if engine == "sglang":
+        return {"stop": list(STOP_STRINGS), "no_stop_trim": True}
+    return {}
 
 
 class Generate(Protocol):
@@ -185,7 +195,7 @@ class EpisodeRunner:
     def __init__(
         self,
         generate: Generate,
-        codec: ChatCodec,
+        chat_format: ChatFormat,
         *,
         response_length: int,
         prompt_length: int | None = None,
@@ -195,7 +205,7 @@ class EpisodeRunner:
         if response_length < 1:
             raise ValueError("response_length must be at least 1")
         self.generate = generate
-        self.codec = codec
+        self.format = chat_format
         self.response_length = response_length
         self.prompt_length = prompt_length
         self.stop = dict(stop or {})
@@ -205,7 +215,7 @@ class EpisodeRunner:
         env = await asyncio.to_thread(spec.make)
         options = None if spec.task_id is None else {"task_id": spec.task_id}
         task_prompt, _ = await asyncio.to_thread(env.reset, seed=spec.seed, options=options)
-        prompt_ids = self.codec.prompt_ids(initial_messages(env, task_prompt), env.tool_schemas())
+        prompt_ids = self.format.prompt_ids(initial_messages(env, task_prompt))
         if self.prompt_length is not None and len(prompt_ids) > self.prompt_length:
             raise ValueError(
                 f"{spec.env_id} task {spec.task_id!r}: the prompt has {len(prompt_ids)} tokens, more "
@@ -243,7 +253,7 @@ class EpisodeRunner:
             action_ids, logprobs = _tokens(out)
             action_ids = action_ids[:remaining]
             _append(ep, action_ids, 1, logprobs)
-            action = self.codec.action_text(action_ids)
+            action = self.format.action_text(action_ids)
             started = time.perf_counter()
             observation, reward, terminated, truncated, _ = await asyncio.to_thread(env.step, action)
             ep.env_seconds += time.perf_counter() - started
@@ -252,7 +262,7 @@ class EpisodeRunner:
                 ep.reward, ep.terminated, ep.truncated = float(reward), terminated, truncated
                 ep.stop_reason = "answer" if terminated else "max_turns"
                 return ep
-            obs_ids = self.codec.observation_ids(action_ids, observation)
+            obs_ids = self.format.observation_ids(action_ids, observation)
             if len(ep.response_ids) + len(obs_ids) >= self.response_length:
                 ep.turns.append(Turn(action, None, None, len(ep.response_ids)))
                 return _stopped(ep, "response_length")
@@ -285,4 +295,4 @@ def _stopped(ep: Episode, reason: str) -> Episode:
     return ep
 
 
-__all__ = ["Branch", "EnvSpec", "Episode", "EpisodeRunner", "Generate", "Turn"]
+__all__ = ["Branch", "EnvSpec", "Episode", "EpisodeRunner", "Generate", "Turn", "stop_params"]
