@@ -67,13 +67,13 @@ def verl_stub(monkeypatch):
     sys.modules.pop("trace_agents.verl.agent_loop", None)
 
 
-def trainer_config(engine: str = "vllm") -> types.SimpleNamespace:
+def trainer_config(engine: str = "vllm", data: dict | None = None) -> types.SimpleNamespace:
     rollout = types.SimpleNamespace(name=engine, prompt_length=2048, response_length=1024)
     return types.SimpleNamespace(config=types.SimpleNamespace(
-        actor_rollout_ref=types.SimpleNamespace(rollout=rollout), data={}))
+        actor_rollout_ref=types.SimpleNamespace(rollout=rollout), data=data or {}))
 
 
-def build_from_yaml(policy) -> tuple[Any, ScriptedServer]:
+def build_from_yaml(policy, data: dict | None = None) -> tuple[Any, ScriptedServer]:
     """What AgentLoopWorker does: hydra-instantiate the YAML entry with verl's arguments."""
     entry = yaml.safe_load(EXAMPLE_YAML.read_text())[0]
     module_name, _, cls_name = entry["_target_"].rpartition(".")
@@ -81,7 +81,7 @@ def build_from_yaml(policy) -> tuple[Any, ScriptedServer]:
     tok = ChatMLTokenizer()
     server = ScriptedServer(tok, policy)
     options = {k: v for k, v in entry.items() if k != "_target_"}  # hydra passes `name` too
-    loop = cls(trainer_config=trainer_config(), server_manager=server, tokenizer=tok, processor=None,
+    loop = cls(trainer_config=trainer_config(data=data), server_manager=server, tokenizer=tok, processor=None,
                dataset_cls=None, dataset_config=None, **options)
     return loop, server
 
@@ -112,6 +112,11 @@ def test_a_dataset_row_becomes_verls_agent_loop_output(verl_stub):
     offset = episode.turns[0].offset
     assert cont.response_ids[:offset] == out.response_ids[:offset] and cont.response_mask[:offset] == [0] * offset
     assert cont.extra_fields[EPISODE_KEY].parent == (episode.id, 1)
+
+
+def test_verls_chat_template_kwargs_reach_the_chat_format(verl_stub):
+    loop, _ = build_from_yaml(script("x"), {"apply_chat_template_kwargs": {"enable_thinking": False}})
+    assert loop.runner.format.template_kwargs == {"enable_thinking": False}
 
 
 def test_a_row_without_env_id_is_a_clear_error(verl_stub):
