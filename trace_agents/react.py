@@ -15,12 +15,13 @@ concatenation of the segments on its path.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from trace_envs import ToolEnv
+from trace_envs.actions import ANSWER_CLOSE, TOOL_CALL_CLOSE
 
-STOP_STRINGS = ("</tool_call>", "</answer>")
+STOP_STRINGS = (TOOL_CALL_CLOSE, ANSWER_CLOSE)
 """Generation stops after the action; the env answers before the model speaks again."""
 
 _FORMAT_RULES = """# Tools
@@ -36,7 +37,8 @@ For each function call, return a JSON object with the function name and argument
 </tool_call>
 Each result comes back inside <tool_response></tool_response>. You may think first inside <think></think>. When you know the final answer, reply with it inside <answer></answer> and call no tool in that turn."""
 
-_SENTINEL = "\x00TRACE_SENTINEL\x00"
+_ACTION = "\x00TRACE_ACTION\x00"
+_OBSERVATION = "\x00TRACE_OBSERVATION\x00"
 
 Message = dict[str, str]
 
@@ -65,28 +67,44 @@ def turn_messages(action: str, observation: str | None) -> list[Message]:
 
 
 class ChatFormat:
-    """Token segments of the ReAct conversation, cut from the tokenizer's own chat template."""
+    """Token segments of the ReAct conversation, cut from the tokenizer's own chat template.
 
-    def __init__(self, tokenizer: Any) -> None:
+    Every segment is cut from a rendering in which the assistant message is followed by another
+    message, never by comparing a conversation's rendering with its extension: templates such as
+    Qwen3's render the *last* assistant message unlike earlier ones (an empty ``<think>`` block,
+    earlier thinking dropped from history), so that comparison fails for them. The model's own
+    tokens, thinking included, are kept as generated: a continuation is conditioned on exactly
+    what the model saw, even where the template would re-render history without it.
+
+    Tools go into the system text (:func:`system_prompt`), never through the template's ``tools=``:
+    the action format is the envs' parser's, and templates that render tools teach their own call
+    format (Llama 3.1's bare JSON, Mistral's ``[TOOL_CALLS]``); Qwen's is the Hermes format that
+    :func:`system_prompt` writes. One prompt serves every template and the chat-message backends.
+
+    ``chat_template_kwargs`` go to every rendering (e.g. ``{"enable_thinking": False}``).
+    """
+
+    def __init__(self, tokenizer: Any, chat_template_kwargs: Mapping[str, Any] | None = None) -> None:
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("the tokenizer has no chat template; give it one (e.g. ChatML)")
         self.tokenizer = tokenizer
+        self.template_kwargs = dict(chat_template_kwargs or {})
         self.eos_ids = _eos_ids(tokenizer)
-        base = [{"role": "user", "content": "u"}, {"role": "assistant", "content": _SENTINEL}]
-        rendered = self.render(base, generation_prompt=False)
-        if rendered.count(_SENTINEL) != 1:
-            raise ValueError("the chat template does not render assistant content verbatim")
-        self.closer = rendered.split(_SENTINEL)[1]
-        """What the template puts after an assistant message (``<|im_end|>\\n`` in ChatML)."""
-        with_obs = self.render(base + [{"role": "user", "content": _SENTINEL}], generation_prompt=True)
-        if not with_obs.startswith(rendered):
-            raise ValueError("the chat template renders a conversation's prefix differently")
-        self._observation_template = with_obs[len(rendered):]
-        self.closer_ids = self.encode(self.closer)
+        turn = [{"role": "user", "content": "u"}, {"role": "assistant", "content": _ACTION}]
+        continued = self.render(
+            turn + [{"role": "user", "content": observation_content(_OBSERVATION)}], generation_prompt=True
+        )
+        ended = self.render(turn, generation_prompt=False)
+        if continued.count(_ACTION) != 1 or ended.count(_ACTION) != 1 or continued.count(_OBSERVATION) != 1:
+            raise ValueError("the chat template does not render message content verbatim")
+        self._observation_template = continued.split(_ACTION)[1]
+        """Turn closer, observation message, next generation prompt (``<|im_end|>\\n<|im_start|>user...``)."""
+        self.closer = ended.split(_ACTION)[1]
+        """What the template puts after the conversation's last assistant message (``<|im_end|>\\n``)."""
 
     def render(self, messages: Sequence[Message], *, generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(
-            list(messages), tokenize=False, add_generation_prompt=generation_prompt
+            list(messages), tokenize=False, add_generation_prompt=generation_prompt, **self.template_kwargs
         )
 
     def encode(self, text: str) -> list[int]:
@@ -100,22 +118,26 @@ class ChatFormat:
         return self.encode(self.render(messages, generation_prompt=True))
 
     def observation_ids(self, action_ids: Sequence[int], observation: str) -> list[int]:
-        """Tokens the env contributes after an action: the turn closer (unless the model already
-        emitted its end-of-turn token), the observation message and the next generation prompt."""
-        head = self._closer_after(action_ids)
-        body = self._observation_template.replace(_SENTINEL, observation_content(observation))
-        return head + self.encode(body)
+        """Tokens the env contributes after an action: the turn closer (less the end-of-turn token
+        the model already emitted), the observation message and the next generation prompt."""
+        body = self._observation_template.replace(_OBSERVATION, observation)
+        return self._after(action_ids, self.encode(body))
 
     def final_ids(self, action_ids: Sequence[int]) -> list[int]:
-        """Tokens that close the last turn of an episode (the closer, unless already emitted)."""
-        return self._closer_after(action_ids)
+        """Tokens that close the last turn of an episode (the closer, less an emitted end-of-turn)."""
+        return self._after(action_ids, self.encode(self.closer))
 
-    def _closer_after(self, action_ids: Sequence[int]) -> list[int]:
-        if action_ids and action_ids[-1] in self.eos_ids:
-            closer = self.closer_ids
-            # the model's end-of-turn token is the closer's first token; keep only the rest
-            return list(closer[1:]) if closer and closer[0] == action_ids[-1] else []
-        return list(self.closer_ids)
+    def action_text(self, action_ids: Sequence[int]) -> str:
+        """The action as the env reads it, from the model's tokens (trailing end-of-turn dropped)."""
+        ids = list(action_ids)
+        while ids and ids[-1] in self.eos_ids:
+            ids.pop()
+        return self.decode(ids)
+
+    def _after(self, action_ids: Sequence[int], ids: list[int]) -> list[int]:
+        if action_ids and action_ids[-1] in self.eos_ids and ids[:1] == [action_ids[-1]]:
+            return ids[1:]  # the model ended its turn with the closer's first token itself
+        return ids
 
 
 def _eos_ids(tokenizer: Any) -> frozenset[int]:

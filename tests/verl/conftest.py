@@ -1,0 +1,91 @@
+"""Shared helpers of the verl adapter tests: a small ChatML tokenizer, a scripted async
+``generate`` in verl's shape, calculator actions and env specs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from trace_agents.verl import EnvSpec
+from trace_envs import load_suite
+
+SUITE = {"size": 20, "seed": 1}
+SPECIALS = ("<|im_start|>", "<|im_end|>")
+
+
+class ChatMLTokenizer:
+    """Character-level tokenizer with two atomic special tokens and a ChatML template."""
+
+    chat_template = "chatml"
+    eos_token_id = 1
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        ids, i = [], 0
+        while i < len(text):
+            special = next((s for s in SPECIALS if text.startswith(s, i)), None)
+            if special:
+                ids.append(SPECIALS.index(special))
+                i += len(special)
+            else:
+                ids.append(ord(text[i]) + len(SPECIALS))
+                i += 1
+        return ids
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        out = []
+        for i in ids:
+            if i < len(SPECIALS):
+                out.append("" if skip_special_tokens else SPECIALS[i])
+            else:
+                out.append(chr(i - len(SPECIALS)))
+        return "".join(out)
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False, **_):
+        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+        text += "<|im_start|>assistant\n" if add_generation_prompt else ""
+        return self.encode(text) if tokenize else text
+
+
+@dataclass
+class TokenOutput:
+    token_ids: list[int]
+    log_probs: list[float] | None = None
+
+
+@dataclass
+class ScriptedServer:
+    """verl's ``AsyncLLMServerManager.generate`` stand-in: ``policy(prompt_text, n_call)`` gives the
+    action text; it is returned as token ids followed by the end-of-turn token."""
+
+    tokenizer: ChatMLTokenizer
+    policy: Callable[[str, int], str]
+    logprobs: bool = False
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+    async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any]):
+        await asyncio.sleep(0)
+        n = sum(c["request_id"] == request_id for c in self.calls)
+        self.calls.append({"request_id": request_id, "prompt_ids": list(prompt_ids),
+                           "sampling_params": dict(sampling_params)})
+        ids = self.tokenizer.encode(self.policy(self.tokenizer.decode(prompt_ids), n)) + [1]
+        ids = ids[: sampling_params["max_tokens"]]
+        return TokenOutput(ids, [-0.5] * len(ids) if self.logprobs else None)
+
+
+def calc(expr: str) -> str:
+    return f'<tool_call>{{"name": "calculator", "arguments": {{"expression": "{expr}"}}}}</tool_call>'
+
+
+def script(*actions: str) -> Callable[[str, int], str]:
+    return lambda _prompt, n: actions[min(n, len(actions) - 1)]
+
+
+def spec(task: int = 0, max_turns: int = 6) -> EnvSpec:
+    task_id = load_suite("arithmetic", **SUITE)[task].id
+    return EnvSpec("trace/Calculator-v0", {"suite_options": SUITE, "max_turns": max_turns}, task_id)
+
+
+def answer(task: int = 0) -> str:
+    return load_suite("arithmetic", **SUITE)[task].answer

@@ -1,0 +1,185 @@
+"""EpisodeRunner at verl's boundary: a scripted async ``generate`` and a small ChatML tokenizer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.verl.conftest import ChatMLTokenizer, ScriptedServer, answer, calc, script, spec
+from trace_agents.react import ChatFormat, initial_messages, system_prompt
+from trace_agents.verl import Branch, EnvSpec, Episode, EpisodeRunner, stop_params
+
+
+def make_runner(policy, *, response_length: int = 4096, logprobs: bool = False, **kw) -> tuple[EpisodeRunner, ScriptedServer]:
+    tok = ChatMLTokenizer()
+    server = ScriptedServer(tok, policy, logprobs)
+    return EpisodeRunner(server.generate, ChatFormat(tok), response_length=response_length, **kw), server
+
+
+def play(runner: EpisodeRunner, env: EnvSpec, params: dict | None = None) -> Episode:
+    return asyncio.run(runner.run(env, params or {"temperature": 1.0}, prompt_key="p0"))
+
+
+def segments(ep: Episode, tok=ChatMLTokenizer()) -> list[tuple[int, str]]:
+    """(mask, text) runs of the response."""
+    runs: list[tuple[int, list[int]]] = []
+    for i, m in zip(ep.response_ids, ep.response_mask):
+        if runs and runs[-1][0] == m:
+            runs[-1][1].append(i)
+        else:
+            runs.append((m, [i]))
+    return [(m, tok.decode(ids)) for m, ids in runs]
+
+
+def test_mask_reward_and_turns_of_a_solved_episode():
+    runner, server = make_runner(script(calc("2+3"), f"<answer>{answer()}</answer>"))
+    ep = play(runner, spec())
+    assert ep.reward == 1.0 and ep.terminated and not ep.truncated and ep.stop_reason == "answer"
+    runs = segments(ep)
+    assert [m for m, _ in runs] == [1, 0, 1]
+    assert runs[0][1] == calc("2+3") + "<|im_end|>"
+    assert runs[1][1] == "\n<|im_start|>user\n<tool_response>\n5\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    assert runs[2][1] == f"<answer>{answer()}</answer><|im_end|>"
+    assert ep.num_turns == 4  # prompt, action, observation, answer
+    first, last = ep.turns
+    assert first.observation == "5" and first.snapshot and first.offset == ep.response_mask.index(1, ep.response_mask.index(0))
+    assert last.observation is None and last.snapshot is None
+    # the prompt: the env's instructions, its tools in the system text, the task
+    prompt = ChatMLTokenizer().decode(ep.prompt_ids)
+    assert '"name": "calculator"' in prompt and ep.task_prompt in prompt and prompt.endswith("assistant\n")
+    # every turn is sent on one sticky session with the exact running prefix
+    assert [c["request_id"] for c in server.calls] == [ep.session] * 2
+    assert server.calls[1]["prompt_ids"] == ep.prompt_ids + ep.response_ids[: first.offset]
+    fields = ep.verl_fields()
+    assert fields["reward_score"] == 1.0 and fields["num_turns"] == 4 and fields["response_logprobs"] is None
+
+
+def test_malformed_actions_become_error_observations_and_the_loop_goes_on():
+    runner, _ = make_runner(script("let me think", '<tool_call>{"name": "calculator", "arguments": {</tool_call>',
+                                   calc("1/0"), f"<answer>{answer()}</answer>"))
+    ep = play(runner, spec())
+    observations = [t.observation for t in ep.turns[:-1]]
+    assert all(o.startswith("Error: ") for o in observations), observations
+    assert "no <tool_call> or <answer>" in observations[0] and "not valid JSON" in observations[1]
+    assert ep.reward == 1.0 and len(ep.turns) == 4
+    assert [m for m, _ in segments(ep)] == [1, 0, 1, 0, 1, 0, 1]
+
+
+def test_a_wrong_answer_scores_zero():
+    ep = play(make_runner(script("<answer>-1</answer>"))[0], spec())
+    assert ep.reward == 0.0 and ep.terminated and ep.response_mask == [1] * len(ep.response_ids)
+
+
+def test_the_env_turn_limit_ends_a_rollout_with_reward_zero():
+    ep = play(make_runner(script(calc("1+1")))[0], spec(max_turns=3))
+    assert ep.truncated and not ep.terminated and ep.stop_reason == "max_turns" and ep.reward == 0.0
+    assert len(ep.turns) == 3 and ep.num_turns == 1 + 3 + 2
+
+
+def test_verls_response_length_caps_the_trajectory():
+    runner, server = make_runner(script(calc("1+1")), response_length=150)
+    ep = play(runner, spec())
+    assert ep.stop_reason == "response_length" and ep.truncated and ep.reward == 0.0
+    assert len(ep.response_ids) <= 150 and len(ep.response_mask) == len(ep.response_ids)
+    assert all(c["sampling_params"]["max_tokens"] == 150 - len(c["prompt_ids"]) + len(ep.prompt_ids)
+               for c in server.calls)
+
+
+def test_sampling_params_carry_the_engines_stop_params_and_are_not_mutated():
+    params = {"temperature": 0.7, "logprobs": True}
+    runner, server = make_runner(script(f"<answer>{answer()}</answer>"), stop=stop_params("vllm"))
+    play(runner, spec(), params)
+    sent = server.calls[0]["sampling_params"]
+    assert sent["stop"] == ["</tool_call>", "</answer>"] and sent["include_stop_str_in_output"]
+    assert sent["temperature"] == 0.7 and params == {"temperature": 0.7, "logprobs": True}
+    assert stop_params("sglang")["no_stop_trim"] and stop_params("trtllm") == {}
+
+
+def test_log_probs_stay_aligned_with_the_response():
+    runner, _ = make_runner(script(calc("3*3"), f"<answer>{answer()}</answer>"), logprobs=True)
+    ep = play(runner, spec())
+    assert len(ep.response_logprobs) == len(ep.response_ids)
+    assert all((lp == -0.5) == (m == 1) for lp, m in zip(ep.response_logprobs, ep.response_mask))
+
+
+@pytest.mark.parametrize("train_prefix", [False, True])
+def test_a_continuation_resumes_the_exact_env_state_and_token_prefix(train_prefix):
+    runner, server = make_runner(script(calc("6*7"), calc("ans+1"), "<answer>0</answer>"),
+                                 train_prefix=train_prefix)
+    root = play(runner, spec())
+    assert [t.observation for t in root.turns[:2]] == ["42", "43"] and root.reward == 0.0
+    branch = root.branch(1)
+    assert isinstance(branch, Branch) and branch.turn == 1 and branch.snapshot == root.turns[0].snapshot
+
+    server.policy = script(calc("ans*2"), f"<answer>{answer()}</answer>")
+    server.calls.clear()
+    cont = asyncio.run(runner.resume(branch, {"temperature": 1.0}))
+    first = server.calls[0]
+    assert first["request_id"] == root.session  # same server: its prefix cache holds the parent
+    assert first["prompt_ids"] == root.prompt_ids + root.response_ids[: root.turns[0].offset]
+    assert cont.turns[1].observation == "84"  # ans == 42: the env is back at turn 1, not turn 2
+    assert cont.parent == (root.id, 1) and cont.id != root.id and cont.prompt_key == root.prompt_key
+    assert cont.reward == 1.0 and len(cont.turns) == 3
+    offset = root.turns[0].offset
+    assert cont.response_ids[:offset] == root.response_ids[:offset]
+    expected_prefix_mask = root.response_mask[:offset] if train_prefix else [0] * offset
+    assert cont.response_mask[:offset] == expected_prefix_mask
+    assert 1 in cont.response_mask[offset:]
+    with pytest.raises(ValueError, match="no branch point"):
+        root.branch(3)  # the answer turn ended the episode
+
+
+def test_env_spec_from_extra_info():
+    s = EnvSpec.from_extra_info({"env_id": "trace/Calculator-v0", "env_kwargs": json.dumps({"max_turns": 2}),
+                                 "task_id": 7, "seed": "3"})
+    assert s == EnvSpec("trace/Calculator-v0", {"max_turns": 2}, "7", 3)
+    assert EnvSpec.from_extra_info({"env_id": "trace/Calculator-v0", "env_kwargs": None}).env_kwargs == {}
+    with pytest.raises(ValueError, match="env_id"):
+        EnvSpec.from_extra_info({"index": 0})
+    with pytest.raises(ValueError, match="JSON object"):
+        EnvSpec.from_extra_info({"env_id": "x", "env_kwargs": "[1]"})
+    with pytest.raises(TypeError, match="not a trace_envs.ToolEnv"):
+        EnvSpec("CartPole-v1").make()
+
+
+def test_a_prompt_longer_than_verls_prompt_length_is_a_clear_error():
+    runner, _ = make_runner(script("<answer>1</answer>"), prompt_length=10)
+    with pytest.raises(ValueError, match="prompt_length"):
+        play(runner, spec())
+
+
+def test_the_prompt_is_the_rollout_paths_system_prompt_and_task():
+    """One prompt builder: verl's prompt is `react.initial_messages` rendered by the template."""
+    runner, _ = make_runner(script("<answer>1</answer>"))
+    ep = play(runner, spec())
+    env = spec().make()
+    task_prompt, _ = env.reset(options={"task_id": spec().task_id})
+    assert ep.task_prompt == task_prompt
+    assert ep.prompt_ids == runner.format.prompt_ids(initial_messages(env, task_prompt))
+    assert system_prompt(env) in ChatMLTokenizer().decode(ep.prompt_ids)
+
+
+ACTIONS = st.sampled_from([calc("1+2"), calc("ans*3"), calc("nope("), "hmm", "", "<answer>9</answer>",
+                           '<tool_call>{"name": "x"}</tool_call>', "<answer>1</answer><tool_call>{}</tool_call>"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(actions=st.lists(ACTIONS, min_size=1, max_size=6), max_turns=st.integers(1, 5),
+       response_length=st.integers(40, 800))
+def test_any_script_gives_a_consistent_trajectory(actions, max_turns, response_length):
+    runner, _ = make_runner(script(*actions), response_length=response_length)
+    ep = play(runner, spec(max_turns=max_turns))
+    assert len(ep.response_ids) == len(ep.response_mask) <= response_length
+    assert ep.response_mask[:1] == [1] and set(ep.response_mask) <= {0, 1}
+    assert 1 <= len(ep.turns) <= max_turns and ep.reward in (0.0, 1.0)
+    offsets = [t.offset for t in ep.turns]
+    assert offsets == sorted(offsets) and offsets[-1] == len(ep.response_ids)
+    assert all(t.snapshot is not None for t in ep.turns[:-1]) and ep.turns[-1].snapshot is None
+    assert ep.stop_reason in ("answer", "max_turns", "response_length")
+    for turn in range(1, len(ep.turns)):  # every branch point re-creates the same prefix
+        b = ep.branch(turn)
+        assert b.response_ids == ep.response_ids[: ep.turns[turn - 1].offset]

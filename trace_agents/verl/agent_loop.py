@@ -1,0 +1,56 @@
+"""`TraceEnvAgentLoop`: verl's agent-loop extension point, driving trace-rl envs.
+
+This is the only module that imports verl (>= 0.6: ``AgentLoopBase``, ``AgentLoopOutput`` and
+``register`` from ``verl.experimental.agent_loop.agent_loop``); verl's rollout workers import it
+through the agent-loop YAML (``_target_: trace_agents.verl.agent_loop.TraceEnvAgentLoop``). All
+logic lives in `EpisodeRunner`, which is tested without verl.
+
+A row with a `Branch` in column ``trace_branch`` resumes that branch; any other row plays
+``extra_info``'s env and task from the start.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
+
+from trace_agents.react import ChatFormat
+from trace_agents.verl.episode import EnvSpec, EpisodeRunner, stop_params
+from trace_agents.verl.sampler import BRANCH_KEY, EPISODE_KEY
+
+AGENT_NAME = "trace_env"
+
+
+@register(AGENT_NAME)
+class TraceEnvAgentLoop(AgentLoopBase):
+    """Options (keys next to ``_target_`` in the agent-loop YAML):
+
+    * ``stop_at_action_end`` (default true): stop generation at ``</tool_call>``/``</answer>``
+      with the engine's own stop parameters (vLLM and SGLang);
+    * ``train_prefix`` (default false): also train a continuation's inherited prefix tokens.
+    """
+
+    def __init__(self, *args: Any, stop_at_action_end: bool = True, train_prefix: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        rollout = self.config.actor_rollout_ref.rollout
+        template_kwargs = self.config.data.get("apply_chat_template_kwargs", None) or {}
+        self.runner = EpisodeRunner(
+            self.server_manager.generate,
+            ChatFormat(self.tokenizer, template_kwargs),
+            response_length=rollout.response_length,
+            prompt_length=rollout.prompt_length,
+            stop=stop_params(rollout.name) if stop_at_action_end else None,
+            train_prefix=train_prefix,
+        )
+
+    async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
+        branch = kwargs.get(BRANCH_KEY)
+        if branch is not None:
+            episode = await self.runner.resume(branch, sampling_params)
+        else:
+            prompt_key = str(kwargs.get("uid", kwargs.get("index", "")))
+            spec = EnvSpec.from_extra_info(kwargs.get("extra_info") or {})
+            episode = await self.runner.run(spec, sampling_params, prompt_key=prompt_key)
+        return AgentLoopOutput(**episode.verl_fields(), extra_fields={EPISODE_KEY: episode})

@@ -1,0 +1,298 @@
+"""One trace-rl episode driven by token ids through a verl-style ``generate``; no verl import.
+
+`EpisodeRunner.run` plays an env from its first turn; `EpisodeRunner.resume` continues a recorded
+episode from one of its turns (env restored from that turn's snapshot, generation continued from
+the exact token prefix on the parent's sticky session, so the server's prefix cache hits). Both
+return an `Episode`: the verl output fields plus, per turn, the texts, the env snapshot and the
+token offset where a continuation starts, which is what the TRACE sampler branches from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import gymnasium as gym
+
+import trace_envs  # noqa: F401  (registers the trace/* envs for gym.make)
+from trace_envs import Snapshot, ToolEnv
+from trace_agents.react import STOP_STRINGS, ChatFormat, initial_messages
+
+
+def stop_params(engine: str) -> dict[str, Any]:
+    """Sampling params that stop at the end of an action and keep the stop string in the output
+    (the names differ per engine; an unknown engine gets none and relies on end-of-turn)."""
+    if engine == "vllm":
+        return {"stop": list(STOP_STRINGS), "include_stop_str_in_output": True}
+    if engine == "sglang":
+        return {"stop": list(STOP_STRINGS), "no_stop_trim": True}
+    return {}
+
+
+class Generate(Protocol):
+    """verl's ``AsyncLLMServerManager.generate``: returns a ``TokenOutput`` (``token_ids``,
+    ``log_probs``) in verl >= 0.6, a plain id list before; ``request_id`` keys the sticky session."""
+
+    def __call__(
+        self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any]
+    ) -> Awaitable[Any]: ...
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """Which env and task a dataset row plays (from verl's ``extra_info``)."""
+
+    env_id: str
+    env_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    task_id: str | None = None
+    seed: int | None = None
+
+    @classmethod
+    def from_extra_info(cls, extra_info: Mapping[str, Any]) -> EnvSpec:
+        """``env_kwargs`` may be a dict or a JSON string (parquet turns dicts whose keys differ
+        between rows into structs padded with nulls; a string survives unchanged)."""
+        if not isinstance(extra_info, Mapping) or not extra_info.get("env_id"):
+            raise ValueError(f"extra_info needs an 'env_id' (e.g. 'trace/Calculator-v0'), got {extra_info!r}")
+        kwargs = extra_info.get("env_kwargs") or {}
+        if isinstance(kwargs, str):
+            kwargs = json.loads(kwargs)
+        if not isinstance(kwargs, Mapping):
+            raise ValueError(f"env_kwargs must be a JSON object, got {type(kwargs).__name__}")
+        task_id, seed = extra_info.get("task_id"), extra_info.get("seed")
+        return cls(
+            str(extra_info["env_id"]), dict(kwargs),
+            None if task_id is None else str(task_id), None if seed is None else int(seed),
+        )
+
+    def make(self) -> ToolEnv:
+        env = gym.make(self.env_id, **self.env_kwargs).unwrapped
+        if not isinstance(env, ToolEnv):
+            raise TypeError(f"{self.env_id} is a {type(env).__name__}, not a trace_envs.ToolEnv")
+        return env
+
+
+@dataclass(frozen=True)
+class Turn:
+    action: str
+    observation: str | None
+    """None on the turn that ended the episode."""
+    snapshot: bytes | None
+    """The env after this turn (``Snapshot.to_bytes()``); None when the episode ended here."""
+    offset: int
+    """Response tokens up to and including this turn's observation: where a continuation resumes."""
+
+
+@dataclass(frozen=True)
+class Branch:
+    """What a continuation needs to resume a parent episode after ``turn`` env turns.
+
+    Travels through verl as one object per batch row (column ``BRANCH_KEY``)."""
+
+    parent_id: str
+    turn: int
+    session: str
+    prompt_key: str
+    env: EnvSpec
+    task_prompt: str
+    prompt_ids: list[int]
+    response_ids: list[int]
+    response_mask: list[int]
+    response_logprobs: list[float] | None
+    turns: list[Turn]
+
+    @property
+    def snapshot(self) -> bytes:
+        snap = self.turns[-1].snapshot
+        assert snap is not None, "branches are only made at non-terminal turns"
+        return snap
+
+
+@dataclass
+class Episode:
+    """One trajectory, in verl's terms (prompt/response ids and mask) and TRACE's (turns)."""
+
+    id: str
+    session: str
+    """Sticky request id: continuations reuse their parent's, so they reach the same server."""
+    prompt_key: str
+    """Groups episodes of one prompt (verl's ``uid``)."""
+    env: EnvSpec
+    task_prompt: str
+    prompt_ids: list[int]
+    response_ids: list[int] = field(default_factory=list)
+    response_mask: list[int] = field(default_factory=list)
+    response_logprobs: list[float] | None = None
+    turns: list[Turn] = field(default_factory=list)
+    reward: float = 0.0
+    terminated: bool = False
+    truncated: bool = False
+    stop_reason: str = ""
+    """"answer", "max_turns" (the env's turn limit) or "response_length" (verl's token limit)."""
+    parent: tuple[str, int] | None = None
+    """(parent episode id, turn) for a continuation; None for a root rollout."""
+    generate_seconds: float = 0.0
+    env_seconds: float = 0.0
+
+    @property
+    def branch_turn(self) -> int:
+        return 0 if self.parent is None else self.parent[1]
+
+    @property
+    def num_turns(self) -> int:
+        """verl's count of chat messages: the prompt, each action and each observation."""
+        return 1 + len(self.turns) + sum(t.observation is not None for t in self.turns)
+
+    def prefix_text(self, turn: int) -> str:
+        """H_t as the predictor reads it: the task and the first ``turn`` turns."""
+        parts = [self.task_prompt]
+        for t in self.turns[:turn]:
+            parts.append(t.action)
+            if t.observation is not None:
+                parts.append(observation_marker(t.observation))
+        return "\n".join(parts)
+
+    def branch(self, turn: int) -> Branch:
+        """A continuation point after ``turn`` (1 <= turn < last) completed turns."""
+        if not 1 <= turn <= len(self.turns) or self.turns[turn - 1].snapshot is None:
+            raise ValueError(f"episode {self.id} has no branch point at turn {turn}")
+        offset = self.turns[turn - 1].offset
+        logprobs = None if self.response_logprobs is None else self.response_logprobs[:offset]
+        return Branch(
+            self.id, turn, self.session, self.prompt_key, self.env, self.task_prompt,
+            list(self.prompt_ids), self.response_ids[:offset], self.response_mask[:offset],
+            logprobs, self.turns[:turn],
+        )
+
+    def verl_fields(self) -> dict[str, Any]:
+        """The fields of verl's ``AgentLoopOutput`` (metrics as its ``AgentLoopMetrics`` names)."""
+        return {
+            "prompt_ids": self.prompt_ids,
+            "response_ids": self.response_ids,
+            "response_mask": self.response_mask,
+            "response_logprobs": self.response_logprobs,
+            "reward_score": self.reward,
+            "num_turns": self.num_turns,
+            "metrics": {"generate_sequences": self.generate_seconds, "tool_calls": self.env_seconds},
+        }
+
+
+def observation_marker(observation: str) -> str:
+    return f"Observation: {observation}"
+
+
+class EpisodeRunner:
+    """Plays episodes by token ids (see the module docstring).
+
+    ``train_prefix=False`` (the TRACE default) masks a continuation's inherited prefix to 0, so its
+    loss covers only its new tokens; the prefix still conditions the forward pass.
+    """
+
+    def __init__(
+        self,
+        generate: Generate,
+        chat_format: ChatFormat,
+        *,
+        response_length: int,
+        prompt_length: int | None = None,
+        stop: Mapping[str, Any] | None = None,
+        train_prefix: bool = False,
+    ) -> None:
+        if response_length < 1:
+            raise ValueError("response_length must be at least 1")
+        self.generate = generate
+        self.format = chat_format
+        self.response_length = response_length
+        self.prompt_length = prompt_length
+        self.stop = dict(stop or {})
+        self.train_prefix = train_prefix
+
+    async def run(self, spec: EnvSpec, sampling_params: Mapping[str, Any], *, prompt_key: str) -> Episode:
+        env = await asyncio.to_thread(spec.make)
+        options = None if spec.task_id is None else {"task_id": spec.task_id}
+        task_prompt, _ = await asyncio.to_thread(env.reset, seed=spec.seed, options=options)
+        prompt_ids = self.format.prompt_ids(initial_messages(env, task_prompt))
+        if self.prompt_length is not None and len(prompt_ids) > self.prompt_length:
+            raise ValueError(
+                f"{spec.env_id} task {spec.task_id!r}: the prompt has {len(prompt_ids)} tokens, more "
+                f"than rollout.prompt_length={self.prompt_length}; raise prompt_length"
+            )
+        session = uuid.uuid4().hex
+        episode = Episode(session, session, prompt_key, spec, task_prompt, prompt_ids)
+        return await self._play(env, episode, sampling_params)
+
+    async def resume(self, branch: Branch, sampling_params: Mapping[str, Any]) -> Episode:
+        env = await asyncio.to_thread(branch.env.make)
+        env.restore(Snapshot.from_bytes(branch.snapshot))
+        mask = branch.response_mask if self.train_prefix else [0] * len(branch.response_mask)
+        logprobs = branch.response_logprobs
+        if logprobs is not None and not self.train_prefix:
+            logprobs = [0.0] * len(logprobs)
+        episode = Episode(
+            uuid.uuid4().hex, branch.session, branch.prompt_key, branch.env, branch.task_prompt,
+            list(branch.prompt_ids), list(branch.response_ids), list(mask),
+            None if logprobs is None else list(logprobs), list(branch.turns),
+            parent=(branch.parent_id, branch.turn),
+        )
+        return await self._play(env, episode, sampling_params)
+
+    async def _play(self, env: ToolEnv, ep: Episode, sampling_params: Mapping[str, Any]) -> Episode:
+        while True:
+            remaining = self.response_length - len(ep.response_ids)
+            if remaining <= 0:
+                return _stopped(ep, "response_length")
+            params = {**sampling_params, **self.stop, "max_tokens": remaining}
+            started = time.perf_counter()
+            out = await self.generate(ep.session, prompt_ids=ep.prompt_ids + ep.response_ids,
+                                      sampling_params=params)
+            ep.generate_seconds += time.perf_counter() - started
+            action_ids, logprobs = _tokens(out)
+            action_ids = action_ids[:remaining]
+            _append(ep, action_ids, 1, logprobs)
+            action = self.format.action_text(action_ids)
+            started = time.perf_counter()
+            observation, reward, terminated, truncated, _ = await asyncio.to_thread(env.step, action)
+            ep.env_seconds += time.perf_counter() - started
+            if terminated or truncated:
+                ep.turns.append(Turn(action, None, None, len(ep.response_ids)))
+                ep.reward, ep.terminated, ep.truncated = float(reward), terminated, truncated
+                ep.stop_reason = "answer" if terminated else "max_turns"
+                return ep
+            obs_ids = self.format.observation_ids(action_ids, observation)
+            if len(ep.response_ids) + len(obs_ids) >= self.response_length:
+                ep.turns.append(Turn(action, None, None, len(ep.response_ids)))
+                return _stopped(ep, "response_length")
+            _append(ep, obs_ids, 0, None)
+            snapshot = env.snapshot().to_bytes()
+            ep.turns.append(Turn(action, observation, snapshot, len(ep.response_ids)))
+
+
+def _tokens(out: Any) -> tuple[list[int], list[float] | None]:
+    if isinstance(out, Sequence):
+        return list(out), None
+    logprobs = getattr(out, "log_probs", None)
+    return list(out.token_ids), None if not logprobs else list(logprobs)
+
+
+def _append(ep: Episode, ids: list[int], mask: int, logprobs: list[float] | None) -> None:
+    """Extend the response; log-probs, once the server sends any, stay aligned (0.0 where unknown)."""
+    if logprobs is not None and ep.response_logprobs is None:
+        ep.response_logprobs = [0.0] * len(ep.response_ids)
+    if ep.response_logprobs is not None:
+        known = list(logprobs or [])[: len(ids)]
+        ep.response_logprobs += known + [0.0] * (len(ids) - len(known))
+    ep.response_ids += ids
+    ep.response_mask += [mask] * len(ids)
+
+
+def _stopped(ep: Episode, reason: str) -> Episode:
+    """verl's token limit hit before an answer: a failed rollout (reward 0), like the env's turn limit."""
+    ep.reward, ep.truncated, ep.stop_reason = 0.0, True, reason
+    return ep
+
+
+__all__ = ["Branch", "EnvSpec", "Episode", "EpisodeRunner", "Generate", "Turn", "stop_params"]
