@@ -21,7 +21,7 @@ def standin(tiny):
     from trace_agents.standin_server import StandinServer
 
     model, tokenizer = tiny
-    with StandinServer(model, tokenizer, slow_s=2.0) as server:
+    with StandinServer(model, tokenizer, slow_s=6.0) as server:
         yield server
 
 
