@@ -76,6 +76,14 @@ class PredictorConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class WarmupConfig(_Strict):
+    """Supervised format warm-start on the env's expert demonstrations before RL (0 = off)."""
+
+    examples: int = Field(0, ge=0)
+    epochs: int = Field(1, ge=1)
+    lr: float = Field(5e-5, gt=0)
+
+
 class OptimConfig(_Strict):
     lr: float = Field(1e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -104,6 +112,7 @@ class TrainConfig(_Strict):
     sampling: SamplingConfig = SamplingConfig()
     budget: BudgetConfig = BudgetConfig()
     predictor: PredictorConfig = PredictorConfig()
+    warmup: WarmupConfig = WarmupConfig()
     optim: OptimConfig = OptimConfig()
     checkpoint_every: int = Field(1, ge=1)
 

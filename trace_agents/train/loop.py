@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
+import json
 import random
 import time
 from dataclasses import dataclass
@@ -147,8 +149,35 @@ class Arm:
             predictor.load_state_dict(state["predictor"])
 
 
-def build_arms(cfg: TrainConfig, out_dir: Path, *, progress: bool) -> list[Arm]:
+def warm_started(cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any, console: Console) -> None:
+    """Apply the config's format warm-start, cached on disk by everything that determines it."""
+    from safetensors.torch import load_file, save_file
+
+    from trace_agents.models import cache_dir
+    from trace_agents.train.warmup import warm_start
+
+    w = cfg.warmup
+    key = json.dumps([cfg.model.model_dump(), cfg.env.model_dump(), w.model_dump(), cfg.seed],
+                     sort_keys=True)
+    path = cache_dir() / "warmup" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
+    if path.exists():
+        model.load_state_dict(load_file(str(path)))
+        console.print(f"format warm-start: loaded from cache {path}")
+        return
+    env = gym.make(cfg.env.id, split=cfg.env.split, **cfg.env.kwargs)
+    stats = warm_start(model, tokenizer, env, examples=w.examples, epochs=w.epochs, lr=w.lr,
+                       seed=cfg.seed)
+    console.print(f"format warm-start: {stats['examples']} demonstrations, loss "
+                  f"{stats['loss_first']:.3f} → {stats['loss_last']:.3f}, {stats['seconds']:.0f} s")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(path))
+
+
+def build_arms(cfg: TrainConfig, out_dir: Path, *, progress: bool, warm: bool,
+               console: Console) -> list[Arm]:
     base, tokenizer = load_model(cfg.model.name, cfg.model.dtype)
+    if warm and cfg.warmup.examples:
+        warm_started(cfg, base, tokenizer, console)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sampling = SamplingParams(temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
                               max_tokens=cfg.sampling.max_tokens)
@@ -214,7 +243,7 @@ async def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     log = MetricsLog(out_dir / METRICS_NAME)
     _seed_everything(cfg.seed)
-    arms = build_arms(cfg, out_dir, progress=progress)
+    arms = build_arms(cfg, out_dir, progress=progress, warm=not resume, console=console)
     start = 0
     if resume:
         loaded = load_checkpoint(out_dir, models={a.name: a.model for a in arms},
