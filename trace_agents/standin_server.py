@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -47,6 +48,10 @@ class PrefixCache:
         self.size = 0
         self.hits = 0
         self.prompt_tokens = 0
+
+    def clear(self) -> None:
+        """Forget every cached sequence (the weights changed: the cached KV is stale)."""
+        self._root, self.size = {}, 0
 
     def match(self, ids: list[int]) -> int:
         node, n = self._root, 0
@@ -155,10 +160,50 @@ class StandinApp:
             Route("/generate", self.sglang_generate, methods=["POST"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
             Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+            # weight updates as SGLang and vLLM (VLLM_SERVER_DEV_MODE=1) expose them
+            Route("/update_weights_from_disk", self.update_weights_from_disk, methods=["POST"]),
+            Route("/flush_cache", self.flush_cache, methods=["POST"]),
+            Route("/collective_rpc", self.collective_rpc, methods=["POST"]),
+            Route("/reset_prefix_cache", self.flush_cache, methods=["POST"]),
         ])
+        self.model_path: str | None = None
+        """Where ``reload_weights`` reads from (vLLM reloads from the directory it serves)."""
+        self.weight_updates = 0
 
     async def health(self, request: Request) -> Response:
         return PlainTextResponse("ok")
+
+    def _load_weights(self, path: str) -> None:
+        from safetensors.torch import load_file
+
+        files = sorted(Path(path).glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"no safetensors in {path}")
+        state = {k: v for f in files for k, v in load_file(str(f)).items()}
+        model = self.backend.model
+        if "lm_head.weight" not in state and getattr(model.config, "tie_word_embeddings", False):
+            state["lm_head.weight"] = state["model.embed_tokens.weight"]
+        self.backend.load_weights(state)
+        self.weight_updates += 1
+
+    async def update_weights_from_disk(self, request: Request) -> Response:
+        body = await request.json()
+        try:
+            self._load_weights(body["model_path"])
+        except (KeyError, FileNotFoundError, RuntimeError) as exc:
+            return JSONResponse({"success": False, "message": str(exc)}, status_code=400)
+        return JSONResponse({"success": True, "message": "Succeeded to update model weights."})
+
+    async def collective_rpc(self, request: Request) -> Response:
+        body = await request.json()
+        if body.get("method") != "reload_weights" or self.model_path is None:
+            return JSONResponse({"error": "only reload_weights with a model_path"}, status_code=400)
+        self._load_weights(self.model_path)
+        return JSONResponse({"results": [None]})
+
+    async def flush_cache(self, request: Request) -> Response:
+        self.cache.clear()
+        return PlainTextResponse("Cache flushed.")
 
     async def models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": self.model_name, "object": "model"}]})

@@ -65,7 +65,9 @@ class HTTPClient:
         self.retries = 0
         """Retries made so far (all calls): a health figure for logs."""
 
-    async def post(self, path: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+    async def post(self, path: str, payload: Mapping[str, Any], *, expect_json: bool = True) -> dict[str, Any]:
+        """POST with retries; ``expect_json=False`` for admin endpoints that answer in plain text
+        (their reply comes back as ``{"text": ...}``)."""
         last: Exception | None = None
         for attempt in range(self.retry.attempts):
             if attempt:
@@ -74,14 +76,14 @@ class HTTPClient:
                 await asyncio.sleep(wait * (1 + 0.25 * random.random()))
             try:
                 async with self._slots:
-                    return await self._post_once(path, payload)
+                    return await self._post_once(path, payload, expect_json)
             except _Transient as exc:
                 last = exc.__cause__ or exc
         raise BackendError(
             f"POST {self.base_url}{path} failed after {self.retry.attempts} attempts: {last!r}"
         )
 
-    async def _post_once(self, path: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+    async def _post_once(self, path: str, payload: Mapping[str, Any], expect_json: bool) -> dict[str, Any]:
         try:
             response = await self._client.post(path, json=payload)
         except httpx.TransportError as exc:  # connect/read/write errors and timeouts
@@ -95,6 +97,8 @@ class HTTPClient:
                 f"POST {self.base_url}{path} was refused: HTTP {response.status_code}: "
                 f"{response.text[:500]}"
             )
+        if not expect_json:
+            return {"text": response.text}
         try:
             body = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:

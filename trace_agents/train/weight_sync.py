@@ -37,13 +37,13 @@ async def sync_weights(backend: Any, model: torch.nn.Module, directory: Path) ->
     export_weights(model, directory)
     if isinstance(backend, SGLangBackend):
         await backend.http.post("/update_weights_from_disk", {"model_path": str(directory)})
-        await backend.http.post("/flush_cache", {})
+        await backend.http.post("/flush_cache", {}, expect_json=False)
         return "sglang"
     if isinstance(backend, OpenAIBackend):
         admin = HTTPClient(backend.http.base_url.removesuffix("/v1"))  # dev endpoints: no /v1
         try:
             await admin.post("/collective_rpc", {"method": "reload_weights"})
-            await admin.post("/reset_prefix_cache", {})
+            await admin.post("/reset_prefix_cache", {}, expect_json=False)
         finally:
             await admin.aclose()
         return "vllm"
