@@ -15,7 +15,7 @@ def test_log_round_trip_and_truncate(tmp_path):
 def test_corrupt_line_is_reported(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text('{"step": 0}\n{"step": \n')
-    with pytest.raises(ValueError, match="m.jsonl:2"):
+    with pytest.raises(ValueError, match="m.jsonl:2: invalid JSON"):
         MetricsLog(path).read()
 
 

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from trace_envs.jsonl import read_jsonl
+
 PLOTTED = {
     "reward_mean": "mean reward of the step's rollouts",
     "effective_ratio": "effective ratio (prompts with mixed outcomes)",
@@ -30,15 +32,7 @@ class MetricsLog:
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        records = []
-        for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise ValueError(f"{self.path}:{n}: corrupt metrics line") from None
-        return records
+        return [record for _, record in read_jsonl(self.path)]
 
     def truncate_after(self, step: int) -> None:
         """Drop records of steps after ``step`` (written after the checkpoint being resumed)."""

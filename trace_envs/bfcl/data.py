@@ -10,12 +10,12 @@ with the same layout: ``BFCL_v4_multi_turn_<subset>.json``, ``possible_answer/``
 from __future__ import annotations
 
 import copy
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from trace_envs.jsonl import read_jsonl
 from trace_envs.tasks.base import Grade, Task, TaskSuite
 
 SUBSETS = ("base", "long_context", "miss_func", "miss_param")
@@ -53,8 +53,7 @@ def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [record for _, record in read_jsonl(path)]
 
 
 def load_function_docs(root: Path) -> dict[str, list[dict[str, Any]]]:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trace_envs.jsonl import read_jsonl
+
 
 @dataclass(frozen=True, slots=True)
 class Passage:
@@ -76,17 +78,13 @@ def load_corpus(path: str | Path) -> Corpus:
     """Load a JSONL corpus; a malformed line raises ``ValueError`` naming the file and line."""
     path = Path(path)
     passages = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise ValueError("a line must be a JSON object")
-                passages.append(Passage.from_record(record, default_id=str(lineno - 1)))
-            except ValueError as exc:
-                raise ValueError(f"{path}:{lineno}: {exc}") from None
+    for lineno, record in read_jsonl(path):
+        try:
+            if not isinstance(record, dict):
+                raise ValueError("a line must be a JSON object")
+            passages.append(Passage.from_record(record, default_id=str(lineno - 1)))
+        except ValueError as exc:
+            raise ValueError(f"{path}:{lineno}: {exc}") from None
     return Corpus(passages, name=path.stem)
 
 

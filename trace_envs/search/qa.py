@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from trace_envs.jsonl import read_jsonl
 from trace_envs.search.metrics import best_em_f1
 from trace_envs.search.world import cached_world
 from trace_envs.tasks.base import Grade, Task, TaskSuite
@@ -54,14 +55,7 @@ def _records(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: invalid JSON ({exc})") from None
         return rows
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-    return rows
+    return [row for _, row in read_jsonl(path)]
 
 
 def detect_format(record: dict[str, Any]) -> str:

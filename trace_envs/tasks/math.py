@@ -19,6 +19,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from trace_envs.jsonl import read_jsonl
 from trace_envs.tasks.base import Grade, Task, TaskSuite
 
 MAX_ANSWER_CHARS = 300
@@ -140,15 +141,7 @@ def math_tasks_from_records(records: Iterable[Mapping[str, Any]], source: str) -
 def _read_records(path: Path) -> list[Any]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        records = []
-        with path.open(encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise ValueError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
-        return records
+        return [record for _, record in read_jsonl(path)]
     if suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
