@@ -1,47 +1,25 @@
 """End to end: the tiny random Qwen3 trains with TRACE and GRPO; a stopped run resumes exactly."""
 
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from trace_envs import Grade, Task, TaskSuite, ToolEnv, register_env, tool
+from tests.train.parity_env import ENV_ID
 from trace_agents.cli import main as cli
 from trace_agents.train.config import TrainConfig
 from trace_agents.train.loop import run
 
 TIMING = {"seconds", "update_s", "plan_roots_s", "tokens_per_s"}
+REPO = Path(__file__).resolve().parents[2]
 
 
-def parity(response: str, task: Task) -> Grade:
-    ok = len(response) % 2 == 0
-    return Grade(float(ok), float(ok))
-
-
-class ParityEnv(ToolEnv):
-    """Two turns; the last action is graded by the parity of its length, so even a random model
-    gets mixed outcomes and every part of the pipeline has something to learn from."""
-
-    def __init__(self, split: str = "all", max_turns: int = 2):
-        tasks = TaskSuite("parity", [Task(f"p{i}", f"Task {i}: say anything.", None, parity)
-                                     for i in range(12)])
-        super().__init__(tasks.split(split), max_turns=max_turns)
-
-    @tool
-    def noop(self) -> str:
-        """Do nothing."""
-        return "ok"
-
-    def step(self, action):
-        final = self.turn + 1 >= self.max_turns
-        wrapped = f"<answer>{action}</answer>" if final else '<tool_call>{"name": "noop"}</tool_call>'
-        return super().step(wrapped)
-
-
-ENV_ID = register_env("ParityTest", ParityEnv)
-
-
-def config(**changes) -> TrainConfig:
+def config_dict(**changes) -> dict:
     base = {
         "seed": 1, "steps": 2, "allocators": ["trace", "grpo"],
         "model": {"name": "tiny-qwen3"},
@@ -52,7 +30,11 @@ def config(**changes) -> TrainConfig:
         "optim": {"lr": 1e-3, "micro_batch": 4, "grad_accum": 2, "ppo_epochs": 2},
     }
     base.update(changes)
-    return TrainConfig.model_validate(base)
+    return base
+
+
+def config(**changes) -> TrainConfig:
+    return TrainConfig.model_validate(config_dict(**changes))
 
 
 def strip(records):
@@ -115,3 +97,37 @@ def test_cli_rejects_bad_config(tmp_path, capsys):
     bad.write_text("steps: 2\nbudget: {roots: 1}\n")
     assert cli(["train", "--config", str(bad), "--out", str(tmp_path / "run")]) == 2
     assert "budget.roots" in capsys.readouterr().out
+
+
+CLI = """
+import sys
+import tests.train.parity_env  # registers the test env in this process
+from trace_agents.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_killed_run_resumes_exactly(uninterrupted, tmp_path):
+    out, full = uninterrupted
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(config_dict()))
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-c", CLI, "train", "--no-progress"]
+    proc = subprocess.Popen(command + ["--config", str(cfg), "--out", str(run_dir)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    meta = run_dir / "checkpoint" / "meta.json"
+    deadline = time.monotonic() + 300
+    while not meta.exists():  # the first step is saved: kill the run while step 1 is under way
+        assert proc.poll() is None, "the training run ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    assert json.loads(meta.read_text())["step"] == 0
+    subprocess.run(command + ["--resume", str(run_dir)], cwd=REPO, check=True, timeout=600,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    resumed = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert strip(resumed) == strip(json.loads(json.dumps(full)))
+    for name in ("trace", "grpo"):
+        a, b = weights(out, name), weights(run_dir, name)
+        assert all(torch.equal(a[k], b[k]) for k in a)
