@@ -185,7 +185,8 @@ class RolloutRunner:
         self.on_episode = on_episode
         """Called as each episode ends (progress bars)."""
         self._slots = asyncio.Semaphore(max_concurrency)
-        self._rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(seed)
+        """Draws each episode's sampling seed: part of a training checkpoint."""
         self.stats = {"episodes": 0, "failed": 0, "turns": 0, "generated_tokens": 0,
                       "prompt_tokens": 0, "cached_tokens": 0}
 
@@ -203,7 +204,7 @@ class RolloutRunner:
         any other node (attached there as new children)."""
         if isinstance(node.handle, Turn) and (node.handle.terminated or node.handle.truncated):
             raise ValueError("cannot continue from a node that ended its episode")
-        seeds = self._rng.integers(0, 2**62, size=k).tolist()
+        seeds = self.rng.integers(0, 2**62, size=k).tolist()
         return list(await asyncio.gather(*(self._episode(tree, node, s) for s in seeds)))
 
     async def _episode(self, tree: RolloutTree, start: Node, seed: int) -> Episode:

@@ -134,7 +134,7 @@ class Arm:
         return {
             "data_rng": self.data_rng.bit_generator.state,
             "alloc_rng": self.alloc_rng.bit_generator.state,
-            "runner_rng": self.runner._rng.bit_generator.state,
+            "runner_rng": self.runner.rng.bit_generator.state,
             "sampler_steps": self.sampler.steps,
             "predictor": None if predictor is None else predictor.state_dict(),
         }
@@ -142,7 +142,7 @@ class Arm:
     def load_state(self, state: dict[str, Any]) -> None:
         self.data_rng.bit_generator.state = state["data_rng"]
         self.alloc_rng.bit_generator.state = state["alloc_rng"]
-        self.runner._rng.bit_generator.state = state["runner_rng"]
+        self.runner.rng.bit_generator.state = state["runner_rng"]
         self.sampler.steps = int(state["sampler_steps"])
         predictor = self.sampler.allocator.predictor
         if predictor is not None:
