@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from trace_envs import ToolEnv
 from trace_envs.actions import ANSWER_CLOSE, TOOL_CALL_CLOSE
@@ -58,11 +58,25 @@ def initial_messages(env: ToolEnv, task_prompt: str) -> list[Message]:
     return [{"role": "system", "content": system_prompt(env)}, {"role": "user", "content": task_prompt}]
 
 
-def turn_messages(action: str, observation: str | None) -> list[Message]:
+ObservationRole = Literal["tool", "user"]
+"""How an observation reaches the model: tool results in ``<tool_response>`` (the default), or a
+new user message as it is (an env says so with ``info["observation_role"] = "user"``)."""
+
+
+def observation_role(info: Mapping[str, Any]) -> ObservationRole:
+    """The role an env's step ``info`` gives its observation."""
+    return "user" if info.get("observation_role") == "user" else "tool"
+
+
+def observation_message(observation: str, role: ObservationRole = "tool") -> str:
+    return observation if role == "user" else observation_content(observation)
+
+
+def turn_messages(action: str, observation: str | None, role: ObservationRole = "tool") -> list[Message]:
     """The messages one turn adds: the action, and the observation unless the episode ended."""
     messages = [{"role": "assistant", "content": action}]
     if observation is not None:
-        messages.append({"role": "user", "content": observation_content(observation)})
+        messages.append({"role": "user", "content": observation_message(observation, role)})
     return messages
 
 
@@ -91,14 +105,19 @@ class ChatFormat:
         self.template_kwargs = dict(chat_template_kwargs or {})
         self.eos_ids = _eos_ids(tokenizer)
         turn = [{"role": "user", "content": "u"}, {"role": "assistant", "content": _ACTION}]
-        continued = self.render(
-            turn + [{"role": "user", "content": observation_content(_OBSERVATION)}], generation_prompt=True
-        )
         ended = self.render(turn, generation_prompt=False)
-        if continued.count(_ACTION) != 1 or ended.count(_ACTION) != 1 or continued.count(_OBSERVATION) != 1:
+        self._observation_templates: dict[str, str] = {}
+        """Per role: turn closer, observation message, next generation prompt
+        (``<|im_end|>\\n<|im_start|>user...``). Tool results are probed wrapped, so templates that
+        treat ``<tool_response>`` messages specially (Qwen3's) render them as they would."""
+        for role in ("tool", "user"):
+            content = observation_message(_OBSERVATION, role)  # type: ignore[arg-type]
+            continued = self.render(turn + [{"role": "user", "content": content}], generation_prompt=True)
+            if continued.count(_ACTION) != 1 or continued.count(_OBSERVATION) != 1:
+                raise ValueError("the chat template does not render message content verbatim")
+            self._observation_templates[role] = continued.split(_ACTION)[1]
+        if ended.count(_ACTION) != 1:
             raise ValueError("the chat template does not render message content verbatim")
-        self._observation_template = continued.split(_ACTION)[1]
-        """Turn closer, observation message, next generation prompt (``<|im_end|>\\n<|im_start|>user...``)."""
         self.closer = ended.split(_ACTION)[1]
         """What the template puts after the conversation's last assistant message (``<|im_end|>\\n``)."""
 
@@ -117,10 +136,12 @@ class ChatFormat:
         """The initial prompt (system + task), ending with the assistant's generation prompt."""
         return self.encode(self.render(messages, generation_prompt=True))
 
-    def observation_ids(self, action_ids: Sequence[int], observation: str) -> list[int]:
+    def observation_ids(
+        self, action_ids: Sequence[int], observation: str, role: ObservationRole = "tool"
+    ) -> list[int]:
         """Tokens the env contributes after an action: the turn closer (less the end-of-turn token
         the model already emitted), the observation message and the next generation prompt."""
-        body = self._observation_template.replace(_OBSERVATION, observation)
+        body = self._observation_templates[role].replace(_OBSERVATION, observation)
         return self._after(action_ids, self.encode(body))
 
     def final_ids(self, action_ids: Sequence[int]) -> list[int]:

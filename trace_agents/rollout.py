@@ -27,8 +27,10 @@ from trace_agents.react import (
     STOP_STRINGS,
     ChatFormat,
     Message,
+    ObservationRole,
     initial_messages,
-    observation_content,
+    observation_message,
+    observation_role,
     turn_messages,
 )
 from trace_allocation.tree import Node, RolloutTree
@@ -70,6 +72,10 @@ class Turn:
     prompt_tokens: int
     cached_tokens: int | None
     snapshot: Snapshot
+
+    @property
+    def observation_role(self) -> ObservationRole:
+        return observation_role(self.info)
 
 
 @dataclass
@@ -136,7 +142,7 @@ def prefix_messages(node: Node) -> list[Message]:
     start = start_of(node)
     messages = list(start.messages)
     for n in node.path()[1:]:
-        messages += turn_messages(n.handle.action, n.handle.observation)
+        messages += turn_messages(n.handle.action, n.handle.observation, n.handle.observation_role)
     return messages
 
 
@@ -146,7 +152,7 @@ def transcript(node: Node) -> str:
     for n in node.path()[1:]:
         parts.append(n.handle.action)
         if n.handle.observation is not None:
-            parts.append(observation_content(n.handle.observation))
+            parts.append(observation_message(n.handle.observation, n.handle.observation_role))
     return "\n".join(parts)
 
 
@@ -238,11 +244,13 @@ class RolloutRunner:
             obs, reward, terminated, truncated, info = env.step(out.text)
             ended = terminated or truncated
             action_ids = out.token_ids
+            role = observation_role(info)
             if self.format:
-                tail = self.format.final_ids(action_ids) if ended else self.format.observation_ids(action_ids, obs)
+                tail = (self.format.final_ids(action_ids) if ended
+                        else self.format.observation_ids(action_ids, obs, role))
             else:
                 tail = []
-                messages += turn_messages(out.text, None if ended else obs)
+                messages += turn_messages(out.text, None if ended else obs, role)
             turn = Turn(
                 action=out.text, observation=None if ended else obs,
                 action_ids=tuple(action_ids),

@@ -41,7 +41,9 @@ class ToolEnv(gym.Env[str, str]):
 
     Subclasses declare tools as methods decorated with :func:`trace_envs.tool`, and override
     ``get_tool_state``/``set_tool_state``/``reset_tool_state`` when their tools keep state. An
-    env whose turn logic differs (e.g. a multi-turn conversation) overrides :meth:`respond`.
+    env whose turn logic differs (e.g. a multi-turn conversation) overrides :meth:`respond`; an
+    observation that is a new user message rather than tool results carries
+    ``info["observation_role"] = "user"``, so agents render it as a user turn.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}

@@ -115,3 +115,16 @@ def test_rollout_prefixes_are_the_templates_rendering_with_the_models_thinking_k
         assert prefix.endswith(observation_content(node.handle.observation) + "<|im_end|>\n<|im_start|>assistant\n")
     for leaf in tree.leaves():
         assert qwen3_tok.decode(list(leaf.handle.env_ids)) == "<|im_end|>\n"
+
+
+def test_user_observations_are_plain_user_turns():
+    from trace_agents.models import tiny_qwen3
+    from trace_agents.react import ChatFormat
+
+    _, tok = tiny_qwen3()
+    fmt = ChatFormat(tok)
+    action = fmt.encode("done")
+    as_tool = fmt.decode(fmt.observation_ids(action, "Next request"))
+    as_user = fmt.decode(fmt.observation_ids(action, "Next request", "user"))
+    assert "<tool_response>\nNext request\n</tool_response>" in as_tool
+    assert "<tool_response>" not in as_user and "user\nNext request<|im_end|>" in as_user

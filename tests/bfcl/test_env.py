@@ -160,3 +160,12 @@ def test_tool_objects_run_and_record_like_actions(env):
         tools["cd"].validate({"directory": "x"})
     assert json.loads(tools["pwd"](env, {})) == {"current_working_directory": "/workspace"}
     assert env.decoded == [[["pwd()"]]]
+
+
+def test_next_user_turn_is_marked_as_a_user_message():
+    env = gym.make("trace/BFCL-v0", subset="base")
+    env.reset(options={"task_id": "multi_turn_base_0"})
+    obs, *_, info = env.step("All done.")
+    assert info["observation_role"] == "user" and "<tool_response>" not in obs
+    _, *_, info = env.step(call("pwd"))
+    assert "observation_role" not in info

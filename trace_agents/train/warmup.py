@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trace_agents.react import ChatFormat, initial_messages
+from trace_agents.react import ChatFormat, initial_messages, observation_role
 from trace_agents.train.loss import sequence_logprobs
 from trace_agents.train.update import collate
 from trace_envs import ToolEnv
@@ -33,8 +33,9 @@ def demonstration_tokens(env: ToolEnv, task_id: str, fmt: ChatFormat) -> tuple[l
     mask = [0.0] * len(ids)
     for action in actions:
         action_ids = fmt.encode(action)
-        observation, _, terminated, truncated, _ = env.step(action)
-        tail = fmt.final_ids(action_ids) if terminated or truncated else fmt.observation_ids(action_ids, observation)
+        observation, _, terminated, truncated, info = env.step(action)
+        tail = (fmt.final_ids(action_ids) if terminated or truncated
+                else fmt.observation_ids(action_ids, observation, observation_role(info)))
         ids += action_ids + tail
         mask += [1.0] * len(action_ids) + [0.0] * len(tail)
     return ids, mask

@@ -21,7 +21,7 @@ import gymnasium as gym
 
 import trace_envs  # noqa: F401  (registers the trace/* envs for gym.make)
 from trace_envs import Snapshot, ToolEnv
-from trace_agents.react import STOP_STRINGS, ChatFormat, initial_messages
+from trace_agents.react import STOP_STRINGS, ChatFormat, initial_messages, observation_role
 
 
 def stop_params(engine: str) -> dict[str, Any]:
@@ -255,14 +255,14 @@ class EpisodeRunner:
             _append(ep, action_ids, 1, logprobs)
             action = self.format.action_text(action_ids)
             started = time.perf_counter()
-            observation, reward, terminated, truncated, _ = await asyncio.to_thread(env.step, action)
+            observation, reward, terminated, truncated, info = await asyncio.to_thread(env.step, action)
             ep.env_seconds += time.perf_counter() - started
             if terminated or truncated:
                 ep.turns.append(Turn(action, None, None, len(ep.response_ids)))
                 ep.reward, ep.terminated, ep.truncated = float(reward), terminated, truncated
                 ep.stop_reason = "answer" if terminated else "max_turns"
                 return ep
-            obs_ids = self.format.observation_ids(action_ids, observation)
+            obs_ids = self.format.observation_ids(action_ids, observation, observation_role(info))
             if len(ep.response_ids) + len(obs_ids) >= self.response_length:
                 ep.turns.append(Turn(action, None, None, len(ep.response_ids)))
                 return _stopped(ep, "response_length")

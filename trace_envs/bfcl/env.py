@@ -116,7 +116,7 @@ class BFCLEnv(ToolEnv):
             self.verdict = bfcl_verdict(self.decoded, self.task.answer, self.task.metadata["entry"])
             return self._finish("", self.verdict, {})
         self.decoded.append([])
-        info: dict[str, Any] = {"user_turn": self.user_turn}
+        info: dict[str, Any] = {"user_turn": self.user_turn, "observation_role": "user"}
         new_docs = self.task.metadata["held_out"].get(self.user_turn, [])
         self._docs = self._revealed_docs(self.task, self.user_turn)
         text = user_text(questions[self.user_turn])
