@@ -26,7 +26,7 @@ from trace_agents.train.metrics import MetricsLog
 from trace_allocation.allocators import Allocator
 from trace_allocation.budget import Budget, BudgetExceeded
 from trace_allocation.predictors import SuccessPredictor, brier_score
-from trace_allocation.tree import RolloutTree
+from trace_allocation.tree import RolloutTree, backup_targets
 from trace_envs import ToolEnv
 
 
@@ -156,18 +156,9 @@ class TraceSampler:
         """Refit the shared predictor on the trees' backup targets; return its Brier score on
         them before the update (how well it foresaw this step)."""
         predictor: SuccessPredictor | None = self.allocator.predictor
-        texts, targets, weights = [], [], []
-        for tree in trees:
-            tree.backup()
-            for node in tree.nodes():
-                if node.target is not None and not node.is_leaf:
-                    texts.append(node.prefix_text)
-                    targets.append(node.target)
-                    weights.append(node.visits)
+        texts, y, w = backup_targets(trees)
         if predictor is None or not texts:
             return None
-        y = np.asarray(targets, dtype=float)
-        w = np.asarray(weights, dtype=float)
         brier = float(brier_score(predictor.predict(texts), y, w))
         predictor.update(texts, y, w)
         return brier

@@ -30,7 +30,7 @@ from trace_allocation.allocators import Allocator
 from trace_allocation.budget import Budget, BudgetExceeded
 from trace_allocation.predictors import brier_score
 from trace_allocation.root import root_value
-from trace_allocation.tree import Node, RolloutTree
+from trace_allocation.tree import Node, RolloutTree, backup_targets
 
 
 @dataclass(frozen=True)
@@ -326,13 +326,6 @@ def _refit(allocator: Allocator, trees: Sequence[RolloutTree]) -> None:
     """Update the predictor on every non-terminal node's backup target, weighted by its leaves."""
     if allocator.predictor is None:
         return
-    texts, targets, weights = [], [], []
-    for tree in trees:
-        tree.backup()
-        for node in tree.nodes():
-            if not node.is_leaf and node.target is not None:
-                texts.append(node.prefix_text)
-                targets.append(node.target)
-                weights.append(node.visits)
+    texts, targets, weights = backup_targets(trees)
     if texts:
-        allocator.predictor.update(texts, np.array(targets), np.array(weights, dtype=float))
+        allocator.predictor.update(texts, targets, weights)

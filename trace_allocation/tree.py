@@ -7,9 +7,11 @@ token ids); allocation only reads texts, rewards and the tree shape.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 Text = str | Callable[[], str]
 
@@ -137,3 +139,22 @@ class RolloutTree:
             last = leaf.depth - (1 if include_final else 2)
             found.extend(Prefix(n, leaf.reward) for n in leaf.path()[1 : last + 1])
         return found
+
+
+def backup_targets(
+    trees: Iterable[RolloutTree], *, include_leaves: bool = False
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The shared predictor's training set from a step's trees: every node's prefix text, its
+    backup target V-hat and its weight (the terminal leaves below it). Leaves, whose text already
+    holds the outcome, are left out unless ``include_leaves``."""
+    texts: list[str] = []
+    targets: list[float] = []
+    weights: list[float] = []
+    for tree in trees:
+        tree.backup()
+        for node in tree.nodes():
+            if node.target is not None and (include_leaves or not node.is_leaf):
+                texts.append(node.prefix_text)
+                targets.append(node.target)
+                weights.append(node.visits)
+    return texts, np.asarray(targets, dtype=float), np.asarray(weights, dtype=float)

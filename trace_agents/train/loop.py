@@ -38,6 +38,7 @@ from trace_allocation.allocators import (
     Allocator, DapoAllocator, GrpoAllocator, PclAllocator, TreeAllocator,
 )
 from trace_allocation.budget import Budget
+from trace_allocation.tree import backup_targets
 from trace_allocation.predictors import (
     BetaBernoulliPredictor, LexicalPredictor, SuccessPredictor, reliability_curve,
 )
@@ -199,15 +200,10 @@ def _calibration(trees: list[Any], predictor: SuccessPredictor | None) -> dict[s
     """Reliability of the predictor (already refit on this step) over the step's prefixes."""
     if predictor is None:
         return None
-    texts, targets = [], []
-    for tree in trees:
-        for node in tree.nodes():
-            if node.target is not None and not node.is_leaf:
-                texts.append(node.prefix_text)
-                targets.append(node.target)
+    texts, targets, _ = backup_targets(trees)
     if not texts:
         return None
-    curve = reliability_curve(predictor.predict(texts), np.asarray(targets), n_bins=5)
+    curve = reliability_curve(predictor.predict(texts), targets, n_bins=5)
     keep = curve.counts > 0
     return {"predicted": curve.predicted[keep].tolist(), "observed": curve.observed[keep].tolist()}
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from trace_agents.verl.episode import Branch, Episode
 from trace_allocation import Budget, Node, RolloutTree
+from trace_allocation.tree import backup_targets
 from trace_allocation.allocators import Allocator
 
 EPISODE_KEY = "trace_episode"
@@ -102,18 +103,9 @@ class TraceSampler:
         predictor = self.allocator.predictor
         if predictor is None:
             return
-        texts: list[str] = []
-        targets: list[float] = []
-        weights: list[float] = []
-        for tree in self.trees.values():
-            tree.backup()
-            for node in tree.nodes():
-                if node.target is not None:
-                    texts.append(node.prefix_text)
-                    targets.append(node.target)
-                    weights.append(node.visits)
+        texts, targets, weights = backup_targets(self.trees.values(), include_leaves=True)
         if texts:
-            predictor.update(texts, np.array(targets), np.array(weights, dtype=float))
+            predictor.update(texts, targets, weights)
 
 
 def _text(ep: Episode, turn: int):
