@@ -166,3 +166,26 @@ def smollm2() -> tuple[Any, Any]:
     path = smollm2_dir()
     model = AutoModelForCausalLM.from_pretrained(path, dtype="float32").eval()
     return model, AutoTokenizer.from_pretrained(path)
+
+
+def load_model(name: str, dtype: str = "auto") -> tuple[Any, Any]:
+    """``smollm2`` and ``tiny-qwen3`` are offline; anything else is a local HF model directory."""
+    import torch
+
+    if name == "smollm2":
+        model, tokenizer = smollm2()
+    elif name == "tiny-qwen3":
+        model, tokenizer = tiny_qwen3()
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(name)
+        if not path.is_dir():
+            raise FileNotFoundError(f"model {name!r}: not 'smollm2', 'tiny-qwen3' or a local directory")
+        model = AutoModelForCausalLM.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    if dtype == "bfloat16" or (dtype == "auto" and torch.cuda.is_available()):
+        model = model.to(torch.bfloat16)
+    if torch.cuda.is_available():
+        model = model.cuda()
+    return model.eval(), tokenizer

@@ -144,6 +144,15 @@ class ChatFormat:
         body = self._observation_templates[role].replace(_OBSERVATION, observation)
         return self._after(action_ids, self.encode(body))
 
+    def tail_ids(
+        self, action_ids: Sequence[int], observation: str | None, role: ObservationRole = "tool"
+    ) -> list[int]:
+        """What follows an action in the token record: the observation segment, or the closer
+        when the episode ended there (``observation is None``)."""
+        if observation is None:
+            return self.final_ids(action_ids)
+        return self.observation_ids(action_ids, observation, role)
+
     def final_ids(self, action_ids: Sequence[int]) -> list[int]:
         """Tokens that close the last turn of an episode (the closer, less an emitted end-of-turn)."""
         return self._after(action_ids, self.encode(self.closer))

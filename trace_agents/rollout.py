@@ -246,8 +246,7 @@ class RolloutRunner:
             action_ids = out.token_ids
             role = observation_role(info)
             if self.format:
-                tail = (self.format.final_ids(action_ids) if ended
-                        else self.format.observation_ids(action_ids, obs, role))
+                tail = self.format.tail_ids(action_ids, None if ended else obs, role)
             else:
                 tail = []
                 messages += turn_messages(out.text, None if ended else obs, role)

@@ -31,8 +31,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from trace_agents.backends.base import SamplingParams
     from trace_agents.evaluate import evaluate, resolve
-    from trace_agents.train.config import BackendConfig, ModelConfig, TrainConfig
-    from trace_agents.train.loop import load_model, make_backend
+    from trace_agents.backends import make_backend
+    from trace_agents.models import load_model
 
     console = Console()
     try:
@@ -40,14 +40,13 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         console.print(f"[red]{exc}[/]")
         return 2
-    cfg = TrainConfig(model=ModelConfig(name=args.model),
-                      backend=BackendConfig(kind=args.backend, url=args.url))
-    model, tokenizer = load_model(cfg.model.name, cfg.model.dtype)
+    model, tokenizer = load_model(args.model)
     sampling = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
     overrides = {"max_turns": args.max_turns} if args.max_turns else {}
 
     async def all_reports() -> list[dict]:
-        backend = make_backend(cfg, model, tokenizer)
+        backend = make_backend(args.backend, model, tokenizer, url=args.url,
+                               model_name=args.model, max_concurrency=16)
         try:
             return [await evaluate(b, backend, tokenizer, limit=args.limit, samples=args.samples,
                                    sampling=sampling, env_overrides=overrides)

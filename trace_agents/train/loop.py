@@ -26,7 +26,9 @@ import yaml
 from rich.console import Console
 
 import trace_envs  # noqa: F401  (registers the envs)
+from trace_agents.backends import make_backend
 from trace_agents.backends.base import Backend, SamplingParams
+from trace_agents.models import load_model
 from trace_agents.rollout import RolloutRunner
 from trace_agents.sampler import Candidate, TraceSampler
 from trace_agents.train.checkpoint import load_checkpoint, save_checkpoint
@@ -38,36 +40,13 @@ from trace_allocation.allocators import (
     Allocator, DapoAllocator, GrpoAllocator, PclAllocator, TreeAllocator,
 )
 from trace_allocation.budget import Budget
-from trace_allocation.tree import backup_targets
 from trace_allocation.predictors import (
     BetaBernoulliPredictor, LexicalPredictor, SuccessPredictor, reliability_curve,
 )
+from trace_allocation.tree import backup_targets
 from trace_envs import ToolEnv
 
 METRICS_NAME = "metrics.jsonl"
-
-
-def load_model(name: str, dtype: str) -> tuple[torch.nn.Module, Any]:
-    """``smollm2`` and ``tiny-qwen3`` are offline; anything else is a local HF model directory."""
-    from trace_agents import models
-
-    if name == "smollm2":
-        model, tokenizer = models.smollm2()
-    elif name == "tiny-qwen3":
-        model, tokenizer = models.tiny_qwen3()
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        path = Path(name)
-        if not path.is_dir():
-            raise FileNotFoundError(f"model {name!r}: not 'smollm2', 'tiny-qwen3' or a local directory")
-        model = AutoModelForCausalLM.from_pretrained(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    if dtype == "bfloat16" or (dtype == "auto" and torch.cuda.is_available()):
-        model = model.to(torch.bfloat16)
-    if torch.cuda.is_available():
-        model = model.cuda()
-    return model.eval(), tokenizer
 
 
 def make_predictor(cfg: TrainConfig) -> SuccessPredictor:
@@ -99,21 +78,6 @@ def make_allocator(name: str, cfg: TrainConfig, rng: np.random.Generator) -> All
         batch = max(1, int(b.total) // b.group_size)
         return DapoAllocator(b.group_size, batch_prompts=batch, rng=rng)
     raise ValueError(f"unknown allocator {name!r}")
-
-
-def make_backend(cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any) -> Backend:
-    from trace_agents.backends.hf import HFBackend
-    from trace_agents.backends.http import OpenAIBackend, SGLangBackend
-
-    kind = cfg.backend.kind
-    if kind == "hf":
-        return HFBackend(model, tokenizer, max_batch=cfg.backend.max_concurrency)
-    if cfg.backend.url is None:
-        raise ValueError(f"backend {kind!r} needs backend.url")
-    options = {"timeout_s": cfg.backend.timeout_s, "max_concurrency": cfg.backend.max_concurrency}
-    if kind == "sglang":
-        return SGLangBackend(cfg.backend.url, tokenizer, **options)
-    return OpenAIBackend(cfg.backend.url, cfg.model.name, **options)
 
 
 @dataclass
@@ -187,7 +151,9 @@ def build_arms(cfg: TrainConfig, out_dir: Path, *, progress: bool, warm: bool,
         model = base if i == len(cfg.allocators) - 1 else copy.deepcopy(base)
         env = gym.make(cfg.env.id, split=cfg.env.split, **cfg.env.kwargs)
         alloc_rng = np.random.default_rng(cfg.seed)
-        backend = make_backend(cfg, model, tokenizer)
+        backend = make_backend(cfg.backend.kind, model, tokenizer, url=cfg.backend.url,
+                               model_name=cfg.model.name, timeout_s=cfg.backend.timeout_s,
+                               max_concurrency=cfg.backend.max_concurrency)
         runner = RolloutRunner(backend, tokenizer=tokenizer, sampling=sampling,
                                max_concurrency=cfg.backend.max_concurrency, seed=cfg.seed)
         sampler = TraceSampler(runner, make_allocator(name, cfg, alloc_rng), progress=progress)

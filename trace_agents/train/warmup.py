@@ -34,8 +34,8 @@ def demonstration_tokens(env: ToolEnv, task_id: str, fmt: ChatFormat) -> tuple[l
     for action in actions:
         action_ids = fmt.encode(action)
         observation, _, terminated, truncated, info = env.step(action)
-        tail = (fmt.final_ids(action_ids) if terminated or truncated
-                else fmt.observation_ids(action_ids, observation, observation_role(info)))
+        ended = terminated or truncated
+        tail = fmt.tail_ids(action_ids, None if ended else observation, observation_role(info))
         ids += action_ids + tail
         mask += [1.0] * len(action_ids) + [0.0] * len(tail)
     return ids, mask
