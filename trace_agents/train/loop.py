@@ -138,7 +138,7 @@ def warm_started(cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any, conso
     save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(path))
 
 
-def build_arms(cfg: TrainConfig, out_dir: Path, *, progress: bool, warm: bool,
+def build_arms(cfg: TrainConfig, *, progress: bool, warm: bool,
                console: Console) -> list[Arm]:
     base, tokenizer = load_model(cfg.model.name, cfg.model.dtype)
     if warm and cfg.warmup.examples:
@@ -205,7 +205,7 @@ async def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     log = MetricsLog(out_dir / METRICS_NAME)
     _seed_everything(cfg.seed)
-    arms = build_arms(cfg, out_dir, progress=progress, warm=not resume, console=console)
+    arms = build_arms(cfg, progress=progress, warm=not resume, console=console)
     start = 0
     if resume:
         loaded = load_checkpoint(out_dir, models={a.name: a.model for a in arms},

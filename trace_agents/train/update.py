@@ -92,8 +92,7 @@ class PolicyUpdater:
         rows = [sample_tensors(s) for s in samples]
         micro = [rows[i : i + cfg.micro_batch] for i in range(0, len(rows), cfg.micro_batch)]
         batches = [collate(m, self.pad_id) for m in micro]
-        trained = float(sum(b.mask.sum() for b in batches))
-        stats["trained_tokens"] = int(trained)
+        stats["trained_tokens"] = int(sum(float(b.mask.sum()) for b in batches))
         self.model.train()
         with torch.no_grad():
             old = [self._logprobs(self.model, b) for b in batches]
