@@ -5,7 +5,9 @@ An action is free text (the thought) around either one or more
 ``<answer>...</answer>``. This is the one parser of the project: the envs use it to act and
 the agents use it to render and check turns, so both sides always agree.
 
-Parsing never raises: every problem becomes a message meant for the model to read.
+Parsing never raises: every problem becomes a message meant for the model to read. Tool-call
+JSON is bounded (nesting depth, integer size) and its strings must be valid Unicode (no lone
+surrogates), so whatever a call carries can be stored, snapshotted and rendered.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from trace_envs import bounded_json
+
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
 ANSWER_OPEN = "<answer>"
@@ -23,6 +27,13 @@ ANSWER_CLOSE = "</answer>"
 _TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
 _ANSWER_RE = re.compile(r"<answer>(.*?)(?:</answer>|\Z)", re.DOTALL)
 _THINK_RE = re.compile(r"<think>(.*?)(?:</think>|\Z)", re.DOTALL)
+
+MAX_CALL_DEPTH = 32
+"""How deeply a tool call's JSON may nest (no tool needs more; deep JSON only costs)."""
+MAX_INT_DIGITS = 64
+"""The most digits an integer in a tool call may have (a larger one is refused, not parsed)."""
+_LONG_INT_RE = re.compile(r"(?<![\w.\"])-?\d{%d,}" % (MAX_INT_DIGITS + 1))
+_LONE_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 FORMAT_HINT = (
     'Call a tool with <tool_call>{"name": "<tool>", "arguments": {...}}</tool_call> '
@@ -60,9 +71,9 @@ def parse_tool_call(body: str) -> ToolCall:
     if not body:
         return ToolCall("", error="empty <tool_call> block")
     try:
-        obj = json.loads(body)
-    except json.JSONDecodeError as exc:
-        return ToolCall("", error=f"tool call is not valid JSON ({exc.msg} at char {exc.pos})")
+        obj = _load_json(body)
+    except ValueError as exc:
+        return ToolCall("", error=f"tool call is not valid JSON: {exc}")
     if not isinstance(obj, dict):
         return ToolCall("", error="tool call must be a JSON object with 'name' and 'arguments'")
     name = obj.get("name")
@@ -71,14 +82,27 @@ def parse_tool_call(body: str) -> ToolCall:
     arguments = obj.get("arguments", obj.get("parameters", {}))
     if isinstance(arguments, str):
         try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
-        except json.JSONDecodeError:
-            return ToolCall(name, error=f"arguments of '{name}' are not a JSON object")
+            arguments = _load_json(arguments) if arguments.strip() else {}
+        except ValueError as exc:
+            return ToolCall(name, error=f"arguments of '{name}' are not a JSON object: {exc}")
     if arguments is None:
         arguments = {}
     if not isinstance(arguments, dict):
         return ToolCall(name, error=f"arguments of '{name}' must be a JSON object")
+    if bounded_json.has_lone_surrogate(arguments):
+        return ToolCall(name, error=f"arguments of '{name}' hold an invalid Unicode escape "
+                                    "(a lone surrogate such as \\ud800)")
     return ToolCall(name, arguments)
+
+
+def _load_json(text: str) -> Any:
+    """Bounded JSON: at most :data:`MAX_CALL_DEPTH` levels and :data:`MAX_INT_DIGITS` digits."""
+    if _LONG_INT_RE.search(_STRING_LITERAL_RE.sub('""', text)):
+        raise ValueError(f"an integer has more than {MAX_INT_DIGITS} digits")
+    return bounded_json.loads(text, max_depth=MAX_CALL_DEPTH)
+
+
+_STRING_LITERAL_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 
 
 def parse_action(text: str, *, max_chars: int = 32_768) -> ParsedAction:
@@ -92,6 +116,9 @@ def parse_action(text: str, *, max_chars: int = 32_768) -> ParsedAction:
         return ParsedAction(
             "", error=f"action is {len(text)} characters long; the limit is {max_chars}"
         )
+    # A lone surrogate cannot be encoded (to tokens, to a snapshot): read it as U+FFFD, as a
+    # UTF-8 decoder does with a broken byte sequence.
+    text = _LONE_SURROGATE_RE.sub("\ufffd", text)
     visible = _THINK_RE.sub("", text)
     calls = tuple(parse_tool_call(m) for m in _TOOL_CALL_RE.findall(visible))
     answers = _ANSWER_RE.findall(visible)

@@ -4,17 +4,24 @@ The episode state is small and explicit: the task, the turn count, whether the e
 the RNG state, and whatever the env's tools keep (``get_tool_state``/``set_tool_state``).
 Everything else (task suite, tool definitions, indexes) is shared read-only between forks, so a
 fork costs what the state costs, not what the history cost.
+
+Two promises hold for every env built on :class:`ToolEnv`: ``step`` never raises for any action
+(only ``ResetNeeded`` for misuse; every other failure is an error observation with
+``info["error"]``, and the turn is counted once), and ``restore`` checks a whole snapshot before
+it changes anything (a refused snapshot raises ``ValueError`` and leaves the env as it was).
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Self, SupportsFloat
+from typing import Any, ClassVar, Self, SupportsFloat, TypeVar
 
 import gymnasium as gym
 import numpy as np
+import pydantic
 from gymnasium.error import ResetNeeded
 
 from trace_envs.actions import ParsedAction, ToolCall, parse_action
@@ -24,6 +31,7 @@ from trace_envs.tasks.base import Task, TaskSuite
 from trace_envs.tools import Tool, ToolError
 
 ERROR_PREFIX = "Error: "
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -109,8 +117,17 @@ class ToolEnv(gym.Env[str, str]):
         """The tools' mutable state as a JSON-serialisable value."""
         return None
 
+    def check_tool_state(self, state: Any) -> None:
+        """Raise ``ValueError`` unless ``state`` is a tool state this env could have produced
+        (types, ranges, sizes). :meth:`restore` calls it before it changes anything, so a
+        snapshot from an untrusted source never reaches :meth:`set_tool_state` unchecked."""
+
     def set_tool_state(self, state: Any) -> None:
-        """Inverse of :meth:`get_tool_state`; must not keep references into ``state``'s caller."""
+        """Inverse of :meth:`get_tool_state`; must not keep references into ``state``'s caller.
+
+        It must assign new objects rather than change existing ones in place, so that a restore
+        that fails half-way can be rolled back.
+        """
 
     def copy_tool_state_to(self, clone: Self) -> None:
         """Give ``clone`` an independent copy of the tool state (override for speed)."""
@@ -136,16 +153,23 @@ class ToolEnv(gym.Env[str, str]):
         return task.prompt
 
     def step(self, action: str) -> tuple[str, SupportsFloat, bool, bool, dict[str, Any]]:
+        """One turn. Never raises for any ``action`` (only ``ResetNeeded`` when misused): a bad
+        action, a failing tool, back-end or grader all become an error observation."""
         if self.task is None:
             raise ResetNeeded("call reset() before step()")
         if self.done:
             raise ResetNeeded("the episode is over; call reset() before step()")
         self.turn += 1
-        parsed = parse_action(action, max_chars=self.max_action_chars)
-        if parsed.error is not None:
-            response = Response(ERROR_PREFIX + parsed.error, info={"error": parsed.error})
-        else:
-            response = self.respond(parsed)
+        try:
+            parsed = parse_action(action, max_chars=self.max_action_chars)
+            if parsed.error is not None:
+                response = Response(ERROR_PREFIX + parsed.error, info={"error": parsed.error})
+            else:
+                response = self.respond(parsed)
+        except Exception as exc:  # a bug or a back-end failure must not end the whole run
+            _log.warning("%s: step failed on turn %d", self.env_id, self.turn, exc_info=True)
+            error = f"the environment failed on this action ({type(exc).__name__}: {exc})"[:2000]
+            response = Response(self.error_prefix + error, info={"error": error})
         truncated = not response.terminated and self.turn >= self.max_turns
         self.done = response.terminated or truncated
         info = {"task_id": self.task.id, "turn": self.turn, **response.info}
@@ -243,23 +267,85 @@ class ToolEnv(gym.Env[str, str]):
         )
 
     def restore(self, snapshot: Snapshot) -> None:
-        """Put this env back at the snapshot's turn (the env may be fresh, in another process)."""
+        """Put this env back at the snapshot's turn (the env may be fresh, in another process).
+
+        The whole state is checked first (common fields here, tools by
+        :meth:`check_tool_state`); a refused snapshot raises ``ValueError`` and leaves this env
+        exactly as it was.
+        """
         if snapshot.env_id != self.env_id:
             raise ValueError(f"snapshot is of {snapshot.env_id!r}, this env is {self.env_id!r}")
-        state = snapshot.state()
-        if state["suite"] != self.tasks.name:
+        state = _checked(EpisodeState, snapshot.state(), "snapshot")
+        if state.suite != self.tasks.name:
             raise ValueError(
-                f"snapshot is of suite {state['suite']!r}, this env has {self.tasks.name!r}"
+                f"snapshot is of suite {state.suite!r}, this env has {self.tasks.name!r}"
             )
-        self.task = None if state["task_id"] is None else self.tasks.get(state["task_id"])
-        self.turn, self.done = int(state["turn"]), bool(state["done"])
-        self._np_random, self._pending_rng = None, state["rng"]
-        self.set_tool_state(state["tools"])
+        if state.task_id is not None and state.task_id not in self.tasks:
+            raise ValueError(f"snapshot task {state.task_id!r} is not in suite {self.tasks.name!r}")
+        if state.turn > self.max_turns or (state.task_id is None and (state.turn or state.done)):
+            raise ValueError(f"snapshot turn {state.turn} is out of range (max_turns="
+                             f"{self.max_turns}, task {state.task_id!r}, done={state.done})")
+        rng = None if state.rng is None else _rng_from_state(state.rng)
+        try:
+            self.check_tool_state(state.tools)
+        except (ValueError, TypeError, KeyError, pydantic.ValidationError) as exc:
+            raise ValueError(f"invalid snapshot tool state: {_message(exc)}") from None
+        saved = dict(self.__dict__)
+        try:
+            self.task = None if state.task_id is None else self.tasks.get(state.task_id)
+            self.turn, self.done = state.turn, state.done
+            self._np_random, self._pending_rng = rng, None
+            self.set_tool_state(state.tools)
+        except Exception as exc:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise ValueError(f"invalid snapshot tool state: {_message(exc)}") from None
+
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+class EpisodeState(pydantic.BaseModel):
+    """The common part of every snapshot; ``tools`` is checked by the env."""
+
+    model_config = pydantic.ConfigDict(strict=True, extra="forbid")
+    suite: str
+    task_id: str | None
+    turn: int = pydantic.Field(ge=0)
+    done: bool
+    rng: dict[str, Any] | None
+    tools: Any = None
+
+
+def _checked(model: type[M], value: Any, what: str) -> M:
+    """``model`` validated from ``value``; any problem is one readable ``ValueError``."""
+    try:
+        return model.model_validate(value)
+    except pydantic.ValidationError as exc:
+        raise ValueError(f"invalid {what}: {_message(exc)}") from None
+
+
+def _message(exc: Exception) -> str:
+    if isinstance(exc, pydantic.ValidationError):
+        return "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()[:5]
+        )
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
 
 
 def _rng_from_state(state: dict[str, Any]) -> np.random.Generator:
-    bit_generator_cls = getattr(np.random, state["bit_generator"])
+    """A Generator in ``state``; an unknown or malformed state raises ``ValueError``."""
+    name = state.get("bit_generator")
+    if name not in _BIT_GENERATORS:
+        raise ValueError(f"invalid snapshot: unknown bit generator {name!r}")
+    bit_generator_cls = getattr(np.random, name)
     bit_generator = bit_generator_cls.__new__(bit_generator_cls)
     bit_generator.__init__(0)  # seeding from a constant avoids an OS entropy read
-    bit_generator.state = state
+    try:
+        bit_generator.state = state
+    except (ValueError, TypeError, KeyError, OverflowError) as exc:
+        raise ValueError(f"invalid snapshot: bad {name} state ({_message(exc)})") from None
     return np.random.Generator(bit_generator)

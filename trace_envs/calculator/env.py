@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from fractions import Fraction
 from typing import Any
 
-from trace_envs.calculator.evaluator import CalculatorError, Number, evaluate, format_number
+import pydantic
+
+from trace_envs.calculator.evaluator import (
+    MAX_INT_BITS, CalculatorError, Number, evaluate, format_number, normalize,
+)
 from trace_envs.core import ToolEnv
 from trace_envs.tasks.base import Task, TaskSuite
 from trace_envs.tasks.suites import load_suite
@@ -46,10 +51,12 @@ class CalculatorEnv(ToolEnv):
         max, abs; constants pi and e; `ans` is the previous result."""
         names = {} if self.ans is None else {"ans": self.ans}
         try:
-            self.ans = evaluate(expression, names)
+            result = evaluate(expression, names)
         except CalculatorError as exc:
             raise ToolError(f"calculator: {exc}") from None
-        return format_number(self.ans)
+        text = format_number(result)
+        self.ans = result  # only a result that evaluated and rendered becomes `ans`
+        return text
 
     def demonstration(self, task: Task) -> list[str] | None:
         """Compute the generated problem's expression with the calculator, then answer."""
@@ -65,6 +72,9 @@ class CalculatorEnv(ToolEnv):
 
     def get_tool_state(self) -> Any:
         return {"ans": _encode(self.ans)}
+
+    def check_tool_state(self, state: Any) -> None:
+        _decode(CalculatorState.model_validate(state).ans)
 
     def set_tool_state(self, state: Any) -> None:
         self.ans = _decode(state["ans"])
@@ -84,14 +94,42 @@ def _encode(x: Number | None) -> str | None:
     return f"f:{x.hex()}"
 
 
+_DIGITS = r"\d{1,%d}" % (MAX_INT_BITS * 302 // 1000 + 2)  # log10(2) ~ 0.302
+_ENCODED = re.compile(
+    rf"i:-?{_DIGITS}|q:-?{_DIGITS}/{_DIGITS}|f:-?0x[01]\.[0-9a-f]{{1,13}}p[+-]\d{{1,4}}"
+)
+
+
+class CalculatorState(pydantic.BaseModel):
+    """The calculator's tool state as a snapshot holds it: ``ans`` in :func:`_encode`'s form."""
+
+    model_config = pydantic.ConfigDict(strict=True, extra="forbid")
+    ans: str | None = pydantic.Field(max_length=2 * len(str(2**MAX_INT_BITS)) + 4)
+
+
 def _decode(s: str | None) -> Number | None:
+    """Inverse of :func:`_encode`; anything it could not have written raises ``ValueError``.
+
+    The text is matched against a bounded pattern before any number is built, so decoding
+    costs microseconds whatever the input (``Fraction("1e10000000")`` would take seconds).
+    """
     if s is None:
         return None
-    kind, _, body = s.partition(":")
+    if not isinstance(s, str) or not _ENCODED.fullmatch(s):
+        raise ValueError(f"bad calculator state {str(s)[:80]!r}")
+    kind, body = s[0], s[2:]
     if kind == "i":
-        return int(body)
-    if kind == "q":
-        return Fraction(body)
-    if kind == "f":
-        return float.fromhex(body)
-    raise ValueError(f"bad calculator state {s!r}")
+        value: Number = int(body)
+    elif kind == "q":
+        num, den = (int(part) for part in body.split("/"))
+        if den == 0:
+            raise ValueError("bad calculator state: zero denominator")
+        value = Fraction(num, den)
+    else:
+        value = float.fromhex(body)
+    try:
+        if normalize(value) != value or type(normalize(value)) is not type(value):
+            raise ValueError(f"bad calculator state {s[:80]!r}: not in normal form")
+    except CalculatorError as exc:
+        raise ValueError(f"bad calculator state: {exc}") from None
+    return value

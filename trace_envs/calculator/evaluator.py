@@ -13,6 +13,7 @@ functions. ``^`` means power, as people write it, and ``×``, ``÷``, ``−`` ar
 from __future__ import annotations
 
 import ast
+import decimal
 import math
 import operator
 from collections.abc import Callable, Mapping
@@ -42,7 +43,9 @@ def _bits(x: Number) -> int:
     return 0
 
 
-def _normalize(x: Number) -> Number:
+def normalize(x: Number) -> Number:
+    """``x`` in canonical form (bools and whole fractions as ints); refuses non-finite or
+    oversized numbers with :class:`CalculatorError`."""
     if isinstance(x, bool):
         return int(x)
     if isinstance(x, Fraction) and x.denominator == 1:
@@ -92,6 +95,8 @@ def _power(base: Number, exponent: Number) -> Number:
                 return math.pow(base, exp)
             except OverflowError:
                 raise CalculatorError("result is too large") from None
+            except ValueError:  # 0.0 ** -1
+                raise CalculatorError("zero cannot be raised to a negative power") from None
         if base == 0 and exp < 0:
             raise CalculatorError("zero cannot be raised to a negative power")
         if abs(exp) * max(_bits(base), 1) > MAX_INT_BITS and abs(base) not in (0, 1):
@@ -241,7 +246,7 @@ def evaluate(expression: str, variables: Mapping[str, Number] | None = None) -> 
         raise CalculatorError(f"cannot parse expression: {msg}") from None
     _check_shape(tree)
     names = {**CONSTANTS, **(variables or {})}
-    return _normalize(_Interpreter(names).visit(tree.body))
+    return normalize(_Interpreter(names).visit(tree.body))
 
 
 class _Interpreter:
@@ -252,7 +257,7 @@ class _Interpreter:
         method = getattr(self, f"visit_{type(node).__name__}", None)
         if method is None:
             raise CalculatorError(f"{_describe(node)} is not allowed in a calculator expression")
-        return _normalize(method(node))
+        return normalize(method(node))
 
     def visit_Constant(self, node: ast.Constant) -> Number:
         value = node.value
@@ -316,7 +321,16 @@ def format_number(x: Number) -> str:
     if isinstance(x, int):
         return str(x)
     if isinstance(x, Fraction):
-        return f"{x.numerator}/{x.denominator} (≈ {float(x):.12g})"
+        return f"{x.numerator}/{x.denominator} (≈ {_approximate(x)})"
     if x.is_integer() and abs(x) < 1e15:
         return str(int(x))
     return format(x, ".12g")
+
+
+def _approximate(x: Fraction) -> str:
+    """12 significant digits of a fraction, also beyond the float range."""
+    try:
+        return format(float(x), ".12g")
+    except OverflowError:
+        with decimal.localcontext(decimal.Context(prec=12, Emax=decimal.MAX_EMAX)):
+            return str(decimal.Decimal(x.numerator) / decimal.Decimal(x.denominator))
