@@ -117,10 +117,11 @@ class ToolEnv(gym.Env[str, str]):
         """The tools' mutable state as a JSON-serialisable value."""
         return None
 
-    def check_tool_state(self, state: Any) -> None:
+    def check_tool_state(self, state: Any, task: Task | None) -> None:
         """Raise ``ValueError`` unless ``state`` is a tool state this env could have produced
-        (types, ranges, sizes). :meth:`restore` calls it before it changes anything, so a
-        snapshot from an untrusted source never reaches :meth:`set_tool_state` unchecked."""
+        in an episode of ``task`` (types, ranges, sizes). :meth:`restore` calls it before it
+        changes anything, so a snapshot from an untrusted source never reaches
+        :meth:`set_tool_state` unchecked."""
 
     def set_tool_state(self, state: Any) -> None:
         """Inverse of :meth:`get_tool_state`; must not keep references into ``state``'s caller.
@@ -286,13 +287,14 @@ class ToolEnv(gym.Env[str, str]):
             raise ValueError(f"snapshot turn {state.turn} is out of range (max_turns="
                              f"{self.max_turns}, task {state.task_id!r}, done={state.done})")
         rng = None if state.rng is None else _rng_from_state(state.rng)
+        task = None if state.task_id is None else self.tasks.get(state.task_id)
         try:
-            self.check_tool_state(state.tools)
+            self.check_tool_state(state.tools, task)
         except (ValueError, TypeError, KeyError, pydantic.ValidationError) as exc:
             raise ValueError(f"invalid snapshot tool state: {_message(exc)}") from None
         saved = dict(self.__dict__)
         try:
-            self.task = None if state.task_id is None else self.tasks.get(state.task_id)
+            self.task = task
             self.turn, self.done = state.turn, state.done
             self._np_random, self._pending_rng = rng, None
             self.set_tool_state(state.tools)

@@ -11,10 +11,18 @@ where BFCL adds them. After the last user turn the reward is BFCL's own multi-tu
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, SupportsFloat
 
-from trace_envs.actions import ANSWER_CLOSE, ANSWER_OPEN, ParsedAction, ToolCall, parse_action
+import pydantic
+
+from trace_envs import bounded_json
+from trace_envs.actions import (
+    ANSWER_CLOSE, ANSWER_OPEN, MAX_CALL_DEPTH, MAX_INT_DIGITS, ParsedAction, ToolCall,
+    parse_action,
+)
+from trace_envs.bfcl import guards
 from trace_envs.bfcl import state as backend
 from trace_envs.bfcl.calls import is_plain_name, render_call
 from trace_envs.bfcl.data import SUBSETS, load_subset, user_text
@@ -73,8 +81,9 @@ class BFCLEnv(ToolEnv):
         self.instances: backend.Instances = {}
         self.user_turn = 0
         self.steps_in_turn = 0
-        self.decoded: list[list[list[str]]] = []
-        """Executed calls per user turn per step, as BFCL's decoded results."""
+        self.calls: list[list[list[dict[str, Any]]]] = []
+        """Executed calls per user turn per step, as ``{"name", "arguments"}`` (JSON values
+        the env checked; rendered to BFCL's call strings only for its checker)."""
         self.verdict: dict[str, Any] | None = None
         self._docs: Mapping[str, dict[str, Any]] = {}  # revealed docs; replaced, never mutated
 
@@ -115,7 +124,7 @@ class BFCLEnv(ToolEnv):
         if self.user_turn >= len(questions):
             self.verdict = bfcl_verdict(self.decoded, self.task.answer, self.task.metadata["entry"])
             return self._finish("", self.verdict, {})
-        self.decoded.append([])
+        self.calls.append([])
         info: dict[str, Any] = {"user_turn": self.user_turn, "observation_role": "user"}
         new_docs = self.task.metadata["held_out"].get(self.user_turn, [])
         self._docs = self._revealed_docs(self.task, self.user_turn)
@@ -164,10 +173,10 @@ class BFCLEnv(ToolEnv):
 
     def run_tool_calls(self, calls: tuple[ToolCall, ...]) -> Response:
         """Run the calls in order (the core does that) and record them as one BFCL step."""
-        self._executed: list[str] = []
+        self._executed: list[dict[str, Any]] = []
         response = super().run_tool_calls(calls)
         if self._executed:
-            self.decoded[self.user_turn].append(self._executed)
+            self.calls[self.user_turn].append(self._executed)
         return response
 
     def call_tool(self, call: ToolCall) -> str:
@@ -179,7 +188,13 @@ class BFCLEnv(ToolEnv):
             raise ToolError(content[len(EXECUTION_ERROR):])
         return content
 
-    def _call(self, call: ToolCall, executed: list[str] | None = None) -> str:
+    @property
+    def decoded(self) -> list[list[list[str]]]:
+        """The executed calls as BFCL's decoded results (call strings), for its checker."""
+        return [[[render_call(c["name"], c["arguments"]) for c in step] for step in turn]
+                for turn in self.calls]
+
+    def _call(self, call: ToolCall, executed: list[dict[str, Any]] | None = None) -> str:
         """Check one call, run it on this episode's instance, and record it for the verdict."""
         if call.error is not None:
             raise CallError(call.error)
@@ -193,18 +208,23 @@ class BFCLEnv(ToolEnv):
             raise CallError(f"bad argument name in call to {call.name}")
         assert self.task is not None
         instance = self.instances[self.task.metadata["owner"][call.name]]
-        content = execute(instance, call.name, call.arguments)
-        rendered = render_call(call.name, call.arguments)
+        refusal = guards.refusal(instance, call.name, call.arguments)
+        if refusal is not None:
+            raise CallError(refusal)
+        record = {"name": call.name, "arguments": backend.copy_value(dict(call.arguments))}
+        with guards.call_scope(self.turn):
+            content = execute(instance, call.name, call.arguments)
+        guards.after_call(instance, call.name, call.arguments)
         if executed is None:  # a lone call (via a Tool object) is a step of its own
-            self.decoded[self.user_turn].append([rendered])
+            self.calls[self.user_turn].append([record])
         else:
-            executed.append(rendered)
+            executed.append(record)
         return content
 
     # ------------------------------------------------------------------ state
     def reset_tool_state(self, task: Task) -> None:
         self.instances = backend.load_instances(task.metadata["entry"], self.long_context)
-        self.user_turn, self.steps_in_turn, self.decoded, self.verdict = 0, 0, [[]], None
+        self.user_turn, self.steps_in_turn, self.calls, self.verdict = 0, 0, [[]], None
         self._docs = self._revealed_docs(task, 0)
 
     def get_tool_state(self) -> Any:
@@ -212,18 +232,96 @@ class BFCLEnv(ToolEnv):
             "instances": backend.encode_instances(self.instances),
             "user_turn": self.user_turn,
             "steps_in_turn": self.steps_in_turn,
-            "decoded": self.decoded,
+            "calls": self.calls,
             "verdict": self.verdict,
         }
 
+    def check_tool_state(self, state: Any, task: Task | None) -> None:
+        """The whole state must be one this env could have reached in ``task``: instances as
+        :func:`~trace_envs.bfcl.state.decode_instances` checks them, turn counters in range, and
+        every recorded call one the env would have run (a revealed function, its documented
+        arguments, bounded JSON values), so BFCL's checker only ever sees calls the env built."""
+        checked = BFCLState.model_validate(state)
+        if task is None:
+            if checked != BFCLState():
+                raise ValueError("an env that was never reset has no BFCL state")
+            return
+        self._load_state(checked, task)
+
+    def _load_state(self, state: BFCLState, task: Task) -> backend.Instances:
+        questions = len(task.metadata["entry"]["question"])
+        turns = len(state.calls)
+        finished = state.user_turn == questions and turns == questions
+        if not (turns == state.user_turn + 1 and state.user_turn < questions) and not finished:
+            raise ValueError(f"user turn {state.user_turn} with {turns} recorded turns does not "
+                             f"fit an entry of {questions} turns")
+        if state.steps_in_turn > self.max_steps_per_turn + 1:
+            raise ValueError(f"steps_in_turn {state.steps_in_turn} is out of range")
+        for turn, steps in enumerate(state.calls):
+            docs = self._revealed_docs(task, turn)
+            if len(steps) > self.max_steps_per_turn + 1:
+                raise ValueError(f"user turn {turn} has {len(steps)} steps")
+            for step in steps:
+                if not 1 <= len(step) <= self.max_calls_per_turn:
+                    raise ValueError(f"a step of user turn {turn} has {len(step)} calls")
+                for call in step:
+                    _check_recorded_call(call, docs)
+        reference = backend.load_instances(task.metadata["entry"], self.long_context)
+        return backend.decode_instances(state.instances, reference)
+
     def set_tool_state(self, state: Any) -> None:
-        self.instances = backend.decode_instances(state["instances"])
-        self.user_turn = int(state["user_turn"])
-        self.steps_in_turn = int(state["steps_in_turn"])
-        self.decoded = [[list(step) for step in turn] for turn in state["decoded"]]
-        self.verdict = state["verdict"]
-        self._docs = {} if self.task is None else self._revealed_docs(self.task, self.user_turn)
+        if self.task is None:
+            self.instances, self.user_turn, self.steps_in_turn = {}, 0, 0
+            self.calls, self.verdict, self._docs = [], None, {}
+            return
+        checked = BFCLState.model_validate(state)
+        instances = self._load_state(checked, self.task)
+        self.instances = instances
+        self.user_turn, self.steps_in_turn = checked.user_turn, checked.steps_in_turn
+        self.calls = [[[c.model_dump() for c in step] for step in turn] for turn in checked.calls]
+        self.verdict = checked.verdict
+        self._docs = self._revealed_docs(self.task, self.user_turn)
 
     def copy_tool_state_to(self, clone: BFCLEnv) -> None:  # type: ignore[override]
         clone.instances = backend.copy_instances(self.instances)
-        clone.decoded = [list(turn) for turn in self.decoded]  # step lists are never mutated
+        clone.calls = [list(turn) for turn in self.calls]  # steps and calls are never mutated
+
+
+class RecordedCall(pydantic.BaseModel):
+    """One executed call in a snapshot: a function name and its JSON arguments."""
+
+    model_config = pydantic.ConfigDict(strict=True, extra="forbid")
+    name: str = pydantic.Field(max_length=200)
+    arguments: dict[str, Any]
+
+
+class BFCLState(pydantic.BaseModel):
+    """BFCL's tool state in a snapshot (instances are checked by ``decode_instances``)."""
+
+    model_config = pydantic.ConfigDict(strict=True, extra="forbid")
+    instances: dict[str, Any] = {}
+    user_turn: int = pydantic.Field(0, ge=0)
+    steps_in_turn: int = pydantic.Field(0, ge=0)
+    calls: list[list[list[RecordedCall]]] = []
+    verdict: dict[str, Any] | None = None
+
+
+def _check_recorded_call(call: RecordedCall, docs: Mapping[str, dict[str, Any]]) -> None:
+    """A recorded call must be one :meth:`BFCLEnv._call` could have recorded."""
+    doc = docs.get(call.name)
+    if doc is None:
+        raise ValueError(f"recorded call of {call.name[:80]!r}, not a function shown by then")
+    try:
+        check_arguments(doc, call.arguments)
+    except CallError as exc:
+        raise ValueError(f"recorded call: {exc}") from None
+    if not all(is_plain_name(k) for k in call.arguments):
+        raise ValueError(f"recorded call of {call.name} has a bad argument name")
+    text = json.dumps(call.arguments, ensure_ascii=False)
+    if bounded_json.nesting_depth(text) > MAX_CALL_DEPTH or bounded_json.has_lone_surrogate(
+        call.arguments
+    ) or re.search(r"\d{%d}" % (MAX_INT_DIGITS + 1), _STRING_RE.sub("", text)):
+        raise ValueError(f"recorded call of {call.name} has arguments no action could carry")
+
+
+_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"')

@@ -17,7 +17,6 @@ EXECUTION_ERROR = "Error during execution: "
 """BFCL's prefix for a call that raised (``multi_turn_utils.execute_multi_turn_func_call``)."""
 
 
-
 class CallError(Exception):
     """A call that cannot run; the message is shown after :data:`EXECUTION_ERROR`."""
 
@@ -87,10 +86,9 @@ def execute(instance: Any, name: str, arguments: Mapping[str, Any]) -> str:
     if name.startswith("_") or not callable(method):
         raise CallError(f"{name} is not a function of {type(instance).__name__}")
     try:
-        result = method(instance, **arguments)
+        return render_result(method(instance, **arguments))
     except Exception as exc:  # a back-end error is an observation, as in BFCL
         return EXECUTION_ERROR + str(exc)
-    return render_result(result)
 
 
 def render_result(result: Any) -> str:

@@ -5,7 +5,9 @@ of literals, a ``random.Random``, and (for ``GorillaFileSystem``) a tree of ``Di
 objects with parent links. A structural copy that knows exactly these types is several times
 faster than ``copy.deepcopy`` (no memo, no reduce protocol) and, unlike sharing, keeps forks
 isolated. The same walk encodes the state as tagged JSON for snapshots; an unknown type is an
-error, never a pickle.
+error, never a pickle. Decoding a snapshot (:func:`decode_instances`) checks every instance
+against a fresh one of the same entry: the same attributes with compatible types, a file tree
+within the limits of :mod:`trace_envs.bfcl.guards`, a current folder inside it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import importlib
 import math
 import random
 from typing import Any
+
+from trace_envs.bfcl import guards
 
 Instances = dict[str, Any]
 _TAG = "$t"
@@ -43,13 +47,15 @@ def load_instances(entry: dict[str, Any], long_context: bool) -> Instances:
     """
     from bfcl_eval.constants.executable_backend_config import STATELESS_CLASSES
 
+    guards.install()
     instances: Instances = {}
-    for class_name in entry["involved_classes"]:
-        instance = backend_class(class_name)()
-        if class_name not in STATELESS_CLASSES:
-            config = copy.deepcopy(entry["initial_config"].get(class_name, {}))
-            instance._load_scenario(config, long_context=long_context)
-        instances[class_name] = instance
+    with guards.episode_clock(0):
+        for class_name in entry["involved_classes"]:
+            instance = backend_class(class_name)()
+            if class_name not in STATELESS_CLASSES:
+                config = copy.deepcopy(entry["initial_config"].get(class_name, {}))
+                instance._load_scenario(config, long_context=long_context)
+            instances[class_name] = instance
     return copy_instances(instances)
 
 
@@ -112,6 +118,11 @@ def _copy(value: Any) -> Any:
     raise TypeError(f"cannot copy BFCL state of type {kind.__name__}")
 
 
+def copy_value(value: Any) -> Any:
+    """An independent copy of a value made of BFCL state types (JSON values included)."""
+    return _copy(value)
+
+
 # ------------------------------------------------------------------------- encode
 def encode_instances(instances: Instances) -> dict[str, Any]:
     """JSON-able, exact state of the back-ends (tagged so types and key types round-trip)."""
@@ -125,16 +136,67 @@ def encode_instances(instances: Instances) -> dict[str, Any]:
     return encoded
 
 
-def decode_instances(state: dict[str, Any]) -> Instances:
+def decode_instances(state: Any, reference: Instances) -> Instances:
+    """Instances from :func:`encode_instances` output, checked against ``reference`` (fresh
+    instances of the same entry); anything they could not hold raises ``ValueError``."""
+    if not isinstance(state, dict) or set(state) != set(reference):
+        raise ValueError(f"BFCL state must hold exactly the instances {sorted(reference)}")
     instances: Instances = {}
     for name, attrs in state.items():
-        obj = object.__new__(backend_class(name))
-        values = {k: _decode(v) for k, v in attrs.items()}
-        if "_current_dir" in values and isinstance(values["_current_dir"], list):
+        expected = vars(reference[name])
+        if not isinstance(attrs, dict) or set(attrs) != set(expected):
+            raise ValueError(f"{name} state must have exactly the attributes {sorted(expected)}")
+        try:
+            values = {k: _decode(v) for k, v in attrs.items()}
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise ValueError(f"{name} state: {type(exc).__name__}: {exc}") from None
+        for key, value in values.items():
+            if key != "_current_dir" and not _compatible(expected[key], value):
+                raise ValueError(f"{name}.{key} is a {type(value).__name__}, "
+                                 f"expected a {type(expected[key]).__name__}")
+        directory_type, _ = _fs_types()
+        if isinstance(expected.get("root"), directory_type):
+            _check_tree(values["root"])
             values["_current_dir"] = _follow(values["root"], values["_current_dir"])
+        obj = object.__new__(backend_class(name))
         obj.__dict__.update(values)
         instances[name] = obj
     return instances
+
+
+def _compatible(expected: Any, value: Any) -> bool:
+    """Same type, or a number for a number, or ``None`` on either side (BFCL sets some
+    attributes only once a call has run)."""
+    if expected is None or value is None or type(expected) is type(value):
+        return True
+    numbers = (int, float)
+    return all(isinstance(v, numbers) and not isinstance(v, bool) for v in (expected, value))
+
+
+def _check_tree(root: Any) -> None:
+    directory_type, file_type = _fs_types()
+    if not isinstance(root, directory_type) or root.parent is not None:
+        raise ValueError("GorillaFileSystem.root must be a folder")
+    nodes, stack = 0, [(root, 0)]
+    while stack:
+        directory, depth = stack.pop()
+        if depth > guards.MAX_FS_DEPTH:
+            raise ValueError(f"the file tree is deeper than {guards.MAX_FS_DEPTH} folders")
+        if not isinstance(directory.name, str):
+            raise ValueError("a folder name is not a string")
+        for key, item in directory.contents.items():
+            nodes += 1
+            if nodes > guards.MAX_FS_NODES:
+                raise ValueError(f"the file tree holds more than {guards.MAX_FS_NODES} items")
+            if not isinstance(key, str) or getattr(item, "name", None) != key:
+                raise ValueError(f"file tree entry {str(key)[:80]!r} does not match its name")
+            if isinstance(item, directory_type):
+                stack.append((item, depth + 1))
+            elif not (isinstance(item, file_type)
+                      and set(vars(item)) == {"name", "content", "_last_modified"}
+                      and isinstance(item.content, str)
+                      and isinstance(item._last_modified, datetime.datetime)):
+                raise ValueError(f"file tree entry {key[:80]!r} is not a file or folder")
 
 
 def _path_of(directory: Any) -> list[str]:
@@ -145,10 +207,15 @@ def _path_of(directory: Any) -> list[str]:
     return path[::-1]
 
 
-def _follow(root: Any, path: list[str]) -> Any:
+def _follow(root: Any, path: Any) -> Any:
+    directory_type, _ = _fs_types()
+    if not isinstance(path, list) or not all(isinstance(name, str) for name in path):
+        raise ValueError("the current folder must be a list of folder names")
     node = root
     for name in path:
-        node = node.contents[name]
+        node = node.contents.get(name)
+        if not isinstance(node, directory_type):
+            raise ValueError(f"the current folder {'/'.join(path)[:200]!r} does not exist")
     return node
 
 
@@ -191,6 +258,8 @@ def _decode(value: Any, parent: Any = None) -> Any:
     if tag is None:
         return {k: _decode(v) for k, v in value.items()}
     if tag == "float":
+        if value["v"] not in ("inf", "-inf", "nan"):
+            raise ValueError(f"bad non-finite float {str(value['v'])[:20]!r}")
         return float(value["v"])
     if tag == "map":
         return {_hashable(_decode(k)): _decode(v) for k, v in value["items"]}
@@ -203,12 +272,16 @@ def _decode(value: Any, parent: Any = None) -> Any:
         rng.setstate((value["version"], tuple(value["state"]), value["gauss"]))
         return rng
     if tag == "datetime":
+        if not isinstance(value["iso"], str) or len(value["iso"]) > 40:
+            raise ValueError("bad datetime")
         return datetime.datetime.fromisoformat(value["iso"])
     directory_type, file_type = _fs_types()
     if tag == "dir":
         directory = object.__new__(directory_type)
         directory.name, directory.parent = value["name"], parent
-        directory.contents = {k: _decode(v, directory) for k, v in value["contents"]}
+        directory.contents = {_hashable(k): _decode(v, directory) for k, v in value["contents"]}
+        if not all(isinstance(v, (directory_type, file_type)) for v in directory.contents.values()):
+            raise ValueError("a folder holds something that is not a file or folder")
         return directory
     if tag == "file":
         f = object.__new__(file_type)

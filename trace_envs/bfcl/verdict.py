@@ -6,7 +6,9 @@ that ``execute_multi_turn_func_call`` caches in its module globals under
 drops exactly those globals afterwards, so no episode, fork or later verdict sees another's
 instances. The call strings it ``eval``s are only ones this env rendered from calls it
 already validated (a plain function name and ``repr`` of JSON literals, see
-:func:`trace_envs.bfcl.calls.render_call`), never raw model text.
+:func:`trace_envs.bfcl.calls.render_call`), never raw model text and never strings read from
+a snapshot (snapshots hold calls as name + JSON arguments, re-checked on restore). A checker
+that fails is a failed verdict, not an exception.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import json
 import threading
 from typing import Any
 
+from trace_envs.bfcl import guards
+
 FORCE_TERMINATED = "multi_turn:force_terminated"
+CHECKER_FAILED = "trace_rl:checker_failed"
 _counter = itertools.count()
 _lock = threading.Lock()
 
@@ -34,11 +39,15 @@ def bfcl_verdict(
             "error_type": FORCE_TERMINATED,
             "error_message": f"{len(decoded)} turns played, {len(ground_truth)} expected",
         }
+    guards.install()
     with _lock:
         model_name = f"trace_rl_verdict_{next(_counter)}"
     category = entry["id"].rsplit("_", 1)[0]
     try:
         result = multi_turn_checker(decoded, ground_truth, entry, category, model_name)
+    except Exception as exc:  # BFCL's checker failing on odd input: the episode fails
+        return {"valid": False, "error_type": CHECKER_FAILED,
+                "error_message": f"{type(exc).__name__}: {exc}"[:1000]}
     finally:
         cache = vars(multi_turn_utils)
         for key in [k for k in list(cache) if k.startswith(model_name + "_")]:

@@ -73,7 +73,7 @@ class CalculatorEnv(ToolEnv):
     def get_tool_state(self) -> Any:
         return {"ans": _encode(self.ans)}
 
-    def check_tool_state(self, state: Any) -> None:
+    def check_tool_state(self, state: Any, task: Task | None) -> None:
         _decode(CalculatorState.model_validate(state).ans)
 
     def set_tool_state(self, state: Any) -> None:

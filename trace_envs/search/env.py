@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+import pydantic
 
 from trace_envs.actions import ParsedAction
 from trace_envs.core import Response, ToolEnv
@@ -46,6 +48,14 @@ def _generated(options_json: str) -> TaskSuite:
 @functools.lru_cache(maxsize=16)
 def _qa_file(path: str, qa_format: str) -> TaskSuite:
     return load_qa_file(path, format=qa_format)
+
+
+class SearchState(pydantic.BaseModel):
+    """The search env's tool state in a snapshot (sizes are checked against the env's limits)."""
+
+    model_config = pydantic.ConfigDict(strict=True, extra="forbid")
+    queries: list[Annotated[str, pydantic.StringConstraints(max_length=100_000)]]
+    retrieved: list[list[Annotated[str, pydantic.StringConstraints(max_length=1_000)]]]
 
 
 class SearchEnv(ToolEnv):
@@ -155,6 +165,17 @@ class SearchEnv(ToolEnv):
 
     def get_tool_state(self) -> Any:
         return {"queries": list(self.queries), "retrieved": [list(r) for r in self.retrieved]}
+
+    def check_tool_state(self, state: Any, task: Task | None) -> None:
+        checked = SearchState.model_validate(state)
+        searches = self.max_turns * self.max_calls_per_turn
+        if len(checked.queries) != len(checked.retrieved) or len(checked.queries) > searches:
+            raise ValueError(f"{len(checked.queries)} queries and {len(checked.retrieved)} "
+                             f"results; both must be equal and at most {searches}")
+        if any(not q.strip() or len(q) > self.max_query_chars for q in checked.queries):
+            raise ValueError(f"a query is empty or longer than {self.max_query_chars} characters")
+        if any(len(ids) > self.max_topk for ids in checked.retrieved):
+            raise ValueError(f"a search returned more than max_topk={self.max_topk} passages")
 
     def set_tool_state(self, state: Any) -> None:
         self.queries = [str(q) for q in state["queries"]]
