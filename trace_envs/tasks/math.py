@@ -4,16 +4,21 @@ Grading order: exact rational comparison when both sides are plain numbers (fast
 generated suites need), then `math-verify` (LaTeX, boxed answers, fractions, expressions), then
 a normalised string match for answers such as "No" or "x=2, y=1".
 
-math-verify bounds its sympy work with ``signal.alarm``, which only works in the main thread;
-elsewhere we run it without that alarm and instead refuse answers longer than
-``MAX_ANSWER_CHARS``, the inputs that can make sympy slow.
+Grading is bounded in time and size on any thread. math-verify bounds its sympy work with
+``signal.alarm``, which only works in the main thread and cannot stop one long C call (a big
+integer power) even there. So, before sympy sees an answer, :func:`too_costly` refuses answers
+longer than ``MAX_ANSWER_CHARS``, nested deeper than ``MAX_NESTING``, with a power tower
+(``9^{9^{9}}``), an exponent of more than ``MAX_EXPONENT_DIGITS`` digits or a factorial of a
+number of more than ``MAX_FACTORIAL_DIGITS`` digits; what is left runs in a worker process
+(:mod:`trace_envs.tasks.workers`) that is killed after ``HARD_TIMEOUT_S`` seconds and may use
+at most ``WORKER_MEMORY_BYTES`` of memory. A refused, failed or killed check is "not verified":
+reward 0, never an exception.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Iterable, Mapping
 from fractions import Fraction
 from pathlib import Path
@@ -21,9 +26,20 @@ from typing import Any
 
 from trace_envs.jsonl import read_jsonl
 from trace_envs.tasks.base import Grade, Task, TaskSuite
+from trace_envs.tasks.workers import WorkerError, WorkerPool
 
 MAX_ANSWER_CHARS = 300
+MAX_NESTING = 12
+MAX_EXPONENT_DIGITS = 4
+MAX_FACTORIAL_DIGITS = 4
 VERIFY_TIMEOUT_S = 5
+"""math-verify's own (alarm) limit inside the worker."""
+HARD_TIMEOUT_S = 8.0
+"""When the worker is killed, whatever it is doing."""
+WORKER_MEMORY_BYTES = 4 * 2**30
+_VERIFIERS = WorkerPool(2, preload=("math_verify",), memory_bytes=WORKER_MEMORY_BYTES)
+_POWER = re.compile(r"\^|\*\*")
+_FACTORIAL = re.compile(r"\d{%d,}\s*!" % (MAX_FACTORIAL_DIGITS + 1))
 
 _NUMBER_RE = re.compile(r"^[-+]?(\d{1,3}(,\d{3})+|\d+)?(\.\d+)?(/\d+)?$")
 _BOXED = "\\boxed{"
@@ -56,11 +72,46 @@ def _normalise_text(text: str) -> str:
     return re.sub(r"[\s$.]+", "", text).lower().replace("\\text{", "").replace("}", "")
 
 
+def too_costly(text: str) -> str | None:
+    """Why sympy could take unbounded time or memory on ``text`` (else ``None``)."""
+    if len(text) > MAX_ANSWER_CHARS:
+        return "too_long"
+    depth = deepest = 0
+    for char in text:
+        depth += (char in "({[") - (char in ")}]")
+        deepest = max(deepest, depth)
+    if deepest > MAX_NESTING:
+        return "too_nested"
+    for match in _POWER.finditer(text):
+        exponent = _exponent(text, match.end())
+        if _POWER.search(exponent):
+            return "power_tower"
+        if re.search(r"\d{%d,}" % (MAX_EXPONENT_DIGITS + 1), exponent):
+            return "huge_exponent"
+    if _FACTORIAL.search(text):
+        return "huge_factorial"
+    return None
+
+
+def _exponent(text: str, start: int) -> str:
+    """The exponent after a ``^``/``**`` at ``start``: a bracketed group or the next token."""
+    rest = text[start:].lstrip()
+    if rest[:1] in ("{", "("):
+        depth = 0
+        for i, char in enumerate(rest):
+            depth += (char in "({[") - (char in ")}]")
+            if depth == 0:
+                return rest[: i + 1]
+        return rest
+    match = re.match(r"[-+]?[\w.\\]*", rest)
+    return match.group(0) if match else ""
+
+
 def _math_verify(gold: str, answer: str) -> bool:
+    """math-verify's verdict; runs in a grading worker (its main thread, so the alarm works)."""
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
-    in_main = threading.current_thread() is threading.main_thread()
-    timeout = VERIFY_TIMEOUT_S if in_main else None
+    timeout = VERIFY_TIMEOUT_S
     configs = [LatexExtractionConfig(), ExprExtractionConfig()]
     wrap = (lambda s: s) if (_BOXED in gold or "$" in gold) else (lambda s: f"${s}$")
     gold_parsed = parse(wrap(gold), extraction_config=configs, parsing_timeout=timeout)
@@ -84,11 +135,13 @@ def check_math_answer(answer: str, gold: str) -> tuple[bool, str]:
         return exact_a == exact_g, "exact"
     if _normalise_text(answer) == _normalise_text(gold):
         return True, "string"
-    if len(answer) > MAX_ANSWER_CHARS:
-        return False, "too_long"
+    refused = too_costly(answer)
+    if refused is not None:
+        return False, refused
     try:
-        return _math_verify(gold, answer), "math_verify"
-    except Exception:  # math-verify/sympy failures (timeouts included) mean "not verified"
+        return bool(_VERIFIERS.run(_math_verify, gold, answer, timeout=HARD_TIMEOUT_S)), \
+            "math_verify"
+    except WorkerError:  # sympy failed, timed out or ran out of memory: "not verified"
         return False, "math_verify_error"
 
 
