@@ -333,4 +333,4 @@ def _approximate(x: Fraction) -> str:
         return format(float(x), ".12g")
     except OverflowError:
         with decimal.localcontext(decimal.Context(prec=12, Emax=decimal.MAX_EMAX)):
-            return str(decimal.Decimal(x.numerator) / decimal.Decimal(x.denominator))
+            return format(decimal.Decimal(x.numerator) / decimal.Decimal(x.denominator), ".12g")

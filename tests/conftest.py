@@ -1,0 +1,27 @@
+"""Suite-wide options: ``--fuzz-long`` runs the hostile-input property tests with tens of
+thousands of examples each and prints what they measured (see :mod:`tests.fuzz`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests import fuzz
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fuzz-long", action="store_true", default=False,
+        help="run the hostile-input property tests with 100x the examples (tens of thousands)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    fuzz.configure(long=config.getoption("--fuzz-long"))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # type: ignore[no-untyped-def]
+    lines = fuzz.report()
+    if lines:
+        terminalreporter.section("hostile-input fuzzing")
+        for line in lines:
+            terminalreporter.write_line(line)
