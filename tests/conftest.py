@@ -11,12 +11,17 @@ from tests import fuzz
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--fuzz-long", action="store_true", default=False,
-        help="run the hostile-input property tests with 100x the examples (tens of thousands)",
+        help="run the hostile-input property tests with --fuzz-factor times the examples",
+    )
+    parser.addoption(
+        "--fuzz-factor", type=int, default=100,
+        help="how many times more examples --fuzz-long runs (default 100: tens of thousands)",
     )
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    fuzz.configure(long=config.getoption("--fuzz-long"))
+    long = config.getoption("--fuzz-long")
+    fuzz.configure(factor=config.getoption("--fuzz-factor") if long else 1)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # type: ignore[no-untyped-def]
