@@ -41,7 +41,7 @@ class Snapshot:
             payload = json.dumps(state, separators=(",", ":"), ensure_ascii=False).encode()
         except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as exc:
             raise ValueError(f"state cannot be snapshotted: {type(exc).__name__}: {exc}") from None
-        if len(payload) > MAX_BYTES:
+        if len(payload) > MAX_BYTES - MAX_ENV_ID_CHARS - 64:  # room for the header
             raise ValueError(f"state is {len(payload)} bytes; snapshots hold at most {MAX_BYTES}")
         return cls(env_id, payload)
 

@@ -26,6 +26,7 @@ import datetime
 import decimal
 import functools
 import inspect
+import threading
 import types
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -79,21 +80,30 @@ def call_scope(turn: int) -> Iterator[None]:
         mpmath.mp.dps = dps
 
 
-@functools.cache
+_install_lock = threading.Lock()
+_installed = False
+
+
 def install() -> None:
-    """Patch bfcl-eval once per process (idempotent): fresh mutable defaults for every call of
-    every multi-turn API (BFCL's own checker included), and the episode clock for files."""
-    from bfcl_eval.eval_checker.multi_turn_eval.func_source_code import gorilla_file_system
+    """Patch bfcl-eval once per process (idempotent, thread-safe): fresh mutable defaults for
+    every call of every multi-turn API (BFCL's own checker included), and the episode clock
+    for files."""
+    global _installed
+    with _install_lock:
+        if _installed:
+            return
+        from bfcl_eval.eval_checker.multi_turn_eval.func_source_code import gorilla_file_system
 
-    from trace_envs.bfcl.data import MULTI_TURN_CLASSES
-    from trace_envs.bfcl.state import backend_class
+        from trace_envs.bfcl.data import MULTI_TURN_CLASSES
+        from trace_envs.bfcl.state import backend_class
 
-    gorilla_file_system.datetime = types.SimpleNamespace(datetime=_EpisodeDatetime)  # type: ignore[attr-defined]
-    for class_name in MULTI_TURN_CLASSES:
-        cls = backend_class(class_name)
-        for name, method in list(vars(cls).items()):
-            if inspect.isfunction(method) and _mutable_defaults(method):
-                setattr(cls, name, _with_fresh_defaults(method))
+        gorilla_file_system.datetime = types.SimpleNamespace(datetime=_EpisodeDatetime)  # type: ignore[attr-defined]
+        for class_name in MULTI_TURN_CLASSES:
+            cls = backend_class(class_name)
+            for name, method in list(vars(cls).items()):
+                if inspect.isfunction(method) and _mutable_defaults(method):
+                    setattr(cls, name, _with_fresh_defaults(method))
+        _installed = True
 
 
 def _mutable_defaults(function: Callable[..., Any]) -> dict[str, Any]:

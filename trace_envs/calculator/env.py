@@ -94,7 +94,8 @@ def _encode(x: Number | None) -> str | None:
     return f"f:{x.hex()}"
 
 
-_DIGITS = r"\d{1,%d}" % (MAX_INT_BITS * 302 // 1000 + 2)  # log10(2) ~ 0.302
+_MAX_DIGITS = MAX_INT_BITS * 302 // 1000 + 2  # log10(2) ~ 0.302
+_DIGITS = r"\d{1,%d}" % _MAX_DIGITS
 _ENCODED = re.compile(
     rf"i:-?{_DIGITS}|q:-?{_DIGITS}/{_DIGITS}|f:-?0x[01]\.[0-9a-f]{{1,13}}p[+-]\d{{1,4}}"
 )
@@ -104,7 +105,7 @@ class CalculatorState(pydantic.BaseModel):
     """The calculator's tool state as a snapshot holds it: ``ans`` in :func:`_encode`'s form."""
 
     model_config = pydantic.ConfigDict(strict=True, extra="forbid")
-    ans: str | None = pydantic.Field(max_length=2 * len(str(2**MAX_INT_BITS)) + 4)
+    ans: str | None = pydantic.Field(max_length=2 * _MAX_DIGITS + 8)
 
 
 def _decode(s: str | None) -> Number | None:
