@@ -3,6 +3,8 @@ thousands of examples each and prints what they measured (see :mod:`tests.fuzz`)
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests import fuzz
@@ -22,6 +24,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     long = config.getoption("--fuzz-long")
     fuzz.configure(factor=config.getoption("--fuzz-factor") if long else 1)
+
+
+def pytest_runtest_logfinish(nodeid, location) -> None:  # type: ignore[no-untyped-def]
+    if os.environ.get("TRACE_FUZZ_REPORT"):
+        fuzz.save(os.environ["TRACE_FUZZ_REPORT"])
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # type: ignore[no-untyped-def]
