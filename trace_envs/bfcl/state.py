@@ -33,7 +33,7 @@ def backend_class(class_name: str) -> type:
 
 
 @functools.cache
-def _fs_types() -> tuple[type, type]:
+def fs_types() -> tuple[type, type]:
     from bfcl_eval.eval_checker.multi_turn_eval.func_source_code import gorilla_file_system as fs
 
     return fs.Directory, fs.File
@@ -67,10 +67,10 @@ def copy_instances(instances: Instances) -> Instances:
 
 def _copy_instance(obj: Any) -> Any:
     clone = object.__new__(type(obj))
-    directory_type, _ = _fs_types()
+    directory_type, _ = fs_types()
     attrs = vars(obj)
     if isinstance(attrs.get("root"), directory_type):
-        root, by_id = _copy_tree(attrs["root"], None)
+        root, by_id = copy_tree(attrs["root"], None)
         rest = {k: _copy(v) for k, v in attrs.items() if k not in ("root", "_current_dir")}
         clone.__dict__.update(rest, root=root, _current_dir=by_id[id(attrs["_current_dir"])])
     else:
@@ -78,15 +78,15 @@ def _copy_instance(obj: Any) -> Any:
     return clone
 
 
-def _copy_tree(directory: Any, parent: Any) -> tuple[Any, dict[int, Any]]:
+def copy_tree(directory: Any, parent: Any) -> tuple[Any, dict[int, Any]]:
     """Copy a Directory tree, relinking parents; map old directory ids to their copies."""
-    directory_type, file_type = _fs_types()
+    directory_type, file_type = fs_types()
     clone = object.__new__(directory_type)
     clone.name, clone.parent, clone.contents = directory.name, parent, {}
     by_id = {id(directory): clone}
     for name, item in directory.contents.items():
         if isinstance(item, directory_type):
-            sub, sub_ids = _copy_tree(item, clone)
+            sub, sub_ids = copy_tree(item, clone)
             by_id.update(sub_ids)
             clone.contents[name] = sub
         else:
@@ -127,7 +127,7 @@ def copy_value(value: Any) -> Any:
 def encode_instances(instances: Instances) -> dict[str, Any]:
     """JSON-able, exact state of the back-ends (tagged so types and key types round-trip)."""
     encoded = {}
-    directory_type, _ = _fs_types()
+    directory_type, _ = fs_types()
     for name, obj in instances.items():
         attrs = dict(vars(obj))
         if isinstance(attrs.get("root"), directory_type):
@@ -154,7 +154,7 @@ def decode_instances(state: Any, reference: Instances) -> Instances:
             if key != "_current_dir" and not _compatible(expected[key], value):
                 raise ValueError(f"{name}.{key} is a {type(value).__name__}, "
                                  f"expected a {type(expected[key]).__name__}")
-        directory_type, _ = _fs_types()
+        directory_type, _ = fs_types()
         if isinstance(expected.get("root"), directory_type):
             _check_tree(values["root"])
             values["_current_dir"] = _follow(values["root"], values["_current_dir"])
@@ -174,7 +174,7 @@ def _compatible(expected: Any, value: Any) -> bool:
 
 
 def _check_tree(root: Any) -> None:
-    directory_type, file_type = _fs_types()
+    directory_type, file_type = fs_types()
     if not isinstance(root, directory_type) or root.parent is not None:
         raise ValueError("GorillaFileSystem.root must be a folder")
     nodes, stack = 0, [(root, 0)]
@@ -208,7 +208,7 @@ def _path_of(directory: Any) -> list[str]:
 
 
 def _follow(root: Any, path: Any) -> Any:
-    directory_type, _ = _fs_types()
+    directory_type, _ = fs_types()
     if not isinstance(path, list) or not all(isinstance(name, str) for name in path):
         raise ValueError("the current folder must be a list of folder names")
     node = root
@@ -240,7 +240,7 @@ def _encode(value: Any) -> Any:
         return {_TAG: "random", "version": version, "state": list(internal), "gauss": gauss}
     if kind is datetime.datetime:
         return {_TAG: "datetime", "iso": value.isoformat()}
-    directory_type, file_type = _fs_types()
+    directory_type, file_type = fs_types()
     if kind is directory_type:
         return {_TAG: "dir", "name": value.name,
                 "contents": [[k, _encode(v)] for k, v in value.contents.items()]}
@@ -275,7 +275,7 @@ def _decode(value: Any, parent: Any = None) -> Any:
         if not isinstance(value["iso"], str) or len(value["iso"]) > 40:
             raise ValueError("bad datetime")
         return datetime.datetime.fromisoformat(value["iso"])
-    directory_type, file_type = _fs_types()
+    directory_type, file_type = fs_types()
     if tag == "dir":
         directory = object.__new__(directory_type)
         directory.name, directory.parent = value["name"], parent
