@@ -239,7 +239,8 @@ def _attempt_deadline(bounds: Bounds, deadline: float, now: float) -> float:
 
 
 def _failed(what: str, attempts: int, started: float, problem: str) -> CallFailed:
-    return CallFailed(f"{what} failed after {attempts} attempt(s) in "
+    plural = "" if attempts == 1 else "s"
+    return CallFailed(f"{what} failed after {attempts} attempt{plural} in "
                       f"{time.monotonic() - started:.1f}s: {problem}")
 
 
