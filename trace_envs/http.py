@@ -21,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import random
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -163,14 +165,20 @@ IDENTITY = {"accept-encoding": "identity"}
 """Replies are asked uncompressed: the size cap then counts what is kept."""
 
 
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """One verifying TLS context for every client (loading the CA bundle takes ~0.1 s)."""
+    return httpx.create_ssl_context()
+
+
 def sync_client(limits: httpx.Limits = httpx.Limits(), **options: Any) -> httpx.Client:
     """An ``httpx.Client`` whose calls through :func:`call` end by their deadline.
 
     httpx takes no network backend, so its transport's connection pool is rebuilt with one
     (plain HTTP/1.1 and TLS, no proxy)."""
-    transport = httpx.HTTPTransport(limits=limits)
+    transport = httpx.HTTPTransport(limits=limits, verify=_ssl_context())
     transport._pool = httpcore.ConnectionPool(  # noqa: SLF001 - the one way in for a backend
-        ssl_context=httpx.create_ssl_context(),
+        ssl_context=_ssl_context(),
         max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections,
         keepalive_expiry=limits.keepalive_expiry,
@@ -182,7 +190,7 @@ def sync_client(limits: httpx.Limits = httpx.Limits(), **options: Any) -> httpx.
 def async_client(limits: httpx.Limits = httpx.Limits(), **options: Any) -> httpx.AsyncClient:
     """An ``httpx.AsyncClient`` for :func:`acall` (which bounds each attempt by cancellation)."""
     headers = {**IDENTITY, **options.pop("headers", {})}
-    return httpx.AsyncClient(limits=limits, headers=headers, **options)
+    return httpx.AsyncClient(limits=limits, headers=headers, verify=_ssl_context(), **options)
 
 
 @contextlib.contextmanager
