@@ -46,9 +46,10 @@ class _Refused(Exception):
 
 
 class RetrieveRequest(pydantic.BaseModel):
-    """Search-R1 (``queries``) or SkyRL-gym (``query``) request fields."""
+    """Search-R1 (``queries``) or SkyRL-gym (``query``) request fields, strictly typed
+    (``"topk": 2.0`` or ``"return_scores": "yes"`` is a 400, not a guess)."""
 
-    model_config = pydantic.ConfigDict(extra="ignore")
+    model_config = pydantic.ConfigDict(extra="ignore", strict=True)
     queries: list[str] | None = None
     query: str | None = None
     topk: int | None = None
