@@ -96,7 +96,8 @@ class Bounds:
 class Reply:
     status: int
     content_type: str
-    body: bytes
+    body: bytearray
+    """As read (not copied to ``bytes``: a reply at the cap then costs the cap, not twice)."""
 
     def snippet(self, n: int = 200) -> str:
         return self.body[:n].decode("utf-8", "replace")
@@ -224,7 +225,7 @@ def _add(body: bytearray, chunk: bytes, max_bytes: int) -> None:
 
 
 def _reply(response: httpx.Response, body: bytearray) -> Reply:
-    return Reply(response.status_code, response.headers.get("content-type", ""), bytes(body))
+    return Reply(response.status_code, response.headers.get("content-type", ""), body)
 
 
 def _judge(reply: Reply, parse: Callable[[Reply], T]) -> T:
