@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from tests.hostile_http import HostileServer, Plan, plans, timed
 from tests.search.conftest import search_call
-from trace_envs.search.client import HttpRetriever
+from trace_envs.search.client import APIS, HttpRetriever
 from trace_envs.search.env import SearchEnv
 from trace_envs.search.retrievers import Hit, RetrievalError
 
@@ -36,24 +36,24 @@ def examples(request):
     return 5000 if request.config.getoption("--fuzz-long", default=False) else 80
 
 
-def _check_hits(out: object) -> None:
-    assert isinstance(out, list) and len(out) == 1
-    assert all(isinstance(h, Hit) and isinstance(h.passage.text, str) for h in out[0])
+def _check_hits(out: object, queries: int) -> None:
+    assert isinstance(out, list) and len(out) == queries
+    assert all(isinstance(h, Hit) and isinstance(h.passage.text, str) for hits in out for h in hits)
 
 
 def test_any_reply_gives_hits_or_retrieval_error_within_the_timeout(hostile, examples):
-    client = HttpRetriever(hostile.url, timeout=TIMEOUT, retries=1, backoff=0.01,
-                           max_reply_bytes=256 * 1024)
-    env = SearchEnv(retriever=client, max_turns=100)
-
-    async def asearch():
-        return await client.asearch(["q"], 3)
+    clients = {api: HttpRetriever(hostile.url, api=api, timeout=TIMEOUT, retries=1, backoff=0.01,
+                                  max_reply_bytes=256 * 1024) for api in APIS}
+    env = SearchEnv(retriever=clients["search-r1"], max_turns=100)
 
     @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
-    @given(plan=plans(TEMPLATE, drip_s=0.02), how=st.sampled_from(["sync", "async", "env"]))
-    def run(plan: Plan, how: str) -> None:
+    @given(plan=plans(TEMPLATE, drip_s=0.02), how=st.sampled_from(["sync", "async", "env"]),
+           api=st.sampled_from(APIS))
+    def run(plan: Plan, how: str, api: str) -> None:
         hostile.plan = plan
+        client = clients[api]
+        queries = ["q", "r"] if api == "skyrl" else ["q"]  # skyrl: one request per query
         with timed() as took:
             if how == "env":
                 env.reset(seed=0)
@@ -62,16 +62,18 @@ def test_any_reply_gives_hits_or_retrieval_error_within_the_timeout(hostile, exa
                                                     "search is unavailable" in info["error"])
             else:
                 try:
-                    _check_hits(client.search(["q"], 3) if how == "sync"
-                                else asyncio.run(asearch()))
+                    out = (client.search(queries, 3) if how == "sync"
+                           else asyncio.run(client.asearch(queries, 3)))
+                    _check_hits(out, len(queries))
                 except RetrievalError:
                     pass
-        assert took[0] < TIMEOUT + SLACK, (how, plan)
+        assert took[0] < TIMEOUT + SLACK, (how, api, plan)
 
     try:
         run()
     finally:
-        client.close()
+        for client in clients.values():
+            client.close()
 
 
 @pytest.mark.parametrize("drip_head", [False, True])

@@ -190,12 +190,13 @@ class HttpRetriever:
         if self._aclient is None or self._aloop is not loop:  # an async client is loop-bound
             self._aclient, self._aloop = http.async_client(self._limits), loop
         client = self._aclient
-        try:
-            parts = await asyncio.gather(*(http.acall(client, "POST", self.url, **self._post(body))
-                                           for body in self._requests(queries, topk)))
-        except http.CallFailed as exc:
-            raise RetrievalError(f"retrieval server: {exc}") from None
-        return [hits for part in parts for hits in part]
+        try:  # the first failure cancels the other requests of the call
+            async with asyncio.TaskGroup() as group:
+                parts = [group.create_task(http.acall(client, "POST", self.url, **self._post(body)))
+                         for body in self._requests(queries, topk)]
+        except* http.CallFailed as failures:
+            raise RetrievalError(f"retrieval server: {failures.exceptions[0]}") from None
+        return [hits for part in parts for hits in part.result()]
 
     # ------------------------------------------------------------ admin
     def health(self) -> dict[str, Any]:
