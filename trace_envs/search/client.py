@@ -110,6 +110,9 @@ def decode_reply(reply: http.Reply, expected: int) -> list[list[Hit]]:
     return [parse_hits(r) for r in parsed.result]
 
 
+_HEALTH = pydantic.TypeAdapter(dict[str, Any])
+
+
 class HttpRetriever:
     """A :class:`~trace_envs.search.retrievers.Retriever` backed by a retrieval server.
 
@@ -203,7 +206,7 @@ class HttpRetriever:
         """The server's ``GET /health`` reply (raises :class:`RetrievalError` when down)."""
         def parse(reply: http.Reply) -> dict[str, Any]:
             try:
-                return _Health.model_validate_json(reply.body).model_dump()
+                return _HEALTH.validate_json(reply.body)
             except pydantic.ValidationError as exc:
                 raise http.CallFailed(f"not a health report: {reply.snippet()}") from exc
 
@@ -234,8 +237,4 @@ class HttpRetriever:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
         self.close()
-
-
-class _Health(pydantic.RootModel[dict[str, Any]]):
-    pass
 

@@ -40,3 +40,6 @@ class ServerLimits:
         for f in fields(self):
             if not getattr(self, f.name) > 0:
                 raise ValueError(f"{f.name} must be positive, got {getattr(self, f.name)!r}")
+        if self.max_queries > self.max_pending_queries:
+            raise ValueError("max_queries must not exceed max_pending_queries: a full request "
+                             "would always be turned away")
