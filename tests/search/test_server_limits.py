@@ -257,3 +257,24 @@ def test_clients_that_hang_up_are_not_errors():
         finally:
             logger.removeHandler(records)
     assert not records.tracebacks()
+
+
+# ------------------------------------------------------------------------ configuration
+@pytest.mark.parametrize("options", [{"body_timeout_s": 0}, {"max_topk": -1},
+                                     {"max_queries": 10, "max_pending_queries": 5}])
+def test_limits_that_make_no_sense_are_refused(options):
+    with pytest.raises(ValueError):
+        ServerLimits(**options)
+
+
+def test_every_limit_is_a_cli_option(tmp_path, world, capsys):
+    from trace_agents.cli import build_parser, main
+
+    args = build_parser().parse_args(["serve-retriever", "--corpus", "c.jsonl",
+                                      "--max-body-bytes", "10", "--header-timeout-s", "0.5"])
+    assert args.max_body_bytes == 10 and args.header_timeout_s == 0.5
+    corpus = tmp_path / "corpus.jsonl"
+    world.corpus.write_jsonl(corpus)
+    assert main(["serve-retriever", "--corpus", str(corpus), "--max-connections", "0"]) == 2
+    assert "max_connections must be positive" in capsys.readouterr().err
+    assert main(["serve-retriever", "--corpus", str(corpus), "--topk", "20", "--max-topk", "10"]) == 2
