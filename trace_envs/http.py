@@ -243,6 +243,11 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _overall(started: float, bounds: Bounds, shared: float | None) -> float:
+    own = started + bounds.total_s
+    return own if shared is None else min(shared, own)
+
+
 def _attempt_deadline(bounds: Bounds, deadline: float, now: float) -> float:
     return deadline if bounds.attempt_s is None else min(deadline, now + bounds.attempt_s)
 
@@ -263,7 +268,7 @@ def call(client: httpx.Client, method: str, url: str, *, parse: Callable[[Reply]
     ``deadline`` (a :func:`time.monotonic` time) replaces ``now + bounds.total_s`` when calls
     share one; ``on_retry`` hears the problem before each retry."""
     started = time.monotonic()
-    deadline = started + bounds.total_s if deadline is None else min(deadline, started + bounds.total_s)
+    deadline = _overall(started, bounds, deadline)
     problem, attempts = "no time left for an attempt", 0
     for attempt in range(retry.attempts):
         if attempt:
@@ -297,7 +302,7 @@ async def acall(client: httpx.AsyncClient, method: str, url: str, *,
                 on_retry: Callable[[str], None] | None = None) -> T:
     """Like :func:`call`, for an ``httpx.AsyncClient`` (from :func:`async_client`)."""
     started = time.monotonic()
-    deadline = started + bounds.total_s if deadline is None else min(deadline, started + bounds.total_s)
+    deadline = _overall(started, bounds, deadline)
     problem, attempts = "no time left for an attempt", 0
     for attempt in range(retry.attempts):
         if attempt:

@@ -186,7 +186,8 @@ def test_any_body_gets_an_answer_never_a_500(served, body, content_type):
 def test_slow_headers_are_cut_off_and_connections_are_bounded(served):
     """The issue's case: 2,000 slow-header connections were held open indefinitely."""
     url, _ = served
-    idle = [socket.create_connection(_address(url), timeout=5) for _ in range(LIMITS.max_connections + 16)]
+    idle = [socket.create_connection(_address(url), timeout=5)
+            for _ in range(LIMITS.max_connections + 16)]
     dripping = socket.create_connection(_address(url), timeout=5)
     try:
         time.sleep(0.1)
@@ -277,4 +278,5 @@ def test_every_limit_is_a_cli_option(tmp_path, world, capsys):
     world.corpus.write_jsonl(corpus)
     assert main(["serve-retriever", "--corpus", str(corpus), "--max-connections", "0"]) == 2
     assert "max_connections must be positive" in capsys.readouterr().err
-    assert main(["serve-retriever", "--corpus", str(corpus), "--topk", "20", "--max-topk", "10"]) == 2
+    assert main(["serve-retriever", "--corpus", str(corpus), "--topk", "20",
+                 "--max-topk", "10"]) == 2

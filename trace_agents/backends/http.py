@@ -70,7 +70,7 @@ class HTTPClient:
             attempt_s=timeout_s, connect_s=connect_timeout_s, max_bytes=max_reply_bytes,
         )
         self._client = http.async_client(httpx.Limits(max_connections=max_concurrency),
-                                         base_url=self.base_url, headers=headers)
+                                         headers=headers)
         self._slots = asyncio.Semaphore(max_concurrency)
         self.retries = 0
         """Retries made so far (all calls): a health figure for logs."""
@@ -87,8 +87,8 @@ class HTTPClient:
         async with self._slots:
             try:
                 return await http.acall(
-                    self._client, "POST", self.base_url + path, parse=parse, bounds=self.bounds, retry=self.retry,
-                    content=json.dumps(payload).encode(),
+                    self._client, "POST", self.base_url + path, parse=parse, bounds=self.bounds,
+                    retry=self.retry, content=json.dumps(payload).encode(),
                     headers={"content-type": "application/json"}, on_retry=self._count_retry,
                 )
             except http.CallFailed as exc:

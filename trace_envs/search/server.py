@@ -142,22 +142,24 @@ def create_app(
             return Response(msgpack.packb(payload), status, headers, media_type=MSGPACK)
         return JSONResponse(payload, status, headers)
 
-    async def read_body(request: Request) -> bytes:
+    too_big = f"the body must be at most {limits.max_body_bytes} bytes"
+
+    async def read_body(request: Request) -> bytearray:
         length = request.headers.get("content-length", "")
         if length and (not length.isdigit() or int(length) > limits.max_body_bytes):
-            raise _Refused(413, f"the body must be at most {limits.max_body_bytes} bytes")
+            raise _Refused(413, too_big)
         body = bytearray()
         try:
             async with asyncio.timeout(limits.body_timeout_s):
                 async for chunk in request.stream():
                     body += chunk
                     if len(body) > limits.max_body_bytes:
-                        raise _Refused(413, f"the body must be at most {limits.max_body_bytes} bytes")
+                        raise _Refused(413, too_big)
         except TimeoutError:
             raise _Refused(408, f"the body did not arrive within {limits.body_timeout_s}s") from None
-        return bytes(body)
+        return body
 
-    def parse(raw: bytes, as_msgpack: bool) -> tuple[list[str], int, bool]:
+    def parse(raw: bytearray, as_msgpack: bool) -> tuple[list[str], int, bool]:
         try:
             if as_msgpack:
                 req = RetrieveRequest.model_validate(msgpack.unpackb(raw))
