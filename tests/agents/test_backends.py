@@ -190,8 +190,8 @@ CHAT_REPLY = {"id": "c", "choices": [{"message": {"role": "assistant", "content"
                                       "finish_reason": "stop"}],
               "usage": {"prompt_tokens": 3}}
 HOSTILE_TIMEOUT = 0.2
-SLACK = 0.5
-"""A loaded two-core CI machine schedules threads late; the bug this guards took over 70 s."""
+SLACK = 1.5
+"""A loaded two-core machine can stall a thread for a second; the bug this guards took over 70 s."""
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +226,7 @@ async def _generate_or_error(backend, prompt):
 
 
 def test_any_reply_gives_a_completion_or_backend_error_within_the_deadline(hostile, request):
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import HealthCheck, given, settings, target
     from hypothesis import strategies as st
 
     from tests.hostile_http import plans, timed
@@ -242,6 +242,7 @@ def test_any_reply_gives_a_completion_or_backend_error_within_the_deadline(hosti
         backend, prompt = _hostile_backend(kind, hostile.url)
         with timed() as took:
             asyncio.run(_generate_or_error(backend, prompt))
+        target(took[0], label="seconds")  # steer the search towards slow replies
         assert took[0] < 2 * HOSTILE_TIMEOUT + SLACK, (kind, hostile.plan)
 
     run()

@@ -8,7 +8,7 @@ import asyncio
 import tracemalloc
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, settings, target
 from hypothesis import strategies as st
 
 from tests.hostile_http import HostileServer, Plan, plans, timed
@@ -20,8 +20,8 @@ from trace_envs.search.retrievers import Hit, RetrievalError
 TEMPLATE = {"result": [[{"document": {"id": "d1", "contents": "Title\nSome text."}, "score": 1.5},
                         {"document": {"id": "d2", "title": "T", "text": "x"}, "score": 0}]]}
 TIMEOUT = 0.2
-SLACK = 0.5
-"""A loaded two-core CI machine schedules threads late; the bug this guards took 49 s."""
+SLACK = 1.5
+"""A loaded two-core machine can stall a thread for a second; the bug this guards took 49 s."""
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,7 @@ def test_any_reply_gives_hits_or_retrieval_error_within_the_timeout(hostile, exa
                     _check_hits(out, len(queries))
                 except RetrievalError:
                     pass
+        target(took[0], label="seconds")  # steer the search towards slow replies
         assert took[0] < TIMEOUT + SLACK, (how, api, plan)
 
     try:
