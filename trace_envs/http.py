@@ -176,7 +176,8 @@ def sync_client(limits: httpx.Limits = httpx.Limits(), **options: Any) -> httpx.
     """An ``httpx.Client`` whose calls through :func:`call` end by their deadline.
 
     httpx takes no network backend, so its transport's connection pool is rebuilt with one
-    (plain HTTP/1.1 and TLS, no proxy)."""
+    (plain HTTP/1.1 and TLS). Proxies from the environment are not used: their transports would
+    not clamp."""
     transport = httpx.HTTPTransport(limits=limits, verify=_ssl_context())
     transport._pool = httpcore.ConnectionPool(  # noqa: SLF001 - the one way in for a backend
         ssl_context=_ssl_context(),
@@ -185,7 +186,7 @@ def sync_client(limits: httpx.Limits = httpx.Limits(), **options: Any) -> httpx.
         keepalive_expiry=limits.keepalive_expiry,
         network_backend=_DeadlineBackend(),
     )
-    return httpx.Client(transport=transport, headers=IDENTITY, **options)
+    return httpx.Client(transport=transport, headers=IDENTITY, trust_env=False, **options)
 
 
 def async_client(limits: httpx.Limits = httpx.Limits(), **options: Any) -> httpx.AsyncClient:
