@@ -174,3 +174,126 @@ def test_scripted_backend_cuts_at_stop_and_tokenizes(tiny):
     backend = ScriptedBackend(lambda prompt, p: '<tool_call>{"name": "x"}</tool_call> trailing', tok)
     out = asyncio.run(backend.generate(_prompt(tok), SamplingParams(stop=("</tool_call>",))))
     assert out.text.endswith("</tool_call>") and tok.decode(out.token_ids) == out.text
+
+
+# ------------------------------------------------------------- hostile servers
+SGLANG_REPLY = {"text": "hi", "output_ids": [5, 6],
+                "meta_info": {"id": "a", "prompt_tokens": 3, "cached_tokens": 1,
+                              "finish_reason": {"type": "stop", "matched": 6},
+                              "output_token_logprobs": [[-0.5, 5, None], [-0.25, 6, None]]}}
+COMPLETION_REPLY = {"id": "c", "choices": [{"text": "hi", "token_ids": [5, 6],
+                                            "logprobs": {"token_logprobs": [-0.5, -0.25]},
+                                            "finish_reason": "length"}],
+                    "usage": {"prompt_tokens": 3, "prompt_tokens_details": {"cached_tokens": 2}}}
+CHAT_REPLY = {"id": "c", "choices": [{"message": {"role": "assistant", "content": "hi"},
+                                      "logprobs": {"content": [{"logprob": -0.5}]},
+                                      "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 3}}
+HOSTILE_TIMEOUT = 0.2
+SLACK = 1.5
+"""A loaded two-core machine can stall a thread for a second; the bug this guards took over 70 s."""
+
+
+@pytest.fixture(scope="module")
+def hostile():
+    from tests.hostile_http import HostileServer
+
+    with HostileServer() as server:
+        yield server
+
+
+def _hostile_backend(kind: str, url: str, **options):
+    options = {"retry": RetryPolicy(attempts=2, backoff_s=0.01), "timeout_s": HOSTILE_TIMEOUT,
+               "total_timeout_s": 2 * HOSTILE_TIMEOUT, "max_reply_bytes": 256 * 1024, **options}
+    if kind == "sglang":
+        return SGLangBackend(url, **options), [1, 2, 3]
+    if kind == "chat":
+        return OpenAIBackend(url, "m", chat=True, **options), [{"role": "user", "content": "x"}]
+    return OpenAIBackend(url, "m", **options), [1, 2, 3]
+
+
+async def _generate_or_error(backend, prompt):
+    try:
+        out = await backend.generate(prompt, GREEDY)
+    except BackendError as exc:
+        return exc
+    finally:
+        await backend.aclose()
+    assert isinstance(out.text, str) and all(isinstance(t, int) and t >= 0 for t in out.token_ids)
+    assert out.logprobs is None or all(isinstance(x, float) for x in out.logprobs)
+    assert isinstance(out.prompt_tokens, int) and out.finish_reason in ("stop", "length", "abort")
+    return out
+
+
+def test_any_reply_gives_a_completion_or_backend_error_within_the_deadline(hostile, request):
+    from hypothesis import HealthCheck, given, settings, target
+    from hypothesis import strategies as st
+
+    from tests.hostile_http import plans, timed
+
+    examples = 5000 if request.config.getoption("--fuzz-long", default=False) else 80
+    templates = {"sglang": SGLANG_REPLY, "completions": COMPLETION_REPLY, "chat": CHAT_REPLY}
+
+    @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(data=st.data(), kind=st.sampled_from(sorted(templates)))
+    def run(data, kind):
+        hostile.plan = data.draw(plans(templates[kind], drip_s=0.02))
+        backend, prompt = _hostile_backend(kind, hostile.url)
+        with timed() as took:
+            asyncio.run(_generate_or_error(backend, prompt))
+        target(took[0], label="seconds")  # steer the search towards slow replies
+        assert took[0] < 2 * HOSTILE_TIMEOUT + SLACK, (kind, hostile.plan)
+
+    run()
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    (("meta_info",), "abc"), (("text",), 5), (("meta_info", "prompt_tokens"), "many"),
+    (("output_ids",), [1, -2]), (("meta_info", "output_token_logprobs"), [["x", 5, None]]),
+    (("meta_info",), None),
+])
+def test_wrong_types_are_a_clear_backend_error(hostile, field, value):
+    """The issue's cases: ``meta_info: "abc"`` raised AttributeError, ``text: 5`` was taken."""
+    import copy
+    import json
+
+    from tests.hostile_http import Plan
+
+    reply = copy.deepcopy(SGLANG_REPLY)
+    target = reply
+    for key in field[:-1]:
+        target = target[key]
+    target[field[-1]] = value
+    hostile.plan = Plan(body=json.dumps(reply).encode())
+    backend, prompt = _hostile_backend("sglang", hostile.url)
+    before = hostile.requests
+    error = asyncio.run(_generate_or_error(backend, prompt))
+    assert isinstance(error, BackendError) and "unexpected reply" in str(error)
+    assert ".".join(field) in str(error) and hostile.requests == before + 1  # not retried
+
+
+@pytest.mark.parametrize("drip_head", [False, True])
+def test_a_dripping_inference_server_is_cut_off_at_the_deadline(hostile, drip_head):
+    """Each attempt ends at ``timeout_s``, the call with its retries at ``total_timeout_s``."""
+    from tests.hostile_http import Plan, timed
+
+    hostile.plan = Plan(body=b'{"text": "' + b"a" * 2000 + b'"}', drip_s=0.01, drip_head=drip_head)
+    backend, prompt = _hostile_backend("sglang", hostile.url, timeout_s=0.3, total_timeout_s=0.7,
+                                       retry=RetryPolicy(attempts=5, backoff_s=0.01))
+    with timed() as took:
+        error = asyncio.run(_generate_or_error(backend, prompt))
+    assert isinstance(error, BackendError) and "after 3 attempts" in str(error)
+    assert 0.65 < took[0] < 0.7 + SLACK
+
+
+def test_an_endless_inference_reply_is_refused_at_the_cap(hostile):
+    from tests.hostile_http import Plan, timed
+
+    hostile.plan = Plan(body=b'{"text": "', endless=True)
+    backend, prompt = _hostile_backend("completions", hostile.url, timeout_s=10.0,
+                                       total_timeout_s=10.0, max_reply_bytes=1 << 20)
+    with timed() as took:
+        error = asyncio.run(_generate_or_error(backend, prompt))
+    assert isinstance(error, BackendError) and "exceeds the limit" in str(error)
+    assert took[0] < 2.0

@@ -126,7 +126,7 @@ def test_retrieval_faults_become_error_observations_and_other_episodes_go_on(bm2
         start = time.monotonic()
         obs, reward, terminated, truncated, info = broken.step(search_call("anything"))
         assert time.monotonic() - start < 1.5
-        assert "search is unavailable" in obs and "server error 500" in info["error"]
+        assert "search is unavailable" in obs and "server error: HTTP 500" in info["error"]
         assert not terminated and not truncated and broken.queries == []
         stub.default = "ok"  # the server recovers: the same episode searches again
         obs, *_, info = broken.step(search_call("anything"))

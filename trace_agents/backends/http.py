@@ -1,8 +1,11 @@
 """Inference servers over HTTP: SGLang's native ``/generate`` and any OpenAI-compatible server
-(vLLM, SGLang's ``/v1``), through one retrying ``httpx.AsyncClient``.
+(vLLM, SGLang's ``/v1``), through one bounded, retrying ``httpx.AsyncClient``.
 
-Transient failures (connection refused or reset, timeouts, 5xx, a body cut short) are retried with
-exponential backoff; after the last attempt, or at once for a 4xx, the call raises
+Calls go through :func:`trace_envs.http.acall`: each attempt (connect, send, every read) ends
+within ``timeout_s``, the whole call with its retries within ``total_timeout_s``, and replies are
+read up to ``max_reply_bytes``. Transient failures (connection refused or reset, timeouts, 5xx,
+429, a body cut short) are retried with exponential backoff; after the last attempt, or at once
+for a 4xx or a reply of the wrong shape (checked field by field with pydantic), the call raises
 :class:`BackendError` saying what went wrong, so a rollout is marked failed instead of vanishing.
 """
 
@@ -10,12 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Generic, TypeVar
 
 import httpx
+import pydantic
 
 from trace_agents.backends.base import (
     BackendError,
@@ -25,22 +27,28 @@ from trace_agents.backends.base import (
     SamplingParams,
     is_token_prompt,
 )
+from trace_envs import http
+from trace_envs.http import RetryPolicy
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+_JSON_OBJECT = pydantic.TypeAdapter(dict[str, Any])
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 4
-    backoff_s: float = 0.5
-    """First wait; doubled at each retry, with up to 25% jitter."""
-    max_backoff_s: float = 8.0
-
-
-class _Transient(Exception):
-    """A failure worth retrying."""
+def _json_object(reply: http.Reply) -> dict[str, Any]:
+    try:
+        return _JSON_OBJECT.validate_json(reply.body)
+    except pydantic.ValidationError:  # cut short or garbled on the way: worth another try
+        raise http.Transient(f"reply is not a complete JSON object: {reply.snippet()!r}") from None
 
 
 class HTTPClient:
-    """POST JSON with explicit timeouts, bounded concurrency and retries."""
+    """POST JSON with whole-call deadlines, a reply size cap, bounded concurrency and retries.
+
+    ``timeout_s`` bounds one attempt, ``total_timeout_s`` (default: ``retry.attempts`` times
+    ``timeout_s``) the call with its retries and pauses. The time spent waiting for one of the
+    ``max_concurrency`` slots is not counted: a busy client queues, it does not fail.
+    """
 
     def __init__(
         self,
@@ -48,69 +56,61 @@ class HTTPClient:
         *,
         timeout_s: float = 300.0,
         connect_timeout_s: float = 10.0,
+        total_timeout_s: float | None = None,
         max_concurrency: int = 64,
+        max_reply_bytes: int = 64 * 2**20,
         retry: RetryPolicy = RetryPolicy(),
         api_key: str | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url.rstrip("/")
         self.retry = retry
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url,
-            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
-            limits=httpx.Limits(max_connections=max_concurrency),
-            headers=headers,
+        self.bounds = http.Bounds(
+            total_s=total_timeout_s if total_timeout_s is not None else retry.attempts * timeout_s,
+            attempt_s=timeout_s, connect_s=connect_timeout_s, max_bytes=max_reply_bytes,
         )
+        self._client = http.async_client(httpx.Limits(max_connections=max_concurrency),
+                                         headers=headers)
         self._slots = asyncio.Semaphore(max_concurrency)
         self.retries = 0
         """Retries made so far (all calls): a health figure for logs."""
 
-    async def post(self, path: str, payload: Mapping[str, Any], *, expect_json: bool = True) -> dict[str, Any]:
-        """POST with retries; ``expect_json=False`` for admin endpoints that answer in plain text
-        (their reply comes back as ``{"text": ...}``)."""
-        last: Exception | None = None
-        for attempt in range(self.retry.attempts):
-            if attempt:
-                self.retries += 1
-                wait = min(self.retry.max_backoff_s, self.retry.backoff_s * 2 ** (attempt - 1))
-                await asyncio.sleep(wait * (1 + 0.25 * random.random()))
-            try:
-                async with self._slots:
-                    return await self._post_once(path, payload, expect_json)
-            except _Transient as exc:
-                last = exc.__cause__ or exc
-        raise BackendError(
-            f"POST {self.base_url}{path} failed after {self.retry.attempts} attempts: {last!r}"
-        )
+    def _count_retry(self, problem: str) -> None:
+        self.retries += 1
 
-    async def _post_once(self, path: str, payload: Mapping[str, Any], expect_json: bool) -> dict[str, Any]:
+    async def post(self, path: str, payload: Mapping[str, Any], *, expect_json: bool = True) -> dict[str, Any]:
+        """POST with retries; the reply must be a JSON object. ``expect_json=False`` for admin
+        endpoints that answer in plain text (their reply comes back as ``{"text": ...}``)."""
+        def parse(reply: http.Reply) -> dict[str, Any]:
+            return _json_object(reply) if expect_json else {"text": reply.snippet(len(reply.body))}
+
+        async with self._slots:
+            try:
+                return await http.acall(
+                    self._client, "POST", self.base_url + path, parse=parse, bounds=self.bounds,
+                    retry=self.retry, content=json.dumps(payload).encode(),
+                    headers={"content-type": "application/json"}, on_retry=self._count_retry,
+                )
+            except http.CallFailed as exc:
+                raise BackendError(str(exc)) from None
+
+    async def post_checked(self, path: str, payload: Mapping[str, Any], reply: type[M]) -> M:
+        """:meth:`post`, with the reply checked against ``reply`` (a wrong one: BackendError)."""
+        body = await self.post(path, payload)
         try:
-            response = await self._client.post(path, json=payload)
-        except httpx.TransportError as exc:  # connect/read/write errors and timeouts
-            raise _Transient() from exc
-        if response.status_code >= 500:
-            raise _Transient() from BackendError(
-                f"HTTP {response.status_code}: {response.text[:200]}"
-            )
-        if response.status_code >= 400:
-            raise BackendError(
-                f"POST {self.base_url}{path} was refused: HTTP {response.status_code}: "
-                f"{response.text[:500]}"
-            )
-        if not expect_json:
-            return {"text": response.text}
-        try:
-            body = response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise _Transient() from BackendError(f"response is not complete JSON: {exc}")
-        if not isinstance(body, dict):
-            raise _Transient() from BackendError(f"response is not a JSON object: {body!r:.200}")
-        return body
+            return reply.model_validate(body)
+        except pydantic.ValidationError as exc:
+            errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                               for e in exc.errors()[:5])
+            raise BackendError(f"unexpected reply from {self.base_url}{path} ({errors}): "
+                               f"{json.dumps(body)[:300]}") from None
 
     async def get_ok(self, path: str) -> bool:
         try:
-            return (await self._client.get(path)).status_code == 200
-        except httpx.TransportError:
+            return await http.acall(self._client, "GET", self.base_url + path,
+                                    parse=lambda reply: True,
+                                    bounds=self.bounds, retry=RetryPolicy(attempts=1))
+        except http.CallFailed:
             return False
 
     async def aclose(self) -> None:
@@ -123,8 +123,88 @@ def _finish(value: Any) -> FinishReason:
     return value if value in ("stop", "length", "abort") else "stop"
 
 
-def _shape_error(what: str, body: Mapping[str, Any], exc: Exception) -> BackendError:
-    return BackendError(f"unexpected {what} response ({exc!r}): {json.dumps(body)[:300]}")
+TokenId = Annotated[int, pydantic.Field(ge=0, lt=2**31)]
+Count = Annotated[int, pydantic.Field(ge=0, lt=2**31)]
+
+
+class _Reply(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="ignore")
+
+
+class _SGLangMeta(_Reply):
+    prompt_tokens: Count
+    finish_reason: dict[str, Any] | str | None = None
+    output_token_logprobs: list[tuple[float, TokenId] | tuple[float, TokenId, Any]] | None = None
+    """``[logprob, token_id, text]`` triples (the text is None unless asked for)."""
+    cached_tokens: Count | None = None
+    id: str | None = None
+
+
+class _SGLangGenerate(_Reply):
+    text: str
+    output_ids: list[TokenId] | None = None
+    meta_info: _SGLangMeta
+
+
+class _ChatMessage(_Reply):
+    content: str | None = None
+
+
+class _ChatLogprob(_Reply):
+    logprob: float
+
+
+class _ChatLogprobs(_Reply):
+    content: list[_ChatLogprob] | None = None
+
+
+class _TextLogprobs(_Reply):
+    token_logprobs: list[float] | None = None
+
+
+class _Choice(_Reply):
+    token_ids: list[TokenId] | None = None
+    finish_reason: str | None = None
+
+    def output(self) -> tuple[str, list[float] | None]:
+        """The generated text and its tokens' log-probabilities."""
+        raise NotImplementedError
+
+
+class _TextChoice(_Choice):
+    text: str
+    logprobs: _TextLogprobs | None = None
+
+    def output(self) -> tuple[str, list[float] | None]:
+        return self.text, None if self.logprobs is None else self.logprobs.token_logprobs
+
+
+class _ChatChoice(_Choice):
+    message: _ChatMessage
+    logprobs: _ChatLogprobs | None = None
+
+    def output(self) -> tuple[str, list[float] | None]:
+        content = None if self.logprobs is None else self.logprobs.content
+        return (self.message.content or "",
+                None if content is None else [item.logprob for item in content])
+
+
+class _PromptDetails(_Reply):
+    cached_tokens: Count | None = None
+
+
+class _Usage(_Reply):
+    prompt_tokens: Count = 0
+    prompt_tokens_details: _PromptDetails | None = None
+
+
+C = TypeVar("C", bound=_Choice)
+
+
+class _OpenAIReply(_Reply, Generic[C]):
+    id: str | None = None
+    choices: Annotated[list[C], pydantic.Field(min_length=1)]
+    usage: _Usage | None = None
 
 
 class SGLangBackend:
@@ -162,23 +242,19 @@ class SGLangBackend:
             payload["text"] = self.tokenizer.apply_chat_template(
                 list(prompt), tokenize=False, add_generation_prompt=True
             )
-        body = await self.http.post("/generate", payload)
-        try:
-            meta = body["meta_info"]
-            triples = meta.get("output_token_logprobs") or []
-            ids = body.get("output_ids") or [int(t[1]) for t in triples]
-            logprobs = [float(t[0]) for t in triples] if len(triples) == len(ids) else None
-            return Completion(
-                text=body["text"],
-                token_ids=[int(t) for t in ids],
-                logprobs=logprobs,
-                finish_reason=_finish(meta.get("finish_reason")),
-                prompt_tokens=int(meta["prompt_tokens"]),
-                cached_tokens=meta.get("cached_tokens"),
-                meta={"id": meta.get("id")},
-            )
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise _shape_error("SGLang /generate", body, exc) from None
+        body = await self.http.post_checked("/generate", payload, _SGLangGenerate)
+        meta = body.meta_info
+        triples = meta.output_token_logprobs or []
+        ids = body.output_ids or [t[1] for t in triples]
+        return Completion(
+            text=body.text,
+            token_ids=list(ids),
+            logprobs=[t[0] for t in triples] if len(triples) == len(ids) else None,
+            finish_reason=_finish(meta.finish_reason),
+            prompt_tokens=meta.prompt_tokens,
+            cached_tokens=meta.cached_tokens,
+            meta={"id": meta.id},
+        )
 
     async def healthy(self) -> bool:
         return await self.http.get_ok("/health")
@@ -229,23 +305,21 @@ class OpenAIBackend:
                 raise BackendError("a completions backend takes token ids; use chat=True for messages")
             payload["prompt"] = [int(t) for t in prompt]  # type: ignore[union-attr]
             path = "/completions"
-        body = await self.http.post(path, payload)
-        try:
-            choice = body["choices"][0]
-            usage = body.get("usage") or {}
-            details = usage.get("prompt_tokens_details") or {}
-            text = choice["message"]["content"] if self.chat else choice["text"]
-            return Completion(
-                text=text or "",
-                token_ids=[int(t) for t in choice.get("token_ids") or []],
-                logprobs=_openai_logprobs(choice.get("logprobs"), chat=self.chat),
-                finish_reason=_finish(choice.get("finish_reason")),
-                prompt_tokens=int(usage.get("prompt_tokens", 0)),
-                cached_tokens=details.get("cached_tokens"),
-                meta={"id": body.get("id")},
-            )
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise _shape_error(f"OpenAI {path}", body, exc) from None
+        shape = _OpenAIReply[_ChatChoice] if self.chat else _OpenAIReply[_TextChoice]
+        reply = await self.http.post_checked(path, payload, shape)
+        choice = reply.choices[0]
+        text, logprobs = choice.output()
+        usage = reply.usage or _Usage()
+        details = usage.prompt_tokens_details or _PromptDetails()
+        return Completion(
+            text=text,
+            token_ids=list(choice.token_ids or []),
+            logprobs=logprobs,
+            finish_reason=_finish(choice.finish_reason),
+            prompt_tokens=usage.prompt_tokens,
+            cached_tokens=details.cached_tokens,
+            meta={"id": reply.id},
+        )
 
     async def healthy(self) -> bool:
         return await self.http.get_ok("/models")
@@ -253,11 +327,3 @@ class OpenAIBackend:
     async def aclose(self) -> None:
         await self.http.aclose()
 
-
-def _openai_logprobs(logprobs: Any, *, chat: bool) -> list[float] | None:
-    if not logprobs:
-        return None
-    if chat:
-        return [float(item["logprob"]) for item in logprobs.get("content") or []]
-    values = logprobs.get("token_logprobs")
-    return None if values is None else [float(v) for v in values]

@@ -3,8 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
+
+LIMIT_HELP = {
+    "max_body_bytes": "largest request body (413 beyond)",
+    "max_queries": "most queries in one request (400 beyond)",
+    "max_query_chars": "most characters in one query (400 beyond)",
+    "max_topk": "largest topk a request may ask for (400 beyond)",
+    "max_pending_queries": "queries queued or being searched at once, all requests together "
+                           "(503 with Retry-After beyond)",
+    "max_connections": "open connections and requests in progress (503 beyond)",
+    "header_timeout_s": "seconds for a request's headers to arrive (the connection is closed)",
+    "body_timeout_s": "seconds for a request's body to arrive after its headers (408)",
+    "keep_alive_s": "seconds an idle keep-alive connection stays open",
+    "max_header_bytes": "largest request line plus headers (400 beyond)",
+}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,6 +40,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=int, default=256, help="most queries per retriever call")
     p.add_argument("--batch-wait-ms", type=float, default=2.0,
                    help="how long to wait for more requests to batch with the first one")
+    from trace_envs.search.limits import ServerLimits
+
+    limits = p.add_argument_group("limits (safe defaults; see docs/search.md)")
+    for f in dataclasses.fields(ServerLimits):
+        limits.add_argument("--" + f.name.replace("_", "-"), type=type(f.default),
+                            default=f.default, help=f"{LIMIT_HELP[f.name]} (default: %(default)s)")
     p.set_defaults(run=run)
 
 
@@ -32,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from trace_envs.search.corpus import load_corpus
     from trace_envs.search.qa import generated_world
     from trace_envs.search.retrievers import build_retriever
+    from trace_envs.search.limits import ServerLimits
     from trace_envs.search.server import create_app, serve
 
     started = time.perf_counter()
@@ -40,12 +62,20 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: cannot load corpus: {exc}", file=sys.stderr)
         return 2
+    try:
+        limits = ServerLimits(**{f.name: getattr(args, f.name)
+                                 for f in dataclasses.fields(ServerLimits)})
+        if not 1 <= args.topk <= limits.max_topk:
+            raise ValueError(f"--topk must be between 1 and --max-topk={limits.max_topk}")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     retriever = build_retriever(args.index, corpus, index_dir=args.index_dir)
     print(f"{args.index} index over {len(corpus)} passages ready in "
           f"{time.perf_counter() - started:.1f}s; serving http://{args.host}:{args.port}/retrieve",
           file=sys.stderr, flush=True)
     app = create_app(retriever, default_topk=args.topk, max_batch=args.max_batch,
-                     batch_wait_ms=args.batch_wait_ms,
+                     batch_wait_ms=args.batch_wait_ms, limits=limits,
                      description={"index": args.index, "passages": len(corpus),
                                   "corpus": args.corpus})
     serve(app, host=args.host, port=args.port)

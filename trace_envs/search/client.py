@@ -9,10 +9,11 @@
 All reply ``{"result": [[{"document": {"id", "contents": "Title\\nText"}, "score": s}, ...]]}``
 (one ranked list per query; bare document dicts when scores are not asked for).
 
-Failures are bounded: each call has one overall ``timeout`` (seconds, covering every attempt),
-transient problems (connection refused, timeouts, 5xx, an unreadable reply) are retried
-``retries`` times with exponential backoff, and what still fails raises
-:class:`RetrievalError`, never hangs.
+Failures are bounded (:mod:`trace_envs.http`): ``timeout`` (seconds) covers the whole call,
+every attempt, read and pause included, whatever the server does; replies are read up to
+``max_reply_bytes`` and checked field by field; transient problems (connection refused,
+timeouts, 5xx, 429, an unreadable reply) are retried ``retries`` times with exponential backoff;
+what still fails raises :class:`RetrievalError`, never anything else.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import asyncio
 import json
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import httpx
+import pydantic
 
+from trace_envs import http
 from trace_envs.search.corpus import Passage
 from trace_envs.search.retrievers import Hit, RetrievalError
 
@@ -33,36 +36,88 @@ APIS: tuple[str, ...] = ("search-r1", "skyrl", "gem")
 MSGPACK = "application/msgpack"
 
 
-class _Retryable(Exception):
-    pass
-
-
 def retrieve_url(url: str) -> str:
     """``http://host:port`` means ``http://host:port/retrieve``; a full path is kept."""
     parsed = httpx.URL(url)
     return str(parsed.copy_with(path="/retrieve")) if parsed.path in ("", "/") else url
 
 
-def parse_hits(result: Any) -> list[Hit]:
-    """One query's ranked list in the Search-R1 reply shape (with or without scores)."""
-    if not isinstance(result, list):
-        raise ValueError("each result must be a list of documents")
-    hits = []
-    for rank, item in enumerate(result):
-        if not isinstance(item, dict):
-            raise ValueError("each retrieved item must be an object")
-        doc, score = (item["document"], item.get("score", 0.0)) if "document" in item else (item, 0.0)
-        if not isinstance(doc, dict):
-            raise ValueError("'document' must be an object")
-        hits.append(Hit(Passage.from_record(doc, default_id=str(rank)), float(score)))
-    return hits
+class _Document(pydantic.BaseModel):
+    """A retrieved passage in either corpus shape (``text`` or Search-R1's ``contents``)."""
+
+    model_config = pydantic.ConfigDict(extra="ignore", populate_by_name=True)
+    id: str | int | None = None
+    alt_id: str | int | None = pydantic.Field(None, alias="_id")
+    title: str | None = None
+    text: str | None = None
+    contents: str | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _has_text(self) -> _Document:
+        if self.text is None and self.contents is None:
+            raise ValueError("a document needs 'text' or 'contents'")
+        return self
+
+    def passage(self, rank: int) -> Passage:
+        record = self.model_dump(exclude_none=True, by_alias=True)
+        return Passage.from_record(record, default_id=str(rank))
+
+
+class _Scored(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="ignore")
+    document: _Document
+    score: float = 0.0
+
+
+def _item_kind(item: Any) -> str:
+    return "scored" if isinstance(item, dict) and "document" in item else "bare"
+
+
+_Item = Annotated[
+    Annotated[_Scored, pydantic.Tag("scored")] | Annotated[_Document, pydantic.Tag("bare")],
+    pydantic.Discriminator(_item_kind),
+]
+
+
+class _Reply(pydantic.BaseModel):
+    """``{"result": [[item, ...], ...]}``: one ranked list per query."""
+
+    model_config = pydantic.ConfigDict(extra="ignore")
+    result: list[list[_Item]]
+
+
+def parse_hits(result: list[_Scored | _Document]) -> list[Hit]:
+    """One query's ranked list (scored items, or bare documents scored 0)."""
+    return [Hit(item.document.passage(rank), item.score) if isinstance(item, _Scored)
+            else Hit(item.passage(rank), 0.0) for rank, item in enumerate(result)]
+
+
+def decode_reply(reply: http.Reply, expected: int) -> list[list[Hit]]:
+    """A reply body (JSON, or msgpack when the server says so) checked against the wire shape;
+    anything else is :class:`~trace_envs.http.Transient` (an unreadable reply is retried)."""
+    try:
+        if MSGPACK in reply.content_type:
+            import msgpack
+
+            parsed = _Reply.model_validate(msgpack.unpackb(reply.body))
+        else:
+            parsed = _Reply.model_validate_json(reply.body)
+    except Exception as exc:  # any malformed byte string: msgpack raises several types
+        raise http.Transient(f"unreadable reply: {type(exc).__name__}: {str(exc)[:300]}") from None
+    if len(parsed.result) != expected:
+        raise http.Transient(f"unreadable reply: expected {expected} result list(s), "
+                             f"got {len(parsed.result)}")
+    return [parse_hits(r) for r in parsed.result]
+
+
+_HEALTH = pydantic.TypeAdapter(dict[str, Any])
 
 
 class HttpRetriever:
     """A :class:`~trace_envs.search.retrievers.Retriever` backed by a retrieval server.
 
-    Connections are pooled (one ``httpx.Client``; the ``httpx.AsyncClient`` is made on first
-    ``asearch``). Call :meth:`close` / :meth:`aclose` when done, or use it as a context manager.
+    Connections are pooled (one sync client; the async client is made on first ``asearch``).
+    Call :meth:`close` / :meth:`aclose` when done, or use it as a context manager.
     """
 
     kind = "http"
@@ -77,19 +132,25 @@ class HttpRetriever:
         retries: int = 2,
         backoff: float = 0.1,
         max_connections: int = 32,
+        max_reply_bytes: int = 64 * 2**20,
     ) -> None:
         if api not in APIS:
             raise ValueError(f"unknown retrieval api {api!r}; known: {APIS}")
         if timeout <= 0 or retries < 0:
             raise ValueError("timeout must be positive and retries non-negative")
         self.url, self.api = retrieve_url(url), api
-        self.timeout, self.connect_timeout = timeout, connect_timeout
-        self.retries, self.backoff = retries, backoff
+        self.bounds = http.Bounds(total_s=timeout, connect_s=connect_timeout,
+                                  max_bytes=max_reply_bytes)
+        self.retry = http.RetryPolicy(attempts=retries + 1, backoff_s=backoff, jitter=0.0)
         self._limits = httpx.Limits(max_connections=max_connections,
                                     max_keepalive_connections=max_connections)
-        self._client = httpx.Client(limits=self._limits)
+        self._client = http.sync_client(self._limits)
         self._aclient: httpx.AsyncClient | None = None
         self._aloop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def timeout(self) -> float:
+        return self.bounds.total_s
 
     # ------------------------------------------------------------- wire
     def _requests(self, queries: Sequence[str], topk: int) -> list[dict[str, Any]]:
@@ -104,61 +165,24 @@ class HttpRetriever:
             return msgpack.packb(body), {"content-type": MSGPACK, "accept": MSGPACK}
         return json.dumps(body).encode(), {"content-type": "application/json"}
 
-    def _decode(self, response: httpx.Response, expected: int) -> list[list[Hit]]:
-        if response.status_code >= 500:
-            raise _Retryable(f"server error {response.status_code}")
-        if response.status_code >= 400:
-            raise RetrievalError(
-                f"retrieval server refused the request ({response.status_code}): "
-                f"{response.text[:200]}"
-            )
-        try:
-            if MSGPACK in response.headers.get("content-type", ""):
-                import msgpack
-
-                payload = msgpack.unpackb(response.content)
-            else:
-                payload = response.json()
-            results = payload["result"]
-            if not isinstance(results, list) or len(results) != expected:
-                raise ValueError(f"expected {expected} result list(s)")
-            return [parse_hits(r) for r in results]
-        except Exception as exc:  # any unreadable reply is treated as transient
-            raise _Retryable(f"unreadable reply: {type(exc).__name__}: {exc}") from None
-
-    def _timeout(self, remaining: float) -> httpx.Timeout:
-        return httpx.Timeout(remaining, connect=min(self.connect_timeout, remaining))
-
-    def _expected(self, body: dict[str, Any]) -> int:
-        return len(body["queries"]) if "queries" in body else 1
+    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The arguments of :func:`trace_envs.http.call` for one request body."""
+        content, headers = self._encode(body)
+        expected = len(body["queries"]) if "queries" in body else 1
+        return {"content": content, "headers": headers, "bounds": self.bounds, "retry": self.retry,
+                "parse": lambda reply: decode_reply(reply, expected)}
 
     # ------------------------------------------------------------- sync
     def search(self, queries: Sequence[str], topk: int = 3) -> list[list[Hit]]:
         if not queries:
             return []
-        deadline = time.monotonic() + self.timeout
-        out: list[list[Hit]] = []
-        for body in self._requests(queries, topk):
-            out.extend(self._post_with_retries(body, deadline))
-        return out
-
-    def _post_with_retries(self, body: dict[str, Any], deadline: float) -> list[list[Hit]]:
-        content, headers = self._encode(body)
-        problem = "no attempt made"
-        for attempt in range(self.retries + 1):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                response = self._client.post(self.url, content=content, headers=headers,
-                                             timeout=self._timeout(remaining))
-                return self._decode(response, self._expected(body))
-            except (httpx.TransportError, _Retryable) as exc:
-                problem = _describe(exc)
-            pause = min(self.backoff * 2**attempt, deadline - time.monotonic())
-            if attempt < self.retries and pause > 0:
-                time.sleep(pause)
-        raise RetrievalError(f"retrieval server {self.url} failed: {problem}")
+        deadline = time.monotonic() + self.timeout  # SkyRL's one request per query share it
+        try:
+            return [hits for body in self._requests(queries, topk)
+                    for hits in http.call(self._client, "POST", self.url, deadline=deadline,
+                                          **self._post(body))]
+        except http.CallFailed as exc:
+            raise RetrievalError(f"retrieval server: {exc}") from None
 
     # ------------------------------------------------------------ async
     async def asearch(self, queries: Sequence[str], topk: int = 3) -> list[list[Hit]]:
@@ -167,49 +191,31 @@ class HttpRetriever:
             return []
         loop = asyncio.get_running_loop()
         if self._aclient is None or self._aloop is not loop:  # an async client is loop-bound
-            self._aclient, self._aloop = httpx.AsyncClient(limits=self._limits), loop
-        deadline = time.monotonic() + self.timeout
-        try:
-            async with asyncio.timeout(self.timeout):
-                parts = await asyncio.gather(*(
-                    self._apost_with_retries(body, deadline)
-                    for body in self._requests(queries, topk)
-                ))
-        except TimeoutError:
-            raise RetrievalError(
-                f"retrieval server {self.url} did not answer within {self.timeout}s"
-            ) from None
-        return [hits for part in parts for hits in part]
-
-    async def _apost_with_retries(self, body: dict[str, Any], deadline: float) -> list[list[Hit]]:
-        assert self._aclient is not None
-        content, headers = self._encode(body)
-        problem = "no attempt made"
-        for attempt in range(self.retries + 1):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                response = await self._aclient.post(self.url, content=content, headers=headers,
-                                                    timeout=self._timeout(remaining))
-                return self._decode(response, self._expected(body))
-            except (httpx.TransportError, _Retryable) as exc:
-                problem = _describe(exc)
-            pause = min(self.backoff * 2**attempt, deadline - time.monotonic())
-            if attempt < self.retries and pause > 0:
-                await asyncio.sleep(pause)
-        raise RetrievalError(f"retrieval server {self.url} failed: {problem}")
+            self._aclient, self._aloop = http.async_client(self._limits), loop
+        client = self._aclient
+        try:  # the first failure cancels the other requests of the call
+            async with asyncio.TaskGroup() as group:
+                parts = [group.create_task(http.acall(client, "POST", self.url, **self._post(body)))
+                         for body in self._requests(queries, topk)]
+        except* http.CallFailed as failures:
+            raise RetrievalError(f"retrieval server: {failures.exceptions[0]}") from None
+        return [hits for part in parts for hits in part.result()]
 
     # ------------------------------------------------------------ admin
     def health(self) -> dict[str, Any]:
         """The server's ``GET /health`` reply (raises :class:`RetrievalError` when down)."""
+        def parse(reply: http.Reply) -> dict[str, Any]:
+            try:
+                return _HEALTH.validate_json(reply.body)
+            except pydantic.ValidationError as exc:
+                raise http.CallFailed(f"not a health report: {reply.snippet()}") from exc
+
+        url = str(httpx.URL(self.url).copy_with(path="/health"))
         try:
-            response = self._client.get(str(httpx.URL(self.url).copy_with(path="/health")),
-                                        timeout=self._timeout(self.timeout))
-            response.raise_for_status()
-            return response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            raise RetrievalError(f"retrieval server health check failed: {_describe(exc)}") from None
+            return http.call(self._client, "GET", url, parse=parse, bounds=self.bounds,
+                             retry=http.RetryPolicy(attempts=1))
+        except http.CallFailed as exc:
+            raise RetrievalError(f"retrieval server health check failed: {exc}") from None
 
     def close(self) -> None:
         self._client.close()
@@ -232,6 +238,3 @@ class HttpRetriever:
         await self.aclose()
         self.close()
 
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

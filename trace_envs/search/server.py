@@ -5,13 +5,19 @@
 clients work unchanged. ``GET /health`` reports the index. Concurrent requests are batched:
 queries arriving within ``batch_wait_ms`` of each other go to the retriever in one call (up to
 ``max_batch`` queries), which runs in a worker thread so the event loop keeps accepting.
+
+The server is safe to expose to untrusted clients within :class:`ServerLimits`: bodies,
+queries per request, query length and ``topk`` are capped (413/400), headers and bodies must
+arrive within their timeouts (the connection is closed / 408), the work queued at once is
+bounded (503 with ``Retry-After``), so are connections (uvicorn's 503), malformed or deeply
+nested bodies get 400, and a client that hangs up is not an error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import logging
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -22,18 +28,28 @@ import msgpack
 import pydantic
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from trace_envs.search.client import MSGPACK
+from trace_envs.search.limits import ServerLimits
 from trace_envs.search.retrievers import Hit, Retriever
+
+log = logging.getLogger(__name__)
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.headers = status, headers or {}
 
 
 class RetrieveRequest(pydantic.BaseModel):
-    """Search-R1 (``queries``) or SkyRL-gym (``query``) request fields."""
+    """Search-R1 (``queries``) or SkyRL-gym (``query``) request fields, strictly typed
+    (``"topk": 2.0`` or ``"return_scores": "yes"`` is a 400, not a guess)."""
 
-    model_config = pydantic.ConfigDict(extra="ignore")
+    model_config = pydantic.ConfigDict(extra="ignore", strict=True)
     queries: list[str] | None = None
     query: str | None = None
     topk: int | None = None
@@ -108,38 +124,87 @@ def create_app(
     retriever: Retriever,
     *,
     default_topk: int = 3,
-    max_topk: int = 100,
     max_batch: int = 256,
     batch_wait_ms: float = 2.0,
-    max_query_chars: int = 4096,
+    limits: ServerLimits = ServerLimits(),
     description: dict[str, Any] | None = None,
 ) -> Starlette:
-    """The ASGI app; ``description`` is extra information for ``/health`` (index, corpus)."""
+    """The ASGI app; ``description`` is extra information for ``/health`` (index, corpus).
+    ``limits`` travel with the app (``app.state.limits``) to :func:`serve`."""
+    if not 1 <= default_topk <= limits.max_topk:
+        raise ValueError(f"default_topk must be between 1 and max_topk={limits.max_topk}")
     batcher = Batcher(retriever, max_batch=max_batch, wait_s=batch_wait_ms / 1000)
+    pending = 0  # queries accepted and not yet answered
 
-    def reply(payload: dict[str, Any], status: int, as_msgpack: bool) -> Response:
+    def reply(payload: dict[str, Any], status: int, as_msgpack: bool,
+              headers: dict[str, str] | None = None) -> Response:
         if as_msgpack:
-            return Response(msgpack.packb(payload), status, media_type=MSGPACK)
-        return JSONResponse(payload, status)
+            return Response(msgpack.packb(payload), status, headers, media_type=MSGPACK)
+        return JSONResponse(payload, status, headers)
+
+    too_big = f"the body must be at most {limits.max_body_bytes} bytes"
+
+    async def read_body(request: Request) -> bytearray:
+        length = request.headers.get("content-length", "")
+        if length and (not length.isdigit() or int(length) > limits.max_body_bytes):
+            raise _Refused(413, too_big)
+        body = bytearray()
+        try:
+            async with asyncio.timeout(limits.body_timeout_s):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > limits.max_body_bytes:
+                        raise _Refused(413, too_big)
+        except TimeoutError:
+            raise _Refused(408, f"the body did not arrive within {limits.body_timeout_s}s") from None
+        return body
+
+    def parse(raw: bytearray, as_msgpack: bool) -> tuple[list[str], int, bool]:
+        try:
+            if as_msgpack:
+                req = RetrieveRequest.model_validate(msgpack.unpackb(raw))
+            else:
+                req = RetrieveRequest.model_validate_json(raw)
+        except Exception as exc:  # any malformed body (msgpack raises several types)
+            raise _Refused(400, f"bad request body: {str(exc)[:500]}") from None
+        queries = req.queries if req.queries is not None else [req.query or ""]
+        topk = default_topk if req.topk is None else req.topk
+        if not 1 <= topk <= limits.max_topk:
+            raise _Refused(400, f"topk must be between 1 and {limits.max_topk}")
+        if len(queries) > limits.max_queries:
+            raise _Refused(400, f"at most {limits.max_queries} queries per request, "
+                                f"got {len(queries)}")
+        too_long = [i for i, q in enumerate(queries) if len(q) > limits.max_query_chars][:10]
+        if too_long:
+            raise _Refused(400, f"queries {too_long} exceed {limits.max_query_chars} characters")
+        return queries, topk, req.return_scores
+
+    async def search(queries: list[str], topk: int) -> list[list[Hit]]:
+        nonlocal pending
+        if pending + len(queries) > limits.max_pending_queries:
+            raise _Refused(503, "the server is busy; retry shortly", {"retry-after": "1"})
+        pending += len(queries)
+        try:
+            return await batcher.search(queries, topk)
+        except Exception as exc:  # the retriever failed: this request fails, the server stays up
+            log.warning("retriever failed on %d queries: %s: %s", len(queries),
+                        type(exc).__name__, exc)
+            raise _Refused(500, f"the retriever failed: {type(exc).__name__}") from None
+        finally:
+            pending -= len(queries)
 
     async def retrieve(request: Request) -> Response:
         as_msgpack = "msgpack" in request.headers.get("content-type", "")
-        raw = await request.body()
         try:
-            body = msgpack.unpackb(raw) if as_msgpack else json.loads(raw)
-            req = RetrieveRequest.model_validate(body)
-        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-            return reply({"error": f"bad request body: {exc}"}, 400, as_msgpack)
-        queries = req.queries if req.queries is not None else [req.query or ""]
-        topk = default_topk if req.topk is None else req.topk
-        if not 1 <= topk <= max_topk:
-            return reply({"error": f"topk must be between 1 and {max_topk}"}, 400, as_msgpack)
-        too_long = [i for i, q in enumerate(queries) if len(q) > max_query_chars]
-        if too_long:
-            return reply({"error": f"queries {too_long} exceed {max_query_chars} characters"},
-                         400, as_msgpack)
-        results = await batcher.search(queries, topk) if queries else []
-        if req.return_scores:
+            queries, topk, scores = parse(await read_body(request), as_msgpack)
+            results = await search(queries, topk) if queries else []
+        except _Refused as exc:
+            return reply({"error": str(exc)}, exc.status, as_msgpack,
+                         {**exc.headers, "connection": "close"} if exc.status in (408, 413)
+                         else exc.headers)
+        except ClientDisconnect:  # the client hung up: nobody to answer, nothing to log
+            return Response(status_code=499)
+        if scores:
             payload = [[{"document": _document(h), "score": h.score} for h in hits]
                        for hits in results]
         else:
@@ -147,7 +212,8 @@ def create_app(
         return reply({"result": payload}, 200, as_msgpack)
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "batches": batcher.batches, **(description or {})})
+        return JSONResponse({"status": "ok", "batches": batcher.batches, "pending": pending,
+                             **(description or {})})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -157,10 +223,68 @@ def create_app(
         with contextlib.suppress(asyncio.CancelledError):
             await worker
 
-    return Starlette(
+    app = Starlette(
         routes=[Route("/retrieve", retrieve, methods=["POST"]),
                 Route("/health", health, methods=["GET"])],
         lifespan=lifespan,
+    )
+    app.state.limits = limits
+    return app
+
+
+def _header_deadline_protocol(timeout_s: float) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol, plus a deadline for each request's headers.
+
+    uvicorn times out only idle keep-alive connections: a client that opens a connection and
+    sends its headers slowly, or never, would hold it (and a file descriptor) forever."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadlineProtocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._header_timer is None and self.conn.their_state is h11.IDLE:
+                self._arm()  # the first byte of the next request on a kept-alive connection
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:
+                self._disarm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._header_timer = self.loop.call_later(timeout_s, self._headers_too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderDeadlineProtocol
+
+
+def uvicorn_config(app: Starlette, **options: Any) -> Any:
+    """A ``uvicorn.Config`` enforcing the app's :class:`ServerLimits` on connections."""
+    import uvicorn
+
+    limits: ServerLimits = getattr(app.state, "limits", ServerLimits())
+    return uvicorn.Config(
+        app, http=_header_deadline_protocol(limits.header_timeout_s),
+        timeout_keep_alive=limits.keep_alive_s,  # type: ignore[arg-type]  # used as a float
+        limit_concurrency=limits.max_connections,
+        h11_max_incomplete_event_size=limits.max_header_bytes,
+        log_level="warning", **options,
     )
 
 
@@ -168,7 +292,7 @@ def serve(app: Starlette, *, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve in the foreground until interrupted."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn_config(app, host=host, port=port)).run()
 
 
 @contextlib.contextmanager
@@ -182,7 +306,7 @@ def background_server(app: Starlette, *, host: str = "127.0.0.1",
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(app, lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
