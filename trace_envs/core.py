@@ -17,9 +17,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.error import ResetNeeded
 
-from trace_envs.actions import ParsedAction, ToolCall, parse_action
+from trace_envs.actions import ParsedAction, ToolCall
 from trace_envs.snapshot import Snapshot
 from trace_envs.spaces import UnicodeText
+from trace_envs.structured import to_action
 from trace_envs.tasks.base import Task, TaskSuite
 from trace_envs.tools import Tool, ToolError
 
@@ -135,13 +136,15 @@ class ToolEnv(gym.Env[str, str]):
     def initial_observation(self, task: Task) -> str:
         return task.prompt
 
-    def step(self, action: str) -> tuple[str, SupportsFloat, bool, bool, dict[str, Any]]:
+    def step(self, action: Any) -> tuple[str, SupportsFloat, bool, bool, dict[str, Any]]:
+        """``action``: text (the Hermes ``<tool_call>`` dialect) or a structured assistant message
+        (:mod:`trace_envs.structured`)."""
         if self.task is None:
             raise ResetNeeded("call reset() before step()")
         if self.done:
             raise ResetNeeded("the episode is over; call reset() before step()")
         self.turn += 1
-        parsed = parse_action(action, max_chars=self.max_action_chars)
+        parsed = to_action(action, max_chars=self.max_action_chars, env=self)
         if parsed.error is not None:
             response = Response(ERROR_PREFIX + parsed.error, info={"error": parsed.error})
         else:

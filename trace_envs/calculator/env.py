@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any
 
@@ -10,11 +11,14 @@ from trace_envs.calculator.evaluator import CalculatorError, Number, evaluate, f
 from trace_envs.core import ToolEnv
 from trace_envs.tasks.base import Task, TaskSuite
 from trace_envs.tasks.suites import load_suite
-from trace_envs.tools import ToolError, tool
+from trace_envs.tools import Tool, ToolError, tool, with_answer_tool
 
 
 class CalculatorEnv(ToolEnv):
-    """Solve a math problem, calling ``calculator`` as often as needed, then ``<answer>``.
+    """Solve a math problem, calling ``calculator`` as often as needed, then answer.
+
+    The final answer is ``<answer>...</answer>`` in a text action; a structured reply without a
+    tool call (every template dialect); or, with ``answer_tool=True``, a call to ``answer``.
 
     The tool keeps the last result as ``ans`` so a chain of steps can build on it; that result
     is the env's tool state and is what ``fork()`` copies.
@@ -33,17 +37,35 @@ class CalculatorEnv(ToolEnv):
         split: str = "all",
         max_turns: int = 8,
         suite_options: dict[str, Any] | None = None,
+        answer_tool: bool = False,
         **env_options: Any,
     ) -> None:
         tasks = suite if isinstance(suite, TaskSuite) else load_suite(suite, **(suite_options or {}))
         super().__init__(tasks.split(split), max_turns=max_turns, **env_options)  # type: ignore[arg-type]
         self.ans: Number | None = None
+        self.answer_tool = answer_tool
+
+    def available_tools(self) -> Mapping[str, Tool]:
+        return with_answer_tool(self.tools, self.answer_tool)
+
+    @tool(final=True)
+    def answer(self, answer: str) -> str:
+        """Give the final answer; this ends the episode (offered with ``answer_tool=True``).
+
+        Args:
+            answer: The final answer alone, e.g. "42".
+        """
+        return answer
 
     @tool
     def calculator(self, expression: str) -> str:
-        """Evaluate an arithmetic expression exactly: + - * / // % ** (or ^), parentheses, and
-        sqrt, log, ln, exp, sin, cos, tan, factorial, gcd, lcm, comb, round, floor, ceil, min,
-        max, abs; constants pi and e; `ans` is the previous result."""
+        """Evaluate an arithmetic expression exactly.
+
+        Args:
+            expression: The expression, e.g. "12 * (3 + 4)": + - * / // % ** (or ^),
+                parentheses, and sqrt, log, ln, exp, sin, cos, tan, factorial, gcd, lcm, comb,
+                round, floor, ceil, min, max, abs; constants pi and e; `ans` is the previous result.
+        """
         names = {} if self.ans is None else {"ans": self.ans}
         try:
             self.ans = evaluate(expression, names)
