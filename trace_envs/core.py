@@ -98,8 +98,9 @@ class ToolEnv(gym.Env[str, str]):
     def tool_schemas(self) -> list[dict[str, Any]]:
         return [t.schema() for t in self.available_tools().values()]
 
-    def demonstration(self, task: Task) -> list[str] | None:
-        """An expert's actions for ``task`` (for format warm-starts and tests), if the env knows one."""
+    def demonstration(self, task: Task) -> list[Any] | None:
+        """An expert's actions for ``task`` as structured messages (each dialect writes them in its
+        model's format; for format warm-starts and tests), if the env knows one."""
         return None
 
     # ------------------------------------------------------------ tool state

@@ -23,6 +23,11 @@ class TextDialect(ChatFormat):
     name = "react"
     stop = STOP_STRINGS
 
+    @property
+    def end_ids(self) -> frozenset[int]:
+        """Token ids that end a turn."""
+        return self.eos_ids
+
     def initial_messages(self, env: ToolEnv, task_prompt: str) -> list[Message]:
         return initial_messages(env, task_prompt)
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any
 
 from trace_envs.calculator.evaluator import CalculatorError, Number, evaluate, format_number
+from trace_envs.actions import ToolCall
 from trace_envs.core import ToolEnv
+from trace_envs.structured import AssistantMessage
 from trace_envs.tasks.base import Task, TaskSuite
 from trace_envs.tasks.suites import load_suite
 from trace_envs.tools import Tool, ToolError, tool, with_answer_tool
@@ -73,14 +74,13 @@ class CalculatorEnv(ToolEnv):
             raise ToolError(f"calculator: {exc}") from None
         return format_number(self.ans)
 
-    def demonstration(self, task: Task) -> list[str] | None:
+    def demonstration(self, task: Task) -> list[AssistantMessage] | None:
         """Compute the generated problem's expression with the calculator, then answer."""
-        answer = f"<answer>{task.answer}</answer>"
+        answer = AssistantMessage(f"<answer>{task.answer}</answer>")
         expression = task.metadata.get("expression")
         if not expression:
             return [answer]
-        call = json.dumps({"name": "calculator", "arguments": {"expression": expression}})
-        return [f"<tool_call>{call}</tool_call>", answer]
+        return [AssistantMessage(tool_calls=(ToolCall("calculator", {"expression": expression}),)), answer]
 
     def reset_tool_state(self, task: Task) -> None:
         self.ans = None
