@@ -229,11 +229,14 @@ class TemplateDialect:
                 pass
         return self._parse_each_call(text, blocks, tools)
 
-    def _library_parse(self, text: str, tools: list[dict[str, Any]] | None) -> dict[str, Any]:
+    def _library_parse(self, text: str, tools: list[dict[str, Any]] | None, *,
+                       in_reply: bool = True) -> dict[str, Any]:
+        """``in_reply=False`` parses a lone call block, outside the state the generation prompt
+        opens (Qwen3.5's ``<think>``)."""
         from transformers.utils.chat_parsing import parse_response
 
         return parse_response(text + self.parse_suffix, self.response_template,
-                              prefix=self.generation_prompt, tools=tools)
+                              prefix=self.generation_prompt if in_reply else "", tools=tools)
 
     def _message(self, parsed: Mapping[str, Any]) -> AssistantMessage:
         reasoning = next((parsed[k] for k in ("reasoning_content", "thinking") if parsed.get(k)), "")
@@ -270,7 +273,7 @@ class TemplateDialect:
             name = (name_match.groupdict().get("name") or "") if name_match else ""
             if error is None:
                 try:
-                    parsed = self._library_parse(block, tools).get("tool_calls") or []
+                    parsed = self._library_parse(block, tools, in_reply=False).get("tool_calls") or []
                     if len(parsed) == 1:
                         calls.append(tool_call_from(parsed[0]))
                         continue
