@@ -286,3 +286,14 @@ def test_trl_training_templates_make_the_record_exact(family, template):
     for node in (n for n in tree.nodes() if n.parent is not None and not n.is_leaf):
         want = d.render(prefix_messages(node), tools=env.tool_schemas(), generation_prompt=True)
         assert d.decode(prefix_ids(node)) == want
+
+
+@pytest.mark.parametrize("template, family", [(t, f) for t, f in EXTRA_TEMPLATES.items() if f != "react"])
+def test_other_templates_of_each_family_run_the_calculator_episode(template, family):
+    d = make_dialect(family_tokenizer(family, template))
+    assert d.name == family
+    env = CalculatorEnv(suite_options={"size": 20, "seed": 0})
+    task = env.tasks[0]
+    _, tree, episode, _ = play(d, env, task.id, env.demonstration(task), family)
+    assert (episode.status, episode.reward) == ("terminated", 1.0)
+    assert_record_is_the_templates_rendering(d, tree, env, family)
