@@ -124,6 +124,8 @@ def test_a_malformed_call_is_an_error_observation(dialects, family, search_env):
     obs, reward, terminated, _, info = search_env.fork().step(parsed)
     assert obs.startswith("Error: ") and "malformed tool call" in info["error"]
     assert not terminated and reward == 0.0
+    tail = d.decode(d.after_action_ids(d.encode(MALFORMED[family]), parsed, obs, info))
+    assert obs in tail and tail.endswith(d.generation_prompt)  # the model reads it next turn
 
 
 @pytest.mark.parametrize("family", sorted(MULTI_CALL))
@@ -143,8 +145,10 @@ def test_a_good_call_beside_a_malformed_one_still_runs(dialects, family, search_
      "<|call|>", '{"name": "search", "parameters": ', "}", "<think>", "</think>", "x"]),
     max_size=12).map("".join))
 def test_any_reply_parses_to_something_the_env_answers(dialects, search_env, family, text):
-    parsed = dialects[family].parse(text, search_env)
-    search_env.fork().step(parsed)  # never raises
+    d = dialects[family]
+    parsed = d.parse(text, search_env)
+    obs, _, terminated, truncated, info = search_env.fork().step(parsed)  # never raises
+    d.after_action_ids(d.encode(text), parsed, None if terminated or truncated else obs, info)
 
 
 # --------------------------------------------------------------------------- episodes

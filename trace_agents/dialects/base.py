@@ -127,10 +127,13 @@ class TemplateDialect:
 
     def observation_messages(self, action: AssistantMessage, observation: str,
                              info: Mapping[str, Any]) -> list[Message]:
-        """Tool results as the family's tool messages, one per call; a new user turn (BFCL) or an
-        error about the reply as a whole as a user message."""
+        """Tool results as the family's tool messages, one per call; a new user turn (BFCL), an
+        error about the reply as a whole, or errors of a reply whose every call was malformed as
+        a user message."""
         results = info.get("tool_results")
-        if info.get("observation_role") == "user" or not results:
+        called = any(c.error is None and c.name for c in action.tool_calls)
+        if info.get("observation_role") == "user" or not results or not called:
+            # templates render tool messages only after a call (harmony names them by it)
             return [{"role": "user", "content": observation}]
         messages = [{"role": "tool", "name": r["name"], "content": r["content"]} for r in results]
         rest = observation[len("\n\n".join(r["content"] for r in results)):]
@@ -279,7 +282,7 @@ class TemplateDialect:
                         continue
                     error = "malformed tool call"
                 except (ValueError, KeyError, TypeError) as exc:
-                    error = "malformed tool call: " + str(exc).splitlines()[0]
+                    error = "malformed tool call: " + _reason(exc)
             calls.append(ToolCall(name, error=f"{error} in {block.strip()[:200]!r}"))
         try:
             base = self._message(self._library_parse(rest, tools))
@@ -289,6 +292,13 @@ class TemplateDialect:
             calls.append(ToolCall("", error="the reply could not be parsed; write tool calls in "
                                             "the format the system prompt shows"))
         return AssistantMessage(base.content, tuple(calls), base.reasoning)
+
+
+def _reason(exc: Exception) -> str:
+    """The library's message in one line: its summary and, for JSON, the decoder's complaint."""
+    lines = str(exc).splitlines() or [type(exc).__name__]
+    detail = next((ln[len("Error: "):] for ln in lines if ln.startswith("Error: ")), "")
+    return lines[0].rstrip(".") + (f" ({detail})" if detail else "")
 
 
 def _as_message(message: Mapping[str, Any]) -> AssistantMessage:
