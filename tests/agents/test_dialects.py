@@ -301,3 +301,17 @@ def test_other_templates_of_each_family_run_the_calculator_episode(template, fam
     _, tree, episode, _ = play(d, env, task.id, env.demonstration(task), family)
     assert (episode.status, episode.reward) == ("terminated", 1.0)
     assert_record_is_the_templates_rendering(d, tree, env, family)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_warm_start_demonstrations_are_written_in_the_dialect(dialects, family):
+    from trace_agents.train.warmup import demonstration_tokens
+
+    d = dialects[family]
+    env = CalculatorEnv(suite_options={"size": 20, "seed": 1})
+    task = env.tasks[3]
+    ids, mask = demonstration_tokens(env, task.id, d)
+    trained = [i for i, m in zip(ids, mask) if m]
+    actions = [d.encode(d.render_action(m)) for m in env.demonstration(task)]
+    assert trained[: len(actions[0])] == actions[0] and trained[len(actions[0])] in d.end_ids
+    assert d.decode(trained).count(str(task.answer)) == 1  # the answer, never the tool's result

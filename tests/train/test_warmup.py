@@ -12,7 +12,8 @@ def test_demonstration_trains_exactly_the_action_tokens():
     dialect = make_dialect(tok)
     ids, mask = demonstration_tokens(env, task.id, dialect)
     trained = tok.decode([i for i, m in zip(ids, mask) if m])
-    assert trained == "".join(dialect.render_action(m) + tok.eos_token for m in env.demonstration(task))
+    assert trained == "".join(dialect.render_action(m) for m in env.demonstration(task))
+    assert trained.startswith('<tool_call>{"name": "calculator", "arguments": {"expression": ')
     assert f"<tool_response>\n{task.answer}" not in trained  # observations are never trained
 
 

@@ -57,5 +57,5 @@ class TextDialect(ChatFormat):
         parts = [f"<think>{message.reasoning}</think>"] if message.reasoning else []
         if message.content:
             parts.append(message.content)
-        parts += [f"<tool_call>\n{c.to_json()}\n</tool_call>" for c in message.tool_calls]
-        return "\n".join(parts)
+        parts.append("".join(f"<tool_call>{c.to_json()}</tool_call>" for c in message.tool_calls))
+        return "\n".join(p for p in parts if p)

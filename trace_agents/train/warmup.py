@@ -5,8 +5,8 @@ tool call or answer gets reward 0 everywhere and no gradient at all (SmolLM2-135
 scores 0 on one-step word problems). A few dozen demonstrations of the turn format fix that. The
 env's :meth:`~trace_envs.ToolEnv.demonstration` gives structured messages; the model's dialect
 writes them as the model would and renders everything else exactly as rollouts do (same prompt,
-chat template, observation segments). Only the action tokens, with the token that ends the
-turn, are trained.
+chat template, observation segments). Only the action tokens are trained, with the token that
+ends the turn where no stop string does (the template dialects).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def demonstration_tokens(env: ToolEnv, task_id: str, dialect: Dialect) -> tuple[
         observation, _, terminated, truncated, info = env.step(action)
         ended = terminated or truncated
         tail = dialect.after_action_ids(action_ids, action, None if ended else observation, info)
-        if tail and tail[0] in dialect.end_ids:  # ending the turn is the model's to learn
-            action_ids.append(tail.pop(0))
+        if not dialect.stop and tail and tail[0] in dialect.end_ids:
+            action_ids.append(tail.pop(0))  # no stop string ends the turn: the model must learn to
         ids += action_ids + tail
         mask += [1.0] * len(action_ids) + [0.0] * len(tail)
     return ids, mask
