@@ -192,3 +192,20 @@ def test_transformers_reads_the_same_descriptions():
     for name in ("city", "days"):
         assert theirs["parameters"]["properties"][name]["description"] == ours["parameters"]["properties"][name]["description"]
     assert json.dumps(ours)  # JSON-serialisable, as templates need
+
+
+def test_bfcl_replies_without_calls_end_the_user_turn_in_either_form():
+    pytest.importorskip("bfcl_eval")
+    import gymnasium as gym
+
+    env = gym.make("trace/BFCL-v0", subset="base").unwrapped
+    env.reset(options={"task_id": "multi_turn_base_0"})
+    questions = env.task.metadata["entry"]["question"]
+    _, _, _, _, info = env.step({"content": "", "tool_calls": [openai_call("pwd", {})]})
+    assert info["tool_results"][0]["name"] == "pwd" and info["user_turn"] == 0
+    for reply in ({"content": "All done."}, {"content": ""}, AssistantMessage(reasoning="hm")):
+        obs, _, terminated, _, info = env.step(reply)
+        if terminated:
+            break
+        assert info["observation_role"] == "user" and obs == questions[info["user_turn"]][0]["content"]
+    assert info["user_turn"] == min(3, len(questions))  # each reply ended one user turn
