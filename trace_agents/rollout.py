@@ -193,6 +193,9 @@ class RolloutRunner:
     ) -> None:
         if backend.accepts_token_ids and tokenizer is None:
             raise ValueError("token-level rollouts need the model's tokenizer")
+        if not backend.accepts_token_ids and dialect not in ("auto", "react"):
+            raise ValueError("chat-message backends speak the react dialect; a family's dialect "
+                             "needs token-id prompts (SGLang /generate, /v1/completions, HF)")
         self.backend = backend
         self.format: Dialect | None = (
             make_dialect(tokenizer, dialect, chat_template_kwargs) if backend.accepts_token_ids else None
