@@ -17,13 +17,14 @@ TEMPLATES = {
     "llama3_json": ("llama3_1", "<|eot_id|>"),
     "harmony": ("gptoss", "<|return|>"),
     "glm4": ("glm4moe", "<|endoftext|>"),
+    "gemma4": ("gemma4", "<turn|>"),
 }
 EXTRA_TEMPLATES = {
     "qwen3_instruct_2507": "hermes", "qwen2_5": "hermes", "qwen3_5_nothink": "qwen3_xml",
     "qwen3_6": "qwen3_xml", "qwen3_8": "qwen3_xml", "llama3_2": "llama3_json",
-    "llama3": "react", "phi3": "react", "gemma3": "react",
+    "gemma4_v5": "gemma4", "llama3": "react", "phi3": "react", "gemma3": "react",
 }
-_SPECIAL = re.compile(r"<\|[A-Za-z_0-9\"]+\|>|\[gMASK\]|<sop>")
+_SPECIAL = re.compile(r"<\|[A-Za-z_0-9\"]+\|>|<\|[A-Za-z_\"]+>|<[A-Za-z_\"]+\|>|\[gMASK\]|<sop>")
 
 
 def template_text(name: str) -> str:

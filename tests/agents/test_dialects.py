@@ -26,9 +26,10 @@ from trace_envs.search.env import SearchEnv
 from trace_envs.structured import AssistantMessage
 
 FAMILIES = list(TEMPLATES)
-MULTI_CALL = {"hermes", "qwen3_xml", "glm4"}
+MULTI_CALL = {"hermes", "qwen3_xml", "glm4", "gemma4"}
 """Families whose format holds several calls in one reply (Llama 3.x and harmony: one)."""
-ENDS = {"harmony": ("<|call|>", "<|return|>"), "glm4": ("<|observation|>", "<|user|>")}
+ENDS = {"harmony": ("<|call|>", "<|return|>"), "glm4": ("<|observation|>", "<|user|>"),
+        "gemma4": ("<|tool_response>", "<turn|>")}
 """How the model ends a turn with a call / a reply (others: the eos token)."""
 
 
@@ -103,7 +104,7 @@ def test_thinking_and_a_final_reply_round_trip(dialects, family):
     message = AssistantMessage("Die Antwort ist <answer>Zoë</answer>", reasoning="erst denken")
     parsed = d.parse(d.render_action(message))
     assert parsed.content == message.content and not parsed.tool_calls
-    if family != "llama3_json":  # Llama 3.x has no thinking
+    if family not in ("llama3_json", "gemma4"):  # no thinking / thinking only beside a call
         assert parsed.reasoning == "erst denken"
 
 
@@ -114,6 +115,7 @@ MALFORMED = {
     "harmony": "<|channel|>analysis<|message|>t<|end|><|start|>assistant to=functions.search"
                '<|channel|>commentary json<|message|>{"query": ',
     "glm4": "<tool_call>search\n<arg_key>query</arg_key>\n<arg_value>x\n</tool_call>",
+    "gemma4": '<|tool_call>call:search{query:<|"|>x,topk:}<tool_call|>',
 }
 
 
@@ -223,7 +225,9 @@ def test_search_episode_is_rendered_by_the_template(dialects, search_env, family
     task = search_env.tasks[0]
     first_hop = task.prompt.rstrip("?")
     calls = tuple(ToolCall("search", {"query": q, "topk": 2}) for q in (first_hop, "born"))
-    messages = one_call_per_message([AssistantMessage("Looking it up.", calls)], family)
+    # Gemma 4's template writes text beside a call after the call's results: none here
+    thought = "" if family == "gemma4" else "Looking it up."
+    messages = one_call_per_message([AssistantMessage(thought, calls)], family)
     messages.append(AssistantMessage(f"<answer>{task.answer[0]}</answer>"))
     _, tree, episode, _ = play(d, search_env.fork(), task.id, messages, family)
     assert (episode.status, episode.reward) == ("terminated", 1.0)

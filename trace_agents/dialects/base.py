@@ -42,6 +42,9 @@ class TemplateDialect:
     name: ClassVar[str]
     end_of_turn: ClassVar[tuple[str, ...]]
     """Markers that end an assistant turn (``<|im_end|>``; GLM's next-role tokens)."""
+    opens_next: ClassVar[tuple[str, ...]] = ()
+    """End-of-turn markers that are the next message's opener (GLM's ``<|observation|>``), not a
+    closer of the model's turn: one the model did not write itself is never dropped."""
     thinking_key: ClassVar[str] = "reasoning_content"
     """The message key the template reads the thinking from."""
     parse_suffix: ClassVar[str] = ""
@@ -67,6 +70,8 @@ class TemplateDialect:
                 ids.add(encoded[0])
         self.end_ids = frozenset(ids)
         """Token ids that end a turn (the tokenizer's eos and the family's single-token markers)."""
+        self._closer_ids = self.end_ids - {i for m in self.opens_next
+                                           for i in tokenizer.encode(m, add_special_tokens=False)}
         user = [{"role": "user", "content": "u"}]
         with_prompt = self.render(user, generation_prompt=True)
         without = self.render(user, generation_prompt=False)
@@ -208,9 +213,11 @@ class TemplateDialect:
         return best if best >= 0 else len(text)
 
     def _after(self, action_ids: Sequence[int], ids: list[int]) -> list[int]:
-        """Drop the tail's end-of-turn token when the model already ended its turn with one
-        (harmony's ``<|return|>`` stands where the history has ``<|end|>``)."""
-        if action_ids and action_ids[-1] in self.end_ids and ids and ids[0] in self.end_ids:
+        """Drop the tail's end-of-turn token when the model already ended its turn: with the same
+        token, or with another one where the tail's only closes the turn (harmony's
+        ``<|return|>`` stands where the history has ``<|end|>``)."""
+        last = action_ids[-1] if action_ids else None
+        if ids and last in self.end_ids and (ids[0] == last or ids[0] in self._closer_ids):
             return ids[1:]
         return ids
 

@@ -82,6 +82,7 @@ class GLM4(TemplateDialect):
 
     name = "glm4"
     end_of_turn = ("<|observation|>", "<|user|>")
+    opens_next = end_of_turn
     paired_tags = (("<arg_key>", "</arg_key>"), ("<arg_value>", "</arg_value>"))
 
     @classmethod
@@ -89,8 +90,21 @@ class GLM4(TemplateDialect):
         return _trl_response_template("glm4moe_template")
 
 
+class Gemma4(TemplateDialect):
+    """Gemma 4: ``<|tool_call>call:name{key:<|"|>text<|"|>,n:3}<tool_call|>``; the model stops at
+    ``<|tool_response>``, the result is written into the same model turn, and the model goes on."""
+
+    name = "gemma4"
+    end_of_turn = ("<turn|>", "<|tool_response>")
+    opens_next = ("<|tool_response>",)
+
+    @classmethod
+    def load_response_template(cls) -> dict[str, Any]:
+        return _trl_response_template("gemma4_template")
+
+
 FAMILIES: dict[str, type[TemplateDialect]] = {
-    d.name: d for d in (Hermes, QwenXML, Llama3JSON, Harmony, GLM4)
+    d.name: d for d in (Hermes, QwenXML, Llama3JSON, Harmony, GLM4, Gemma4)
 }
 
 
@@ -102,6 +116,8 @@ def detect(chat_template: str | None) -> str:
         return "harmony"
     if "<arg_key>" in t:
         return "glm4"
+    if "<|tool_call>" in t and "<tool_call|>" in t:
+        return "gemma4"
     if "<function=" in t and "<parameter=" in t:
         return "qwen3_xml"
     if "<|start_header_id|>" in t and "ipython" in t and "tool_calls" in t:
