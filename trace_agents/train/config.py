@@ -26,7 +26,8 @@ class ModelConfig(_Strict):
     """``auto``: bfloat16 on GPU, float32 on CPU."""
     dialect: str = "auto"
     """The model family's tool-call format (``trace_agents.dialects``): ``auto`` reads it from the
-    chat template; or ``react``, ``hermes``, ``qwen3_xml``, ``llama3_json``, ``harmony``, ``glm4``, ``gemma4``."""
+    chat template; or ``react``, ``hermes``, ``qwen3_xml``, ``llama3_json``, ``harmony``,
+    ``glm4``, ``gemma4``."""
 
     @pydantic.field_validator("dialect")
     @classmethod
