@@ -67,11 +67,12 @@ async def evaluate(
     sampling: SamplingParams = SamplingParams(temperature=0.0, max_tokens=256),
     max_concurrency: int = 16,
     env_overrides: dict[str, Any] | None = None,
+    dialect: str = "auto",
 ) -> dict[str, Any]:
     env = gym.make(benchmark.env_id, **{**benchmark.kwargs, **(env_overrides or {})})
     task_ids = [t.id for t in env.tasks][:limit]
     runner = RolloutRunner(backend, tokenizer=tokenizer, sampling=sampling,
-                           max_concurrency=max_concurrency)
+                           max_concurrency=max_concurrency, dialect=dialect)
 
     async def one(task_id: str) -> list[Any]:
         tree = runner.new_tree(env.fork(), task_id)

@@ -23,9 +23,9 @@ from typing import Any, Literal
 import numpy as np
 
 from trace_agents.backends.base import Backend, BackendError, Completion, SamplingParams
+from trace_agents.dialects import Dialect, make_dialect
 from trace_agents.react import (
     STOP_STRINGS,
-    ChatFormat,
     Message,
     ObservationRole,
     initial_messages,
@@ -50,6 +50,8 @@ class Start:
     messages: tuple[Message, ...]
     prompt_ids: tuple[int, ...]
     snapshot: Snapshot
+    dialect: Dialect | None = None
+    """How the tree's model is prompted and parsed (None: chat-message rollouts, text dialect)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ class Turn:
     prompt_tokens: int
     cached_tokens: int | None
     snapshot: Snapshot
+    env_action: Any = None
+    """What ``env.step`` received: the text, or the dialect's parsed message."""
 
     @property
     def observation_role(self) -> ObservationRole:
@@ -139,10 +143,16 @@ def prefix_ids(node: Node) -> list[int]:
 
 
 def prefix_messages(node: Node) -> list[Message]:
+    """The path as chat messages, in the tree's dialect (tool calls and tool messages when it
+    has them); the template's rendering of these is the token prefix, model tokens aside."""
     start = start_of(node)
     messages = list(start.messages)
     for n in node.path()[1:]:
-        messages += turn_messages(n.handle.action, n.handle.observation, n.handle.observation_role)
+        turn: Turn = n.handle
+        if start.dialect is None:
+            messages += turn_messages(turn.action, turn.observation, turn.observation_role)
+        else:
+            messages += start.dialect.turn_messages(turn.env_action, turn.observation, turn.info)
     return messages
 
 
@@ -178,14 +188,24 @@ class RolloutRunner:
         max_context_tokens: int | None = None,
         seed: int = 0,
         on_episode: Callable[[Episode], None] | None = None,
+        dialect: str | Dialect = "auto",
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if backend.accepts_token_ids and tokenizer is None:
             raise ValueError("token-level rollouts need the model's tokenizer")
+        if not backend.accepts_token_ids and dialect not in ("auto", "react"):
+            raise ValueError("chat-message backends speak the react dialect; a family's dialect "
+                             "needs token-id prompts (SGLang /generate, /v1/completions, HF)")
         self.backend = backend
-        self.format = ChatFormat(tokenizer) if backend.accepts_token_ids else None
+        self.format: Dialect | None = (
+            make_dialect(tokenizer, dialect, chat_template_kwargs) if backend.accepts_token_ids else None
+        )
+        """The model family's dialect (``auto``: from the chat template); chat-message backends
+        speak the text dialect."""
+        stop = self.format.stop if self.format else STOP_STRINGS
         self.sampling = SamplingParams(
             sampling.temperature, sampling.top_p, sampling.max_tokens,
-            tuple(dict.fromkeys(sampling.stop + STOP_STRINGS)), sampling.seed,
+            tuple(dict.fromkeys(sampling.stop + stop)), sampling.seed,
         )
         self.max_context_tokens = max_context_tokens
         self.on_episode = on_episode
@@ -200,9 +220,10 @@ class RolloutRunner:
         """Reset ``env`` on the task and make the tree's root. A fork of the reset env is kept as
         the template every node of the tree resumes from, so ``env`` stays free for other trees."""
         prompt, _ = env.reset(seed=seed, options={"task_id": task_id})
-        messages = initial_messages(env, prompt)
-        ids = self.format.prompt_ids(messages) if self.format else []
-        start = Start(env.fork(), task_id, prompt, tuple(messages), tuple(ids), env.snapshot())
+        messages = self.format.initial_messages(env, prompt) if self.format else initial_messages(env, prompt)
+        ids = self.format.initial_ids(env, prompt) if self.format else []
+        start = Start(env.fork(), task_id, prompt, tuple(messages), tuple(ids), env.snapshot(),
+                      self.format)
         return RolloutTree(task_id, prompt, handle=start)
 
     async def rollouts(self, tree: RolloutTree, node: Node, k: int) -> list[Episode]:
@@ -241,15 +262,15 @@ class RolloutRunner:
                     episode.reward = node.finish(0.0).reward
                 return
             out = await self.backend.generate(ids if self.format else messages, params)
-            obs, reward, terminated, truncated, info = env.step(out.text)
+            action = self.format.action(out, env) if self.format else out.text
+            obs, reward, terminated, truncated, info = env.step(action)
             ended = terminated or truncated
             action_ids = out.token_ids
-            role = observation_role(info)
             if self.format:
-                tail = self.format.tail_ids(action_ids, None if ended else obs, role)
+                tail = self.format.after_action_ids(action_ids, action, None if ended else obs, info)
             else:
                 tail = []
-                messages += turn_messages(out.text, None if ended else obs, role)
+                messages += turn_messages(out.text, None if ended else obs, observation_role(info))
             turn = Turn(
                 action=out.text, observation=None if ended else obs,
                 action_ids=tuple(action_ids),
@@ -257,7 +278,7 @@ class RolloutRunner:
                 env_ids=tuple(tail), reward=float(reward), terminated=terminated,
                 truncated=truncated, info=info, finish_reason=out.finish_reason,
                 prompt_tokens=out.prompt_tokens, cached_tokens=out.cached_tokens,
-                snapshot=env.snapshot(),
+                snapshot=env.snapshot(), env_action=action,
             )
             node = node.add_child("", handle=turn, continuation=first and episode.continuation)
             node.text = functools.partial(transcript, node)  # rendered only if a predictor asks

@@ -13,6 +13,7 @@ from trace_envs.actions import ParsedAction, ToolCall, parse_action
 from trace_envs.core import Response, ToolEnv
 from trace_envs.registration import register_env
 from trace_envs.snapshot import Snapshot
+from trace_envs.structured import AssistantMessage, to_action
 from trace_envs.tasks.base import Grade, Task, TaskSuite
 from trace_envs.tasks.suites import load_suite, register_suite
 from trace_envs.tools import Tool, ToolError, tool
@@ -22,7 +23,7 @@ register_env("BFCL", "trace_envs.bfcl.env:BFCLEnv")
 register_env("Search", "trace_envs.search.env:SearchEnv")
 
 __all__ = [
-    "Grade", "ParsedAction", "Response", "Snapshot", "Task", "TaskSuite", "Tool", "ToolCall",
-    "ToolEnv", "ToolError", "load_suite", "parse_action", "register_env", "register_suite",
-    "tool",
+    "AssistantMessage", "Grade", "ParsedAction", "Response", "Snapshot", "Task", "TaskSuite",
+    "Tool", "ToolCall", "ToolEnv", "ToolError", "load_suite", "parse_action", "register_env",
+    "register_suite", "to_action", "tool",
 ]

@@ -79,7 +79,12 @@ def parse_tool_call(body: str) -> ToolCall:
     name = obj.get("name")
     if not isinstance(name, str) or not name:
         return ToolCall("", error="tool call has no string 'name'")
-    arguments = obj.get("arguments", obj.get("parameters", {}))
+    return call_with_arguments(name, obj.get("arguments", obj.get("parameters", {})))
+
+
+def call_with_arguments(name: str, arguments: Any) -> ToolCall:
+    """A call from its name and its arguments as sent: an object, a JSON-encoded object (OpenAI
+    style) or nothing. The same bounds hold whether the arguments arrived as text or as data."""
     if isinstance(arguments, str):
         try:
             arguments = _load_json(arguments) if arguments.strip() else {}

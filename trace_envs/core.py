@@ -24,9 +24,10 @@ import numpy as np
 import pydantic
 from gymnasium.error import ResetNeeded
 
-from trace_envs.actions import ParsedAction, ToolCall, parse_action
+from trace_envs.actions import ParsedAction, ToolCall
 from trace_envs.snapshot import Snapshot
 from trace_envs.spaces import UnicodeText
+from trace_envs.structured import to_action
 from trace_envs.tasks.base import Task, TaskSuite
 from trace_envs.tools import Tool, ToolError
 
@@ -105,8 +106,9 @@ class ToolEnv(gym.Env[str, str]):
     def tool_schemas(self) -> list[dict[str, Any]]:
         return [t.schema() for t in self.available_tools().values()]
 
-    def demonstration(self, task: Task) -> list[str] | None:
-        """An expert's actions for ``task`` (for format warm-starts and tests), if the env knows one."""
+    def demonstration(self, task: Task) -> list[Any] | None:
+        """An expert's actions for ``task`` as structured messages (each dialect writes them in its
+        model's format; for format warm-starts and tests), if the env knows one."""
         return None
 
     # ------------------------------------------------------------ tool state
@@ -153,16 +155,18 @@ class ToolEnv(gym.Env[str, str]):
     def initial_observation(self, task: Task) -> str:
         return task.prompt
 
-    def step(self, action: str) -> tuple[str, SupportsFloat, bool, bool, dict[str, Any]]:
-        """One turn. Never raises for any ``action`` (only ``ResetNeeded`` when misused): a bad
-        action, a failing tool, back-end or grader all become an error observation."""
+    def step(self, action: Any) -> tuple[str, SupportsFloat, bool, bool, dict[str, Any]]:
+        """One turn. ``action``: text (the Hermes ``<tool_call>`` dialect) or a structured assistant
+        message (:mod:`trace_envs.structured`). Never raises for any ``action`` (only
+        ``ResetNeeded`` when misused): a bad action, a failing tool, back-end or grader all become
+        an error observation."""
         if self.task is None:
             raise ResetNeeded("call reset() before step()")
         if self.done:
             raise ResetNeeded("the episode is over; call reset() before step()")
         self.turn += 1
         try:
-            parsed = parse_action(action, max_chars=self.max_action_chars)
+            parsed = to_action(action, max_chars=self.max_action_chars, env=self)
             if parsed.error is not None:
                 response = Response(ERROR_PREFIX + parsed.error, info={"error": parsed.error})
             else:

@@ -1,7 +1,7 @@
 import gymnasium as gym
 
 from trace_agents.models import tiny_qwen3
-from trace_agents.react import ChatFormat
+from trace_agents.dialects import make_dialect
 from trace_agents.train.warmup import demonstration_tokens, warm_start
 
 
@@ -9,9 +9,11 @@ def test_demonstration_trains_exactly_the_action_tokens():
     _, tok = tiny_qwen3()
     env = gym.make("trace/Calculator-v0", suite_options={"size": 20, "seed": 1})
     task = env.tasks[3]
-    ids, mask = demonstration_tokens(env, task.id, ChatFormat(tok))
+    dialect = make_dialect(tok)
+    ids, mask = demonstration_tokens(env, task.id, dialect)
     trained = tok.decode([i for i, m in zip(ids, mask) if m])
-    assert trained == "".join(env.demonstration(task))
+    assert trained == "".join(dialect.render_action(m) for m in env.demonstration(task))
+    assert trained.startswith('<tool_call>{"name": "calculator", "arguments": {"expression": ')
     assert f"<tool_response>\n{task.answer}" not in trained  # observations are never trained
 
 

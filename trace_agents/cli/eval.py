@@ -17,6 +17,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bench", action="append", required=True,
                    help=f"{', '.join(sorted(BENCHMARKS))}, qa:<path> or a math file (repeatable)")
     p.add_argument("--model", default="smollm2", help="smollm2, tiny-qwen3 or a local HF model dir")
+    p.add_argument("--dialect", default="auto",
+                   help="the model family's tool-call format (auto: from the chat template); "
+                        "see docs/dialects.md")
     p.add_argument("--backend", choices=["hf", "sglang", "vllm"], default="hf")
     p.add_argument("--url", help="server address for sglang/vllm")
     p.add_argument("--limit", type=int, help="at most this many tasks per benchmark")
@@ -49,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
                                model_name=args.model, max_concurrency=16)
         try:
             return [await evaluate(b, backend, tokenizer, limit=args.limit, samples=args.samples,
-                                   sampling=sampling, env_overrides=overrides)
+                                   sampling=sampling, env_overrides=overrides,
+                                   dialect=args.dialect)
                     for b in benchmarks]
         finally:
             await backend.aclose()

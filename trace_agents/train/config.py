@@ -24,6 +24,19 @@ class ModelConfig(_Strict):
     or a local Hugging Face model directory."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """``auto``: bfloat16 on GPU, float32 on CPU."""
+    dialect: str = "auto"
+    """The model family's tool-call format (``trace_agents.dialects``): ``auto`` reads it from the
+    chat template; or ``react``, ``hermes``, ``qwen3_xml``, ``llama3_json``, ``harmony``,
+    ``glm4``, ``gemma4``."""
+
+    @pydantic.field_validator("dialect")
+    @classmethod
+    def _known_dialect(cls, value: str) -> str:
+        from trace_agents.dialects import DIALECTS
+
+        if value != "auto" and value not in DIALECTS:
+            raise ValueError(f"unknown dialect {value!r}; choose from auto, {', '.join(DIALECTS)}")
+        return value
 
 
 class BackendConfig(_Strict):

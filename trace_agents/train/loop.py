@@ -131,7 +131,7 @@ def warm_started(cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any, conso
         return
     env = gym.make(cfg.env.id, split=cfg.env.split, **cfg.env.kwargs)
     stats = warm_start(model, tokenizer, env, examples=w.examples, epochs=w.epochs, lr=w.lr,
-                       seed=cfg.seed)
+                       seed=cfg.seed, dialect=cfg.model.dialect)
     console.print(f"format warm-start: {stats['examples']} demonstrations, loss "
                   f"{stats['loss_first']:.3f} → {stats['loss_last']:.3f}, {stats['seconds']:.0f} s")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +155,8 @@ def build_arms(cfg: TrainConfig, *, progress: bool, warm: bool,
                                model_name=cfg.model.name, timeout_s=cfg.backend.timeout_s,
                                max_concurrency=cfg.backend.max_concurrency)
         runner = RolloutRunner(backend, tokenizer=tokenizer, sampling=sampling,
-                               max_concurrency=cfg.backend.max_concurrency, seed=cfg.seed)
+                               max_concurrency=cfg.backend.max_concurrency, seed=cfg.seed,
+                               dialect=cfg.model.dialect)
         sampler = TraceSampler(runner, make_allocator(name, cfg, alloc_rng), progress=progress)
         arms.append(Arm(name, env, model, PolicyUpdater(model, pad_id=pad_id, config=cfg.optim),
                         backend, runner, sampler, np.random.default_rng(cfg.seed), alloc_rng))

@@ -1,11 +1,12 @@
 """Format warm-start: a short supervised pass on expert demonstrations before RL.
 
 RL learns only from groups with mixed outcomes; a small model that never produces a well-formed
-``<tool_call>`` or ``<answer>`` gets reward 0 everywhere and no gradient at all (SmolLM2-135M
-zero-shot scores 0 on one-step word problems). A few dozen demonstrations of the turn format fix
-that. They are rendered exactly as rollouts are (same system prompt, chat template, observation
-segments), from the env's :meth:`~trace_envs.ToolEnv.demonstration`, and only the action tokens
-are trained.
+tool call or answer gets reward 0 everywhere and no gradient at all (SmolLM2-135M zero-shot
+scores 0 on one-step word problems). A few dozen demonstrations of the turn format fix that. The
+env's :meth:`~trace_envs.ToolEnv.demonstration` gives structured messages; the model's dialect
+writes them as the model would and renders everything else exactly as rollouts do (same prompt,
+chat template, observation segments). Only the action tokens are trained, with the token that
+ends the turn where no stop string does (the template dialects).
 """
 
 from __future__ import annotations
@@ -16,26 +17,29 @@ from typing import Any
 import numpy as np
 import torch
 
-from trace_agents.react import ChatFormat, initial_messages, observation_role
+from trace_agents.dialects import Dialect, make_dialect
 from trace_agents.train.loss import sequence_logprobs
 from trace_agents.train.update import collate
 from trace_envs import ToolEnv
 
 
-def demonstration_tokens(env: ToolEnv, task_id: str, fmt: ChatFormat) -> tuple[list[int], list[float]] | None:
+def demonstration_tokens(env: ToolEnv, task_id: str, dialect: Dialect) -> tuple[list[int], list[float]] | None:
     """Token ids and loss mask of the expert's episode on one task (None if the env has none)."""
     prompt, _ = env.reset(options={"task_id": task_id})
     assert env.task is not None
-    actions = env.demonstration(env.task)
-    if not actions:
+    messages = env.demonstration(env.task)
+    if not messages:
         return None
-    ids = fmt.prompt_ids(initial_messages(env, prompt))
+    ids = dialect.initial_ids(env, prompt)
     mask = [0.0] * len(ids)
-    for action in actions:
-        action_ids = fmt.encode(action)
+    for message in messages:
+        action_ids = dialect.encode(dialect.render_action(message))
+        action = dialect.parse(dialect.decode(action_ids), env)  # what a rollout would send
         observation, _, terminated, truncated, info = env.step(action)
         ended = terminated or truncated
-        tail = fmt.tail_ids(action_ids, None if ended else observation, observation_role(info))
+        tail = dialect.after_action_ids(action_ids, action, None if ended else observation, info)
+        if not dialect.stop and tail and tail[0] in dialect.end_ids:
+            action_ids.append(tail.pop(0))  # no stop string ends the turn: the model must learn to
         ids += action_ids + tail
         mask += [1.0] * len(action_ids) + [0.0] * len(tail)
     return ids, mask
@@ -51,10 +55,11 @@ def warm_start(
     lr: float = 5e-5,
     micro_batch: int = 4,
     seed: int = 0,
+    dialect: str | Dialect = "auto",
 ) -> dict[str, Any]:
     """Fine-tune ``model`` in place on ``examples`` demonstrations; returns loss and timing."""
     started = time.perf_counter()
-    fmt = ChatFormat(tokenizer)
+    fmt = make_dialect(tokenizer, dialect)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(env.tasks))[:examples]
     rows = [r for i in order if (r := demonstration_tokens(env, env.tasks[int(i)].id, fmt))]

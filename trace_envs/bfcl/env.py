@@ -1,8 +1,8 @@
 """`trace/BFCL-v0`: BFCL v4 multi-turn function calling as a forkable, step-by-step env.
 
 One task is one BFCL multi-turn entry. The env shows the user's turns one at a time; the agent
-calls functions with ``<tool_call>`` blocks (several per action run in order) against the
-entry's own back-end instances, and an action without a tool call is its reply to the user,
+calls functions (several per action run in order; ``<tool_call>`` text or a structured message)
+against the entry's own back-end instances, and an action without a tool call is its reply to the user,
 which ends the user turn. Held-out functions of the missing-function subset appear at the turn
 where BFCL adds them. After the last user turn the reward is BFCL's own multi-turn verdict
 (state and response checks, :mod:`trace_envs.bfcl.verdict`) as 1.0/0.0.
@@ -20,7 +20,6 @@ import pydantic
 from trace_envs import bounded_json
 from trace_envs.actions import (
     ANSWER_CLOSE, ANSWER_OPEN, MAX_CALL_DEPTH, MAX_INT_DIGITS, ParsedAction, ToolCall,
-    parse_action,
 )
 from trace_envs.bfcl import guards
 from trace_envs.bfcl import state as backend
@@ -31,6 +30,7 @@ from trace_envs.bfcl.functions import (
 )
 from trace_envs.bfcl.verdict import FORCE_TERMINATED, bfcl_verdict
 from trace_envs.core import Response, ToolEnv
+from trace_envs.structured import EMPTY_REPLY, to_action
 from trace_envs.tasks.base import Task
 from trace_envs.tasks.suites import load_suite, register_suite
 from trace_envs.tools import Tool, ToolError
@@ -53,8 +53,7 @@ class BFCLEnv(ToolEnv):
         "You are helping a user through several requests, one turn at a time. At each turn, try "
         "your best to complete the user's request by calling the available functions; keep "
         "calling functions until the request is fulfilled. When you have no more functions to "
-        "call, reply to the user without a tool call: that completes the turn. Call a function "
-        'with <tool_call>{"name": "<function>", "arguments": {...}}</tool_call>.'
+        "call, reply to the user without a tool call: that completes the turn."
     )
 
     def __init__(
@@ -88,16 +87,17 @@ class BFCLEnv(ToolEnv):
         self._docs: Mapping[str, dict[str, Any]] = {}  # revealed docs; replaced, never mutated
 
     # ------------------------------------------------------------------ turns
-    def step(self, action: str) -> tuple[str, SupportsFloat, bool, bool, dict[str, Any]]:
+    def step(self, action: Any) -> tuple[str, SupportsFloat, bool, bool, dict[str, Any]]:
         """A reply with no tool call ends the user turn (in BFCL it is the answer to the user).
 
-        The shared parser calls such text a format error; it is turned into an empty
-        ``<answer>`` here so the core's bookkeeping runs unchanged. Over-long actions and
-        actions mixing tool calls with an answer stay errors.
+        The text parser calls such text a format error (and a structured reply with no content
+        an empty one); it is turned into an empty ``<answer>`` here so the core's bookkeeping
+        runs unchanged. Over-long actions and actions mixing tool calls with an answer stay errors.
         """
-        if isinstance(action, str) and len(action) <= self.max_action_chars:
-            parsed = parse_action(action, max_chars=self.max_action_chars)
-            if parsed.error is not None and not parsed.tool_calls and parsed.answer is None:
+        parsed = to_action(action, max_chars=self.max_action_chars)
+        if parsed.error is not None and not parsed.tool_calls and parsed.answer is None:
+            within_limit = isinstance(action, str) and len(action) <= self.max_action_chars
+            if parsed.error == EMPTY_REPLY or within_limit:
                 action = _END_OF_TURN
         return super().step(action)
 

@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any
 
 import pydantic
 
+from trace_envs.actions import ToolCall
 from trace_envs.calculator.evaluator import (
     MAX_INT_BITS, CalculatorError, Number, evaluate, format_number, normalize,
 )
 from trace_envs.core import ToolEnv
+from trace_envs.structured import AssistantMessage
 from trace_envs.tasks.base import Task, TaskSuite
 from trace_envs.tasks.suites import load_suite
-from trace_envs.tools import ToolError, tool
+from trace_envs.tools import Tool, ToolError, tool, with_answer_tool
 
 
 class CalculatorEnv(ToolEnv):
-    """Solve a math problem, calling ``calculator`` as often as needed, then ``<answer>``.
+    """Solve a math problem, calling ``calculator`` as often as needed, then answer.
+
+    The final answer is ``<answer>...</answer>`` in a text action; a structured reply without a
+    tool call (every template dialect); or, with ``answer_tool=True``, a call to ``answer``.
 
     The tool keeps the last result as ``ans`` so a chain of steps can build on it; that result
     is the env's tool state and is what ``fork()`` copies.
@@ -38,17 +44,35 @@ class CalculatorEnv(ToolEnv):
         split: str = "all",
         max_turns: int = 8,
         suite_options: dict[str, Any] | None = None,
+        answer_tool: bool = False,
         **env_options: Any,
     ) -> None:
         tasks = suite if isinstance(suite, TaskSuite) else load_suite(suite, **(suite_options or {}))
         super().__init__(tasks.split(split), max_turns=max_turns, **env_options)  # type: ignore[arg-type]
         self.ans: Number | None = None
+        self.answer_tool = answer_tool
+
+    def available_tools(self) -> Mapping[str, Tool]:
+        return with_answer_tool(self.tools, self.answer_tool)
+
+    @tool(final=True)
+    def answer(self, answer: str) -> str:
+        """Give the final answer; this ends the episode (offered with ``answer_tool=True``).
+
+        Args:
+            answer: The final answer alone, e.g. "42".
+        """
+        return answer
 
     @tool
     def calculator(self, expression: str) -> str:
-        """Evaluate an arithmetic expression exactly: + - * / // % ** (or ^), parentheses, and
-        sqrt, log, ln, exp, sin, cos, tan, factorial, gcd, lcm, comb, round, floor, ceil, min,
-        max, abs; constants pi and e; `ans` is the previous result."""
+        """Evaluate an arithmetic expression exactly.
+
+        Args:
+            expression: The expression, e.g. "12 * (3 + 4)": + - * / // % ** (or ^),
+                parentheses, and sqrt, log, ln, exp, sin, cos, tan, factorial, gcd, lcm, comb,
+                round, floor, ceil, min, max, abs; constants pi and e; `ans` is the previous result.
+        """
         names = {} if self.ans is None else {"ans": self.ans}
         try:
             result = evaluate(expression, names)
@@ -58,14 +82,13 @@ class CalculatorEnv(ToolEnv):
         self.ans = result  # only a result that evaluated and rendered becomes `ans`
         return text
 
-    def demonstration(self, task: Task) -> list[str] | None:
+    def demonstration(self, task: Task) -> list[AssistantMessage] | None:
         """Compute the generated problem's expression with the calculator, then answer."""
-        answer = f"<answer>{task.answer}</answer>"
+        answer = AssistantMessage(f"<answer>{task.answer}</answer>")
         expression = task.metadata.get("expression")
         if not expression:
             return [answer]
-        call = json.dumps({"name": "calculator", "arguments": {"expression": expression}})
-        return [f"<tool_call>{call}</tool_call>", answer]
+        return [AssistantMessage(tool_calls=(ToolCall("calculator", {"expression": expression}),)), answer]
 
     def reset_tool_state(self, task: Task) -> None:
         self.ans = None

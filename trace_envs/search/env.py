@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import pydantic
@@ -24,7 +25,7 @@ from trace_envs.search.corpus import Corpus, cached_corpus
 from trace_envs.search.qa import QAGrader, generated_suite, generated_world, load_qa_file
 from trace_envs.search.retrievers import Hit, RetrievalError, Retriever, shared_retriever
 from trace_envs.tasks.base import Task, TaskSuite
-from trace_envs.tools import ToolError, tool
+from trace_envs.tools import Tool, ToolError, tool, with_answer_tool
 
 
 def render_hits(hits: list[Hit]) -> str:
@@ -59,7 +60,11 @@ class SearchState(pydantic.BaseModel):
 
 
 class SearchEnv(ToolEnv):
-    """Answer a (multi-hop) question, calling ``search`` as often as needed, then ``<answer>``.
+    """Answer a (multi-hop) question, calling ``search`` as often as needed, then answer.
+
+    The final answer is ``<answer>...</answer>`` (Search-R1's convention) in a text action; a
+    structured reply without a tool call (every template dialect); or, with ``answer_tool=True``,
+    a call to ``answer``.
 
     Reward 1.0 when the answer's token F1 against a gold answer reaches ``reward_threshold``
     (``reward_mode="em"``: exact match); ``info["em"]``/``info["f1"]`` always report both.
@@ -91,6 +96,7 @@ class SearchEnv(ToolEnv):
         reward_threshold: float = 0.3,
         reward_mode: Literal["f1", "em"] = "f1",
         max_turns: int = 8,
+        answer_tool: bool = False,
         **env_options: Any,
     ) -> None:
         if reward_mode not in ("f1", "em"):
@@ -115,6 +121,19 @@ class SearchEnv(ToolEnv):
                                                timeout, retries)
         self.queries: list[str] = []
         self.retrieved: list[list[str]] = []
+        self.answer_tool = answer_tool
+
+    def available_tools(self) -> Mapping[str, Tool]:
+        return with_answer_tool(self.tools, self.answer_tool)
+
+    @tool(final=True)
+    def answer(self, answer: str) -> str:
+        """Give the final answer; this ends the episode (offered with ``answer_tool=True``).
+
+        Args:
+            answer: The answer alone: a short name or phrase.
+        """
+        return answer
 
     @staticmethod
     def _build_retriever(kind, corpus, index_dir, url, api, timeout, retries) -> Retriever:  # type: ignore[no-untyped-def]
@@ -131,7 +150,12 @@ class SearchEnv(ToolEnv):
     @tool
     def search(self, query: str, topk: int | None = None) -> str:
         """Search the knowledge corpus. Returns the best-matching passages as
-        'Doc i(Title: ...) text'. `topk` (optional) is how many passages to return."""
+        'Doc i(Title: ...) text'.
+
+        Args:
+            query: A few keywords to search for.
+            topk: How many passages to return (optional).
+        """
         k = self.topk if topk is None else topk
         if not 1 <= k <= self.max_topk:
             raise ToolError(f"search: topk must be between 1 and {self.max_topk}, got {k}")

@@ -1,0 +1,45 @@
+"""Offline stand-ins for each family's tokenizer: the project's tiny BPE with the family's real chat
+template from the ``trl`` wheel, its special tokens added as single tokens and its end-of-turn
+token as eos. Rendering, parsing and token segments then behave as with the real tokenizer (only
+ordinary text splits into different pieces)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+TEMPLATES = {
+    # dialect: (trl template file, eos token)
+    "hermes": ("qwen3", "<|im_end|>"),
+    "qwen3_xml": ("qwen3_5_think", "<|im_end|>"),
+    "llama3_json": ("llama3_1", "<|eot_id|>"),
+    "harmony": ("gptoss", "<|return|>"),
+    "glm4": ("glm4moe", "<|endoftext|>"),
+    "gemma4": ("gemma4", "<turn|>"),
+}
+EXTRA_TEMPLATES = {
+    "qwen3_instruct_2507": "hermes", "qwen2_5": "hermes", "qwen3_5_nothink": "qwen3_xml",
+    "qwen3_6": "qwen3_xml", "qwen3_8": "qwen3_xml", "llama3_2": "llama3_json",
+    "gemma4_v5": "gemma4", "llama3": "react", "phi3": "react", "gemma3": "react",
+}
+_SPECIAL = re.compile(r"<\|[A-Za-z_0-9\"]+\|>|<\|[A-Za-z_\"]+>|<[A-Za-z_\"]+\|>|\[gMASK\]|<sop>")
+
+
+def template_text(name: str) -> str:
+    trl = pytest.importorskip("trl")
+    return (Path(trl.__file__).parent / "chat_templates" / f"{name}.jinja").read_text()
+
+
+def family_tokenizer(dialect: str, template: str | None = None):
+    from trace_agents.models import tiny_tokenizer
+
+    name, eos = TEMPLATES[dialect]
+    text = template_text(template or name)
+    tok = tiny_tokenizer()
+    specials = sorted(set(_SPECIAL.findall(text)) | {eos} | {"<|im_start|>", "<|im_end|>"})
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    tok.eos_token = eos
+    tok.chat_template = text
+    return tok

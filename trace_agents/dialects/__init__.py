@@ -1,0 +1,43 @@
+"""Model-family dialects: how each family is shown tools, writes calls and reads results.
+
+    from trace_agents.dialects import make_dialect
+    dialect = make_dialect(tokenizer)              # chosen from the chat template
+    dialect = make_dialect(tokenizer, "harmony")   # or named (config: model.dialect)
+
+Every dialect offers the same calls, used by rollouts, the warm-start and the verl adapter:
+``initial_messages``/``initial_ids(env, task_prompt)`` (the prompt, tools included),
+``action(completion, env)`` (what ``env.step`` receives), ``after_action_ids(action_ids, action,
+observation, info)`` (the masked tokens after an action), ``turn_messages`` (the same turn as chat
+messages), ``render_action(message)`` (a structured message as the model would write it) and
+``stop`` (stop strings). See ``docs/dialects.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from trace_agents.dialects.base import TemplateDialect
+from trace_agents.dialects.families import FAMILIES, detect
+from trace_agents.dialects.text import TextDialect
+
+Dialect = TextDialect | TemplateDialect
+DIALECTS = ("react", *FAMILIES)
+
+
+def make_dialect(tokenizer: Any, name: str | Dialect = "auto",
+                 chat_template_kwargs: Mapping[str, Any] | None = None) -> Dialect:
+    """The dialect ``name`` (``auto``: detected from the tokenizer's chat template)."""
+    if isinstance(name, (TextDialect, TemplateDialect)):
+        return name
+    if name == "auto":
+        template = getattr(tokenizer, "chat_template", None)
+        name = detect(template if isinstance(template, str) else None)
+    if name == "react":
+        return TextDialect(tokenizer, chat_template_kwargs)
+    if name not in FAMILIES:
+        raise ValueError(f"unknown dialect {name!r}; choose from {', '.join(DIALECTS)} or 'auto'")
+    return FAMILIES[name](tokenizer, chat_template_kwargs)
+
+
+__all__ = ["DIALECTS", "Dialect", "TemplateDialect", "TextDialect", "detect", "make_dialect"]

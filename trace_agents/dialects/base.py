@@ -1,0 +1,315 @@
+"""What every dialect does, and the template-driven dialect the model families share.
+
+A dialect is how one model family talks tools: how the prompt shows the tools, how a reply's tool
+calls are written, in which role tool results come back, and how a turn ends. A
+:class:`TemplateDialect` takes all of it from the model's own chat template and the family's
+response template (the declarative parsers ``trl`` ships, run by ``transformers``'
+``parse_response``): tools go through ``apply_chat_template(tools=...)``, replies are parsed by
+the library, and results are rendered as the family's tool messages. Only what no library does is
+written here: finding the end of an assistant turn in a rendering, and turning a malformed reply
+into error observations instead of silently dropping it.
+
+Rollouts stay token-exact: the model's tokens are kept as generated, and the tokens after an
+action (turn end, tool results, next generation prompt) are cut from the template's rendering of
+a conversation in which that turn is followed by the results, so a continuation's prefix is the
+plain concatenation of its path's segments.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from trace_envs import ToolEnv
+from trace_envs.actions import ToolCall
+from trace_envs.structured import AssistantMessage, tool_call_from
+
+Message = dict[str, Any]
+_PROBE = "TRACE_PROBE_2f7c"
+"""A stand-in content that survives every template (tojson would escape control characters)."""
+
+
+class TemplateDialect:
+    """A model family's tool-calling convention, read from its chat and response templates.
+
+    Subclasses (one per family, :mod:`trace_agents.dialects.families`) declare the family's facts:
+    ``response_template`` (the parser spec), ``end_of_turn`` (the special tokens with which the
+    model ends its turn), where its thinking goes in a message, and what the parser needs that the
+    model does not write.
+    """
+
+    name: ClassVar[str]
+    end_of_turn: ClassVar[tuple[str, ...]]
+    """Markers that end an assistant turn (``<|im_end|>``; GLM's next-role tokens)."""
+    opens_next: ClassVar[tuple[str, ...]] = ()
+    """End-of-turn markers that are the next message's opener (GLM's ``<|observation|>``), not a
+    closer of the model's turn: one the model did not write itself is never dropped."""
+    thinking_key: ClassVar[str] = "reasoning_content"
+    """The message key the template reads the thinking from."""
+    parse_suffix: ClassVar[str] = ""
+    """Appended to a reply before parsing: the end-of-turn token a response template requires
+    and that the rollout strips (Llama's ``}<|eot_id|>`` closes a call)."""
+    one_call_per_message: ClassVar[bool] = False
+    """The template renders one tool call per assistant message (Llama 3.x)."""
+    paired_tags: ClassVar[tuple[tuple[str, str], ...]] = ()
+    """Tags that must pair up inside a call: the library drops an unclosed XML argument silently."""
+    stop: ClassVar[tuple[str, ...]] = ()
+    """Stop strings for generation; the family's end-of-turn tokens end a turn by themselves."""
+
+    def __init__(self, tokenizer: Any, chat_template_kwargs: Mapping[str, Any] | None = None) -> None:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("the tokenizer has no chat template")
+        self.tokenizer = tokenizer
+        self.template_kwargs = dict(chat_template_kwargs or {})
+        eos = tokenizer.eos_token_id
+        ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        for marker in self.end_of_turn:
+            encoded = tokenizer.encode(marker, add_special_tokens=False)
+            if len(encoded) == 1:
+                ids.add(encoded[0])
+        self.end_ids = frozenset(ids)
+        """Token ids that end a turn (the tokenizer's eos and the family's single-token markers)."""
+        self._closer_ids = self.end_ids - {i for m in self.opens_next
+                                           for i in tokenizer.encode(m, add_special_tokens=False)}
+        user = [{"role": "user", "content": "u"}]
+        with_prompt = self.render(user, generation_prompt=True)
+        without = self.render(user, generation_prompt=False)
+        if not with_prompt.startswith(without):
+            raise ValueError(f"{self.name}: the generation prompt is not appended to the conversation")
+        self.generation_prompt = with_prompt[len(without):]
+        """What the template writes to open the assistant's turn (the parser's ``prefix``)."""
+        self.response_template = self.load_response_template()
+        fields = self.response_template["fields"]["tool_calls"]
+        self._call_open = re.compile(fields.get("open_pattern") or re.escape(fields["open"]))
+        self._call_close = re.compile(fields.get("close_pattern") or re.escape(fields["close"]))
+
+    # ----------------------------------------------------------------- family facts
+    @classmethod
+    def load_response_template(cls) -> dict[str, Any]:
+        """The family's response template (``transformers`` response-parsing spec)."""
+        raise NotImplementedError
+
+    # --------------------------------------------------------------------- rendering
+    def render(self, messages: Sequence[Message], *, tools: Sequence[Mapping[str, Any]] | None = None,
+               generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(
+            list(messages), tools=list(tools) if tools else None, tokenize=False,
+            add_generation_prompt=generation_prompt, **self.template_kwargs,
+        )
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def initial_messages(self, env: ToolEnv, task_prompt: str) -> list[Message]:
+        """The env's instructions as the system message, then the task; tools go to the template."""
+        system = env.instructions.strip()
+        return ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": task_prompt}
+        ]
+
+    def initial_ids(self, env: ToolEnv, task_prompt: str) -> list[int]:
+        """The prompt with the env's tools rendered by the template, up to the generation prompt."""
+        text = self.render(self.initial_messages(env, task_prompt), tools=env.tool_schemas(),
+                           generation_prompt=True)
+        return self.encode(text)
+
+    def assistant_message(self, action: AssistantMessage) -> Message:
+        """The chat message of a parsed reply, as the template renders it in the history."""
+        message: Message = {"role": "assistant", "content": action.content}
+        calls = [c for c in action.tool_calls if c.error is None]
+        if calls:
+            message["tool_calls"] = [
+                {"type": "function", "function": {"name": c.name, "arguments": dict(c.arguments)}}
+                for c in calls
+            ]
+        if action.reasoning:
+            message[self.thinking_key] = action.reasoning
+        return message
+
+    def observation_messages(self, action: AssistantMessage, observation: str,
+                             info: Mapping[str, Any]) -> list[Message]:
+        """Tool results as the family's tool messages, one per call; a new user turn (BFCL), an
+        error about the reply as a whole, or errors of a reply whose every call was malformed as
+        a user message."""
+        results = info.get("tool_results")
+        called = any(c.error is None and c.name for c in action.tool_calls)
+        if info.get("observation_role") == "user" or not results or not called:
+            # templates render tool messages only after a call (harmony names them by it)
+            return [{"role": "user", "content": observation}]
+        messages = [{"role": "tool", "name": r["name"], "content": r["content"]} for r in results]
+        rest = observation[len("\n\n".join(r["content"] for r in results)):]
+        if rest.strip():  # the env's note on calls it did not run
+            messages[-1]["content"] += rest
+        return messages
+
+    def turn_messages(self, action: AssistantMessage, observation: str | None,
+                      info: Mapping[str, Any]) -> list[Message]:
+        messages = [self.assistant_message(action)]
+        if observation is not None:
+            messages += self.observation_messages(action, observation, info)
+        return messages
+
+    def render_action(self, message: AssistantMessage | Mapping[str, Any]) -> str:
+        """The text the model writes for ``message`` after the generation prompt (the template's
+        rendering of it as the reply to the last user turn, thinking included, less the end of
+        turn): what a demonstration or a scripted policy should generate."""
+        if not isinstance(message, AssistantMessage):
+            message = _as_message(message)
+        user = [{"role": "user", "content": "u"}]
+        opened = self.render(user, generation_prompt=True)
+        text = self.render(user + [self.assistant_message(message)], generation_prompt=False)
+        if not text.startswith(opened):
+            raise ValueError(f"{self.name}: the template does not continue its generation prompt")
+        body = text[len(opened):].rstrip()
+        marker = next((m for m in self.end_of_turn if body.endswith(m)), "")
+        return body[: len(body) - len(marker)]
+
+    # ----------------------------------------------------------------------- tokens
+    def action_text(self, action_ids: Sequence[int]) -> str:
+        """The reply as the parser reads it: the model's tokens less a trailing end-of-turn."""
+        ids = list(action_ids)
+        while ids and ids[-1] in self.end_ids:
+            ids.pop()
+        return self.decode(ids)
+
+    def after_action_ids(self, action_ids: Sequence[int], action: AssistantMessage,
+                         observation: str | None, info: Mapping[str, Any]) -> list[int]:
+        """Tokens after the model's action: the end of its turn, the observation messages and the
+        next generation prompt (or, when the episode ended, what closes the turn)."""
+        probe = [{"role": "user", "content": "u"}, self._probe_assistant(action)]
+        if observation is None:
+            ended = self.render(probe, generation_prompt=False)
+            body = ended.rstrip()
+            marker = next((m for m in self.end_of_turn if body.endswith(m)), "")
+            return self._after(action_ids, self.encode(ended[len(body) - len(marker):]))
+        follow = self.observation_messages(action, observation, info)
+        marked = [{**m, "content": _PROBE} for m in follow]
+        probe_text = self.render(probe + marked, generation_prompt=True)
+        cut = self._last_turn_end(probe_text[: probe_text.index(_PROBE)])
+        full = self.render(probe + follow, generation_prompt=True)
+        if full[:cut] != probe_text[:cut]:
+            raise ValueError(f"{self.name}: the template renders a turn differently by what follows it")
+        return self._after(action_ids, self.encode(full[cut:]))
+
+    def _probe_assistant(self, action: AssistantMessage) -> Message:
+        """A stand-in for the action in the renderings that segments are cut from: same calls,
+        neutral content (the model's own tokens are what the record keeps)."""
+        calls = [c for c in action.tool_calls if c.error is None and c.name]
+        if self.one_call_per_message:
+            calls = calls[:1]
+        if not calls:
+            return {"role": "assistant", "content": "x"}
+        return {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": c.name, "arguments": {}}} for c in calls]}
+
+    def _last_turn_end(self, text: str) -> int:
+        """Where the last end-of-turn marker in ``text`` starts (its length when there is none)."""
+        found = [text.rfind(m) for m in self.end_of_turn]
+        best = max(found, default=-1)
+        return best if best >= 0 else len(text)
+
+    def _after(self, action_ids: Sequence[int], ids: list[int]) -> list[int]:
+        """Drop the tail's end-of-turn token when the model already ended its turn: with the same
+        token, or with another one where the tail's only closes the turn (harmony's
+        ``<|return|>`` stands where the history has ``<|end|>``)."""
+        last = action_ids[-1] if action_ids else None
+        if ids and last in self.end_ids and (ids[0] == last or ids[0] in self._closer_ids):
+            return ids[1:]
+        return ids
+
+    # ---------------------------------------------------------------------- parsing
+    def action(self, completion: Any, env: ToolEnv | None = None) -> AssistantMessage:
+        """What ``env.step`` receives for a generation: its tokens parsed by the family's rules."""
+        return self.parse(self.action_text(completion.token_ids), env)
+
+    def parse(self, text: str, env: ToolEnv | None = None) -> AssistantMessage:
+        """The reply as a structured action. Arguments are typed by the env's tool schemas (a
+        string argument stays a string in XML dialects); a malformed call becomes a
+        :class:`~trace_envs.ToolCall` with an ``error`` the env reports to the model."""
+        tools = env.tool_schemas() if env is not None else None
+        blocks = self._call_blocks(text)
+        if all(error is None for _, error in blocks):
+            try:
+                return self._message(self._library_parse(text, tools))
+            except (ValueError, KeyError, TypeError):
+                pass
+        return self._parse_each_call(text, blocks, tools)
+
+    def _library_parse(self, text: str, tools: list[dict[str, Any]] | None, *,
+                       in_reply: bool = True) -> dict[str, Any]:
+        """``in_reply=False`` parses a lone call block, outside the state the generation prompt
+        opens (Qwen3.5's ``<think>``)."""
+        from transformers.utils.chat_parsing import parse_response
+
+        return parse_response(text + self.parse_suffix, self.response_template,
+                              prefix=self.generation_prompt if in_reply else "", tools=tools)
+
+    def _message(self, parsed: Mapping[str, Any]) -> AssistantMessage:
+        reasoning = next((parsed[k] for k in ("reasoning_content", "thinking") if parsed.get(k)), "")
+        content = parsed.get("content") or ""
+        calls = tuple(tool_call_from(c) for c in parsed.get("tool_calls") or [])
+        return AssistantMessage(content.strip() if isinstance(content, str) else "", calls,
+                                reasoning.strip() if isinstance(reasoning, str) else "")
+
+    def _call_blocks(self, text: str) -> list[tuple[str, str | None]]:
+        """Each tool-call region of the reply and what is wrong with it, if anything."""
+        blocks: list[tuple[str, str | None]] = []
+        pos = 0
+        while (opened := self._call_open.search(text, pos)) is not None:
+            closed = self._call_close.search(text + self.parse_suffix, opened.end())
+            end = len(text) if closed is None else min(closed.end(), len(text))
+            block = text[opened.start(): end]
+            error = None
+            for open_tag, close_tag in self.paired_tags:
+                if block.count(open_tag) != block.count(close_tag):
+                    error = f"malformed tool call: {open_tag}... without a matching {close_tag}"
+            blocks.append((block, error))
+            pos = max(end, opened.end())
+        return blocks
+
+    def _parse_each_call(self, text: str, blocks: list[tuple[str, str | None]],
+                         tools: list[dict[str, Any]] | None) -> AssistantMessage:
+        """The fallback for a reply the library refuses as a whole: each call parsed on its own,
+        so a good call still runs and a bad one comes back as an error the model can fix."""
+        calls: list[ToolCall] = []
+        rest = text
+        for block, error in blocks:
+            rest = rest.replace(block, "", 1)
+            name_match = self._call_open.search(block)
+            name = (name_match.groupdict().get("name") or "") if name_match else ""
+            if error is None:
+                try:
+                    parsed = self._library_parse(block, tools, in_reply=False).get("tool_calls") or []
+                    if len(parsed) == 1:
+                        calls.append(tool_call_from(parsed[0]))
+                        continue
+                    error = "malformed tool call"
+                except (ValueError, KeyError, TypeError) as exc:
+                    error = "malformed tool call: " + _reason(exc)
+            calls.append(ToolCall(name, error=f"{error} in {block.strip()[:200]!r}"))
+        try:
+            base = self._message(self._library_parse(rest, tools))
+        except (ValueError, KeyError, TypeError):
+            base = AssistantMessage(rest.strip())
+        if not calls:
+            calls.append(ToolCall("", error="the reply could not be parsed; write tool calls in "
+                                            "the format the system prompt shows"))
+        return AssistantMessage(base.content, tuple(calls), base.reasoning)
+
+
+def _reason(exc: Exception) -> str:
+    """The library's message in one line: its summary and, for JSON, the decoder's complaint."""
+    lines = str(exc).splitlines() or [type(exc).__name__]
+    detail = next((ln[len("Error: "):] for ln in lines if ln.startswith("Error: ")), "")
+    return lines[0].rstrip(".") + (f" ({detail})" if detail else "")
+
+
+def _as_message(message: Mapping[str, Any]) -> AssistantMessage:
+    calls = tuple(tool_call_from(c) for c in message.get("tool_calls") or [])
+    reasoning = next((message[k] for k in ("reasoning_content", "reasoning", "thinking")
+                      if isinstance(message.get(k), str)), "")
+    return AssistantMessage(message.get("content") or "", calls, reasoning)

@@ -1,0 +1,127 @@
+"""The model families: each one's response template (from ``trl``) and its end-of-turn tokens.
+
+Adding a family is a subclass here with the facts of its format, an entry in :data:`FAMILIES`,
+a marker in :func:`detect`, and a round-trip test with its real chat template
+(``tests/agents/test_dialects.py``); see ``docs/dialects.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from trace_agents.dialects.base import TemplateDialect
+
+
+def _trl_response_template(name: str) -> dict[str, Any]:
+    try:
+        from trl import chat_template_utils
+    except ImportError as exc:  # pragma: no cover - the dialects extra installs it
+        raise ImportError("template dialects parse replies with trl's response templates: "
+                          "pip install 'trace-rl[dialects]' (or pip install trl)") from exc
+    return getattr(chat_template_utils, name)
+
+
+class Hermes(TemplateDialect):
+    """Qwen2.5, Qwen3 (and 2507), Hermes: ``<tool_call>{"name", "arguments"}</tool_call>`` JSON,
+    results as ``<tool_response>`` blocks in a user turn."""
+
+    name = "hermes"
+    end_of_turn = ("<|im_end|>",)
+
+    @classmethod
+    def load_response_template(cls) -> dict[str, Any]:
+        return _trl_response_template("qwen3_template")
+
+
+class QwenXML(TemplateDialect):
+    """Qwen3.5, Qwen3.6, Qwen3-Coder: ``<tool_call><function=name><parameter=key>value</parameter>
+    </function></tool_call>``; string values are written raw, so the tool schema types them."""
+
+    name = "qwen3_xml"
+    end_of_turn = ("<|im_end|>",)
+    paired_tags = (("<parameter=", "</parameter>"), ("<function=", "</function>"))
+
+    @classmethod
+    def load_response_template(cls) -> dict[str, Any]:
+        return _trl_response_template("qwen3_5_template")
+
+
+class Llama3JSON(TemplateDialect):
+    """Llama 3.1 / 3.2: a bare ``{"name": ..., "parameters": {...}}`` reply, one call per turn,
+    tools listed in the first user message, results in the ``ipython`` role."""
+
+    name = "llama3_json"
+    end_of_turn = ("<|eot_id|>", "<|eom_id|>")
+    parse_suffix = "<|eot_id|>"
+    one_call_per_message = True
+
+    @classmethod
+    def load_response_template(cls) -> dict[str, Any]:
+        return _trl_response_template("llama3_template")
+
+
+class Harmony(TemplateDialect):
+    """gpt-oss's harmony format: thinking in the ``analysis`` channel, a call as a
+    ``to=functions.name`` message in the ``commentary`` channel ended by ``<|call|>``, the answer
+    in the ``final`` channel ended by ``<|return|>``; results as ``functions.name`` messages."""
+
+    name = "harmony"
+    end_of_turn = ("<|return|>", "<|call|>", "<|end|>")
+    thinking_key = "thinking"
+    one_call_per_message = True
+
+    @classmethod
+    def load_response_template(cls) -> dict[str, Any]:
+        return _trl_response_template("gptoss_template")
+
+
+class GLM4(TemplateDialect):
+    """GLM-4.5/4.6 (GLM-4-MoE): ``<tool_call>name<arg_key>k</arg_key><arg_value>v</arg_value>
+    </tool_call>``; results as ``<tool_response>`` blocks in an ``<|observation|>`` turn. The model
+    ends its turn with the next role's token (``<|observation|>`` or ``<|user|>``)."""
+
+    name = "glm4"
+    end_of_turn = ("<|observation|>", "<|user|>")
+    opens_next = end_of_turn
+    paired_tags = (("<arg_key>", "</arg_key>"), ("<arg_value>", "</arg_value>"))
+
+    @classmethod
+    def load_response_template(cls) -> dict[str, Any]:
+        return _trl_response_template("glm4moe_template")
+
+
+class Gemma4(TemplateDialect):
+    """Gemma 4: ``<|tool_call>call:name{key:<|"|>text<|"|>,n:3}<tool_call|>``; the model stops at
+    ``<|tool_response>``, the result is written into the same model turn, and the model goes on."""
+
+    name = "gemma4"
+    end_of_turn = ("<turn|>", "<|tool_response>")
+    opens_next = ("<|tool_response>",)
+
+    @classmethod
+    def load_response_template(cls) -> dict[str, Any]:
+        return _trl_response_template("gemma4_template")
+
+
+FAMILIES: dict[str, type[TemplateDialect]] = {
+    d.name: d for d in (Hermes, QwenXML, Llama3JSON, Harmony, GLM4, Gemma4)
+}
+
+
+def detect(chat_template: str | None) -> str:
+    """The dialect a chat template speaks, from the markers only that family's template writes;
+    ``react`` (tools and the Hermes format in the system text) for templates that render no tools."""
+    t = chat_template or ""
+    if "<|channel|>" in t and "<|call|>" in t:
+        return "harmony"
+    if "<arg_key>" in t:
+        return "glm4"
+    if "<|tool_call>" in t and "<tool_call|>" in t:
+        return "gemma4"
+    if "<function=" in t and "<parameter=" in t:
+        return "qwen3_xml"
+    if "<|start_header_id|>" in t and "ipython" in t and "tool_calls" in t:
+        return "llama3_json"
+    if "<tool_call>" in t and "tools" in t:
+        return "hermes"
+    return "react"

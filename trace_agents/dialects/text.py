@@ -1,0 +1,61 @@
+"""The ``react`` dialect: the Hermes ``<tool_call>`` format written into the system text.
+
+For chat templates that render no tools (ChatML models such as SmolLM2, the tiny test model) and
+for Search-R1-style training: the system prompt lists the tools and the turn format itself, the
+env parses the reply text with its own parser (:func:`trace_envs.parse_action`), final answers go
+in ``<answer>``, and results come back as a user ``<tool_response>`` message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from trace_agents.react import (
+    STOP_STRINGS, ChatFormat, Message, initial_messages, observation_role, turn_messages,
+)
+from trace_envs import ToolEnv
+from trace_envs.structured import AssistantMessage, tool_call_from
+
+
+class TextDialect(ChatFormat):
+    name = "react"
+    stop = STOP_STRINGS
+
+    @property
+    def end_ids(self) -> frozenset[int]:
+        """Token ids that end a turn."""
+        return self.eos_ids
+
+    def initial_messages(self, env: ToolEnv, task_prompt: str) -> list[Message]:
+        return initial_messages(env, task_prompt)
+
+    def initial_ids(self, env: ToolEnv, task_prompt: str) -> list[int]:
+        return self.prompt_ids(initial_messages(env, task_prompt))
+
+    def action(self, completion: Any, env: ToolEnv | None = None) -> str:
+        """The reply text as the server sent it: the env parses it."""
+        return completion.text
+
+    def parse(self, text: str, env: ToolEnv | None = None) -> str:
+        return text
+
+    def turn_messages(self, action: str, observation: str | None, info: Mapping[str, Any]) -> list[Message]:
+        return turn_messages(action, observation, observation_role(info))
+
+    def after_action_ids(self, action_ids: Sequence[int], action: str, observation: str | None,
+                         info: Mapping[str, Any]) -> list[int]:
+        return self.tail_ids(action_ids, observation, observation_role(info))
+
+    def render_action(self, message: AssistantMessage | Mapping[str, Any]) -> str:
+        """A structured message in this dialect's text: thinking, content, ``<tool_call>`` blocks."""
+        if not isinstance(message, AssistantMessage):
+            calls = tuple(tool_call_from(c) for c in message.get("tool_calls") or [])
+            message = AssistantMessage(message.get("content") or "", calls,
+                                       message.get("reasoning_content") or "")
+        parts = [f"<think>{message.reasoning}</think>"] if message.reasoning else []
+        if message.content:
+            parts.append(message.content)
+        parts.append("".join(f"<tool_call>{c.to_json()}</tool_call>" for c in message.tool_calls))
+        return "\n".join(p for p in parts if p)
