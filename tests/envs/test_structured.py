@@ -67,7 +67,7 @@ def test_bad_messages_are_error_observations(env, message, problem):
 
 
 @pytest.mark.parametrize("call, problem", [
-    (openai_call("calculator", '{"expression": '), "not valid JSON"),
+    (openai_call("calculator", '{"expression": '), "not a JSON object"),
     (openai_call("calculator", "[1, 2]"), "must be a JSON object"),
     (openai_call("", {}), "no string 'name'"),
     ({"function": [1]}, "'function' must be an object"),
@@ -209,3 +209,22 @@ def test_bfcl_replies_without_calls_end_the_user_turn_in_either_form():
             break
         assert info["observation_role"] == "user" and obs == questions[info["user_turn"]][0]["content"]
     assert info["user_turn"] == min(3, len(questions))  # each reply ended one user turn
+
+
+def _deep_list(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("arguments, problem", [
+    ({"expression": _deep_list(100)}, "nested"),
+    ({"expression": 10 ** 2000}, "digits"),
+    ({"expression": "\ud800"}, "lone surrogate"),
+    ({"expression": object()}, "not JSON data"),
+])
+def test_structured_arguments_get_the_text_paths_bounds(env, arguments, problem):
+    call = openai_call("calculator", arguments)
+    _, _, terminated, _, info = env.step({"content": "", "tool_calls": [call]})
+    assert problem in info["error"] and not terminated
