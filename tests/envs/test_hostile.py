@@ -281,11 +281,12 @@ def test_power_towers_grade_quickly_off_the_main_thread():
     thread.join(120)
     assert not thread.is_alive()
     assert [r for r, _ in results] == [0.0] * 6 + [1.0]
-    assert max(s for _, s in results[:-1]) < 0.1
+    assert max(s for _, s in results[:-1]) < 1.0  # refused up front (well under 1 ms unloaded)
 
 
 def test_grading_worker_is_killed_at_the_deadline_from_any_thread():
     pool = WorkerPool(1)
+    assert pool.run(abs, -1, timeout=120) == 1  # started: start-up is not part of the limit
     outcome = []
 
     def run():
