@@ -1,12 +1,12 @@
 """`TraceEnvAgentLoop`: verl's agent-loop extension point, driving trace-rl envs.
 
-This is the only module that imports verl (>= 0.6: ``AgentLoopBase``, ``AgentLoopOutput`` and
-``register`` from ``verl.experimental.agent_loop.agent_loop``); verl's rollout workers import it
-through the agent-loop YAML (``_target_: trace_agents.verl.agent_loop.TraceEnvAgentLoop``). All
-logic lives in `EpisodeRunner`, which is tested without verl.
+Imports verl 0.9 (``AgentLoopBase``, ``AgentLoopOutput`` and ``register`` from
+``verl.experimental.agent_loop.agent_loop``); verl's rollout workers import it through the
+agent-loop YAML (``_target_: trace_agents.verl.agent_loop.TraceEnvAgentLoop``). All logic lives in
+`EpisodeRunner`.
 
-A row with a `Branch` in column ``trace_branch`` resumes that branch; any other row plays
-``extra_info``'s env and task from the start.
+A run with a `Branch` in keyword ``trace_branch`` (the TRACE worker's continuations) resumes that
+branch; any other run plays ``extra_info``'s env and task from the start.
 """
 
 from __future__ import annotations
@@ -53,4 +53,5 @@ class TraceEnvAgentLoop(AgentLoopBase):
             prompt_key = str(kwargs.get("uid", kwargs.get("index", "")))
             spec = EnvSpec.from_extra_info(kwargs.get("extra_info") or {})
             episode = await self.runner.run(spec, sampling_params, prompt_key=prompt_key)
-        return AgentLoopOutput(**episode.verl_fields(), extra_fields={EPISODE_KEY: episode})
+        return AgentLoopOutput(**episode.verl_fields(),
+                               extra_fields={EPISODE_KEY: episode, **episode.global_steps_fields()})
