@@ -11,14 +11,10 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 if importlib.util.find_spec("verl") is None:
-    collect_ignore_glob = ["*.py"]
-
-    def pytest_report_header(config):
-        return "tests/verl not collected: verl is not installed here (run .venv-verl/bin/python -m pytest tests/verl)"
+    collect_ignore_glob = ["*.py"]  # the main .venv: .ci/run runs this tier in .venv-verl
 else:
     from verl.workers.rollout.replica import TokenOutput
 
@@ -62,17 +58,18 @@ class ChatMLTokenizer:
         return self.encode(text) if tokenize else text
 
 
-@dataclass
 class ScriptedServer:
     """A scripted policy behind ``LLMServerClient.generate``'s signature: ``policy(prompt_text,
-    n_call)`` gives the action text, returned as verl's ``TokenOutput`` (ids, then end-of-turn)."""
+    n_call)`` gives the action text, returned as verl's ``TokenOutput`` (ids, then end-of-turn).
+    A plain class, like verl's ``LLMServerClient`` (hydra would turn a dataclass into a config)."""
 
-    tokenizer: ChatMLTokenizer
-    policy: Callable[[str, int], str]
-    logprobs: bool = False
-    calls: list[dict[str, Any]] = field(default_factory=list)
-    stop_reason: str = "completed"
-    global_steps: int | None = None
+    def __init__(self, tokenizer: Any, policy: Callable[[str, int], str], logprobs: bool = False) -> None:
+        self.tokenizer = tokenizer
+        self.policy = policy
+        self.logprobs = logprobs
+        self.calls: list[dict[str, Any]] = []
+        self.stop_reason = "completed"
+        self.global_steps: int | None = None
 
     async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any]):
         await asyncio.sleep(0)
