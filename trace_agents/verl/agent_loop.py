@@ -28,11 +28,13 @@ class TraceEnvAgentLoop(AgentLoopBase):
 
     * ``stop_at_action_end`` (default true): stop generation at ``</tool_call>``/``</answer>``
       with the engine's own stop parameters (vLLM and SGLang);
-    * ``train_prefix`` (default false): also train a continuation's inherited prefix tokens.
+    * ``train_prefix`` (default false): also train a continuation's inherited prefix tokens;
+    * ``max_tokens_per_turn`` (default none): cap each generation (``rollout.response_length``
+      caps the whole trajectory).
     """
 
     def __init__(self, *args: Any, stop_at_action_end: bool = True, train_prefix: bool = False,
-                 **kwargs: Any) -> None:
+                 max_tokens_per_turn: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         rollout = self.config.actor_rollout_ref.rollout
         template_kwargs = self.config.data.get("apply_chat_template_kwargs", None) or {}
@@ -43,6 +45,7 @@ class TraceEnvAgentLoop(AgentLoopBase):
             prompt_length=rollout.prompt_length,
             stop=stop_params(rollout.name) if stop_at_action_end else None,
             train_prefix=train_prefix,
+            max_tokens_per_turn=max_tokens_per_turn,
         )
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:

@@ -251,6 +251,8 @@ class EpisodeRunner:
 
     ``train_prefix=False`` (the TRACE default) masks a continuation's inherited prefix to 0, so its
     loss covers only its new tokens; the prefix still conditions the forward pass.
+    ``max_tokens_per_turn`` caps each generation (the in-process rollouts' ``max_tokens``); verl's
+    ``response_length`` caps the whole trajectory.
     """
 
     def __init__(
@@ -262,15 +264,19 @@ class EpisodeRunner:
         prompt_length: int | None = None,
         stop: Mapping[str, Any] | None = None,
         train_prefix: bool = False,
+        max_tokens_per_turn: int | None = None,
     ) -> None:
         if response_length < 1:
             raise ValueError("response_length must be at least 1")
+        if max_tokens_per_turn is not None and max_tokens_per_turn < 1:
+            raise ValueError("max_tokens_per_turn must be at least 1")
         self.generate = generate
         self.format = chat_format
         self.response_length = response_length
         self.prompt_length = prompt_length
         self.stop = dict(stop or {})
         self.train_prefix = train_prefix
+        self.max_tokens_per_turn = max_tokens_per_turn
 
     async def run(self, spec: EnvSpec, sampling_params: Mapping[str, Any], *, prompt_key: str) -> Episode:
         env = await asyncio.to_thread(spec.make)
@@ -306,7 +312,7 @@ class EpisodeRunner:
             remaining = self.response_length - len(ep.response_ids)
             if remaining <= 0:
                 return _stopped(ep, "response_length")
-            params = {**sampling_params, **self.stop, "max_tokens": remaining}
+            params = {**sampling_params, **self.stop, "max_tokens": min(remaining, self.max_tokens_per_turn or remaining)}
             started = time.perf_counter()
             out = await self.generate(ep.session, prompt_ids=ep.prompt_ids + ep.response_ids,
                                       sampling_params=params)
