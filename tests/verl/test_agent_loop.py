@@ -147,3 +147,21 @@ def test_the_glue_without_the_trainer_imports_no_ray():
 
     code = "import sys, trace_agents.verl; assert 'ray' not in sys.modules and 'verl' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.getcwd())
+
+
+def test_the_trace_launch_config_passes_verls_own_validation(tmp_path):
+    """What ``python -m trace_agents.verl.main`` checks before starting Ray, with recipe-like sizes."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    from trace_agents.models import tiny_qwen3
+
+    model, tok = tiny_qwen3()
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    config = verl_config(f"actor_rollout_ref.model.path={tmp_path}", "data.train_batch_size=128",
+                         "actor_rollout_ref.actor.ppo_mini_batch_size=128", "actor_rollout_ref.rollout.n=3",
+                         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2", "trainer.n_gpus_per_node=8",
+                         "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4")
+    assert not need_critic(config)  # TRACE's advantages need no value model
+    validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=False)
