@@ -165,3 +165,17 @@ def test_the_trace_launch_config_passes_verls_own_validation(tmp_path):
                          "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4")
     assert not need_critic(config)  # TRACE's advantages need no value model
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=False)
+
+
+def test_the_yaml_entry_keeps_its_options_once_the_module_is_imported():
+    """A worker loads the YAML into verl's registry, then hydra imports the module on the first
+    run: the import must not replace the YAML entry (and its options) with a bare one."""
+    import importlib
+
+    import trace_agents.verl.agent_loop as module
+
+    for entry in OmegaConf.load(AGENT_LOOP_YAML):
+        _agent_loop_registry[entry.name] = entry
+    importlib.reload(module)
+    assert _agent_loop_registry["trace_env"]["max_tokens_per_turn"] is None
+    assert _agent_loop_registry["trace_env"]["stop_at_action_end"] is True

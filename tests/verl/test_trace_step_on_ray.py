@@ -31,7 +31,7 @@ from trace_agents.verl.main import AGENT_LOOP_YAML
 pytestmark = pytest.mark.slow
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 EXAMPLE = Path(__file__).parents[2] / "examples" / "verl" / "make_dataset.py"
-PROMPTS = 1
+PROMPTS = 2
 
 
 def write_dataset(out: Path) -> Path:
@@ -83,7 +83,7 @@ def compose(root: Path, data: Path):
         f"data.train_files={data}", f"data.val_files={data}",
         f"data.train_batch_size={PROMPTS}", "data.max_prompt_length=2048", "data.max_response_length=512",
         "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
-        "trace.budget.roots=2", "trace.budget.m_min=2", "trace.budget.m_max=2",
+        "trace.budget.roots=4", "trace.budget.m_min=2", "trace.budget.m_max=2",
         "trace.budget.continuations_per_root=2", "trainer.total_epochs=1",
     ]
     with hydra.initialize_config_dir(config_dir=str(AGENT_LOOP_YAML.parent), version_base=None):
@@ -127,7 +127,7 @@ def test_one_trace_step_through_verls_v1_machinery(setup):
 
         # Stage 1 per prompt, Stage 2 per prompt: sessions of each uid = its roots + its continuations
         sampler, budget = trainer.sampler, trainer.budget
-        assert metrics["trace/roots_planned"] == 2 and metrics["trace/prompts_opened"] == PROMPTS
+        assert metrics["trace/roots_planned"] == 4 and metrics["trace/prompts_opened"] == PROMPTS
         sessions = Counter(key.split("_")[0] for key in batch.keys)
         episodes = list(sampler.episodes.values())
         by_uid = Counter(ep.prompt_key for ep in episodes)
@@ -135,7 +135,7 @@ def test_one_trace_step_through_verls_v1_machinery(setup):
         roots = [ep for ep in episodes if ep.parent is None]
         conts = [ep for ep in episodes if ep.parent is not None]
         assert Counter(ep.prompt_key for ep in roots) == Counter({uid: 2 for uid in sessions})
-        assert len(conts) == metrics["trace/continuations_cap"] == 4
+        assert len(conts) == metrics["trace/continuations_cap"] == 8
         for ep in conts:  # branched from its own prompt's root, from the exact token prefix
             parent = sampler.episodes[ep.parent[0]]
             offset = parent.turns[ep.branch_turn - 1].offset
@@ -145,7 +145,7 @@ def test_one_trace_step_through_verls_v1_machinery(setup):
         for uid, tree in sampler.trees.items():
             leaves = list(tree.leaves())
             assert sum(leaf.bare for leaf in leaves) == 2 and len(leaves) == by_uid[uid]
-        assert (budget.roots, budget.continuations, budget.spent) == (2, 4, 4.0) == (2, 4, metrics["trace/cost"])
+        assert (budget.roots, budget.continuations, budget.spent) == (4, 8, 8.0) == (4, 8, metrics["trace/cost"])
         # the weights version and the engine's stop reason came through
         assert {tag["min_global_steps"] for tag in batch.tags} == {1}
         assert {ep.engine_stop_reason for ep in episodes} <= {"completed", "length"}
@@ -162,8 +162,8 @@ def test_one_trace_step_through_verls_v1_machinery(setup):
         # the predictor was refit on this step's trees
         assert refit and not np.allclose(predictor.predict(probe), before)
         served = ray.get(replica.served.remote())
-        assert served and all(r["sampling_params"]["stop"] == ["</tool_call>", "</answer>"]
-                              and r["sampling_params"]["max_tokens"] <= 24 for r in served)
+        assert served and {tuple(r["sampling_params"]["stop"]) for r in served} == {("</tool_call>", "</answer>")}
+        assert max(r["sampling_params"]["max_tokens"] for r in served) == 24  # the YAML's option, every run
         json.dumps(metrics)  # loggable
     finally:
         tq.close()

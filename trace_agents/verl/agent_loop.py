@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
+from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, _agent_loop_registry, register
 
 from trace_agents.react import ChatFormat
 from trace_agents.verl.episode import EnvSpec, EpisodeRunner, stop_params
@@ -22,7 +22,6 @@ from trace_agents.verl.sampler import BRANCH_KEY, EPISODE_KEY
 AGENT_NAME = "trace_env"
 
 
-@register(AGENT_NAME)
 class TraceEnvAgentLoop(AgentLoopBase):
     """Options (keys next to ``_target_`` in the agent-loop YAML):
 
@@ -58,3 +57,10 @@ class TraceEnvAgentLoop(AgentLoopBase):
             episode = await self.runner.run(spec, sampling_params, prompt_key=prompt_key)
         return AgentLoopOutput(**episode.verl_fields(),
                                extra_fields={EPISODE_KEY: episode, **episode.global_steps_fields()})
+
+
+# verl loads the agent-loop YAML (with its options) into the registry before it first imports this
+# module through ``_target_``; a plain ``@register`` would then replace that entry with a bare one,
+# and every later run would lose the YAML's options. Register only where the YAML has not.
+if AGENT_NAME not in _agent_loop_registry:
+    register(AGENT_NAME)(TraceEnvAgentLoop)
