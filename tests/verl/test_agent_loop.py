@@ -71,6 +71,19 @@ def test_the_packaged_trace_config_selects_the_trace_trainer_and_manager():
     assert config.trace.budget.roots > 0 and config.trace.advantage == "tree"
 
 
+def test_a_bad_trace_block_is_a_clear_error_before_ray_starts():
+    from pydantic import ValidationError
+
+    from trace_agents.verl.trainer import trace_settings
+
+    with pytest.raises(ValueError, match="unknown keys"):
+        trace_settings(verl_config("+trace.budgets=3"))
+    with pytest.raises(ValidationError):
+        trace_settings(verl_config("trace.budget.m_min=9", "trace.budget.m_max=4"))
+    name, settings = trace_settings(verl_config("trace.budget.roots=10"))
+    assert name == "trace" and settings.budget.total == 20.0
+
+
 def test_a_dataset_row_becomes_verls_agent_loop_output(tokenizer):
     loop, server = build(tokenizer, script(calc("2+3"), f"<answer>{answer()}</answer>"))
     server.global_steps = 7

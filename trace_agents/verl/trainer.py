@@ -54,6 +54,9 @@ def trace_settings(config: DictConfig) -> tuple[str, TrainConfig]:
     if block is None:
         raise ValueError("the TRACE trainer needs a `trace` config block (trace_agents/verl/config/trace_trainer.yaml)")
     t = OmegaConf.to_container(block, resolve=True)
+    unknown = set(t) - {"allocator", "seed", "budget", "predictor", "advantage", "shared_tokens"}
+    if unknown:
+        raise ValueError(f"unknown keys in the `trace` config block: {sorted(unknown)}")
     settings = TrainConfig(
         seed=t.get("seed", 0),
         budget=BudgetConfig(**t.get("budget", {})),
