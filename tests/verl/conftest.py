@@ -1,12 +1,22 @@
-"""Shared helpers of the verl adapter tests: a small ChatML tokenizer, a scripted async
-``generate`` in verl's shape, calculator actions and env specs."""
+"""Shared helpers of the verl tier: a small ChatML tokenizer, a scripted policy behind verl's own
+``generate`` signature and ``TokenOutput``, calculator actions and env specs.
+
+The tier runs against the real verl 0.9 installed by ``scripts/install_verl.sh`` in ``.venv-verl``
+(verl pins transformers<5.11, the main ``.venv`` tracks newer releases): ``.ci/run`` runs
+``.venv-verl/bin/python -m pytest tests/verl``. A venv without verl does not collect it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
+
+if importlib.util.find_spec("verl") is None:
+    collect_ignore_glob = ["*.py"]  # the main .venv: .ci/run runs this tier in .venv-verl
+else:
+    from verl.workers.rollout.replica import TokenOutput
 
 from trace_agents.verl import EnvSpec
 from trace_envs import load_suite
@@ -48,21 +58,18 @@ class ChatMLTokenizer:
         return self.encode(text) if tokenize else text
 
 
-@dataclass
-class TokenOutput:
-    token_ids: list[int]
-    log_probs: list[float] | None = None
-
-
-@dataclass
 class ScriptedServer:
-    """verl's ``AsyncLLMServerManager.generate`` stand-in: ``policy(prompt_text, n_call)`` gives the
-    action text; it is returned as token ids followed by the end-of-turn token."""
+    """A scripted policy behind ``LLMServerClient.generate``'s signature: ``policy(prompt_text,
+    n_call)`` gives the action text, returned as verl's ``TokenOutput`` (ids, then end-of-turn).
+    A plain class, like verl's ``LLMServerClient`` (hydra would turn a dataclass into a config)."""
 
-    tokenizer: ChatMLTokenizer
-    policy: Callable[[str, int], str]
-    logprobs: bool = False
-    calls: list[dict[str, Any]] = field(default_factory=list)
+    def __init__(self, tokenizer: Any, policy: Callable[[str, int], str], logprobs: bool = False) -> None:
+        self.tokenizer = tokenizer
+        self.policy = policy
+        self.logprobs = logprobs
+        self.calls: list[dict[str, Any]] = []
+        self.stop_reason = "completed"
+        self.global_steps: int | None = None
 
     async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any]):
         await asyncio.sleep(0)
@@ -71,7 +78,8 @@ class ScriptedServer:
                            "sampling_params": dict(sampling_params)})
         ids = self.tokenizer.encode(self.policy(self.tokenizer.decode(prompt_ids), n)) + [1]
         ids = ids[: sampling_params["max_tokens"]]
-        return TokenOutput(ids, [-0.5] * len(ids) if self.logprobs else None)
+        return TokenOutput(token_ids=ids, log_probs=[-0.5] * len(ids) if self.logprobs else None,
+                           stop_reason=self.stop_reason, extra_fields={"global_steps": self.global_steps})
 
 
 def calc(expr: str) -> str:

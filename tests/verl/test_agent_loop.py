@@ -1,131 +1,194 @@
-"""TraceEnvAgentLoop against a stand-in of verl's agent-loop module (verl is not installed).
-
-The stand-in mirrors verl's interface (verl/experimental/agent_loop/agent_loop.py, v0.6 to main):
-``AgentLoopBase.__init__(trainer_config, server_manager, tokenizer, processor, **kwargs)``,
-``AgentLoopOutput`` (pydantic) and ``register(name)``.
-"""
+"""TraceEnvAgentLoop inside the real verl 0.9: built from the packaged YAML the way
+``AgentLoopWorker._run_agent_loop`` builds agent loops (hydra, verl's own constructor arguments),
+its output through V1's ``AgentLoopOutput.as_dict`` and TransferQueue's tensordict, and back."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib
+import os
 import sys
-import types
-from pathlib import Path
-from typing import Any
 
+import hydra
 import pytest
-import yaml
-from pydantic import BaseModel
+from omegaconf import OmegaConf
+from verl.experimental.agent_loop.agent_loop import (
+    AgentLoopOutput, DictConfigWrap, ToolListWrap, _agent_loop_registry,
+)
+from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
-from tests.verl.conftest import ChatMLTokenizer, ScriptedServer, answer, calc, script, spec
-from trace_agents.verl import BRANCH_KEY, EPISODE_KEY, Episode
+from tests.verl.conftest import ScriptedServer, answer, calc, script, spec
+from trace_agents.verl import BRANCH_KEY, EPISODE_KEY, Episode, TraceSampler
+from trace_agents.verl.main import AGENT_LOOP_YAML
+from trace_allocation import Budget
+from trace_allocation.allocators import TreeAllocator
+from trace_allocation.predictors import LexicalPredictor
 
-EXAMPLE_YAML = Path(__file__).parents[2] / "examples" / "verl" / "agent_loop.yaml"
-
-
-class AgentLoopMetrics(BaseModel):
-    generate_sequences: float = 0.0
-    tool_calls: float = 0.0
-    num_preempted: int = -1
-
-
-class AgentLoopOutput(BaseModel):
-    prompt_ids: list[int]
-    response_ids: list[int]
-    response_mask: list[int]
-    response_logprobs: list[float] | None = None
-    reward_score: float | None = None
-    num_turns: int = 0
-    metrics: AgentLoopMetrics
-    extra_fields: dict[str, Any] = {}
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+CONFIG_DIR = str(AGENT_LOOP_YAML.parent)
 
 
-@pytest.fixture
-def verl_stub(monkeypatch):
-    registry: dict[str, dict] = {}
-
-    class AgentLoopBase:
-        def __init__(self, trainer_config, server_manager, tokenizer, processor, **kwargs):
-            self.config = trainer_config.config
-            self.server_manager = server_manager
-            self.tokenizer = tokenizer
-
-    def register(name):
-        def decorator(cls):
-            registry[name] = {"_target_": f"{cls.__module__}.{cls.__qualname__}"}
-            return cls
-        return decorator
-
-    module = types.ModuleType("verl.experimental.agent_loop.agent_loop")
-    module.AgentLoopBase, module.AgentLoopOutput, module.register = AgentLoopBase, AgentLoopOutput, register
-    for name in ("verl", "verl.experimental", "verl.experimental.agent_loop"):
-        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-    monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.delitem(sys.modules, "trace_agents.verl.agent_loop", raising=False)
-    yield registry, importlib.import_module("trace_agents.verl.agent_loop")
-    sys.modules.pop("trace_agents.verl.agent_loop", None)
+def verl_config(*overrides: str):
+    """verl's ppo_trainer config as the TRACE launcher composes it."""
+    with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return hydra.compose("trace_trainer", overrides=list(overrides))
 
 
-def trainer_config(engine: str = "vllm", data: dict | None = None) -> types.SimpleNamespace:
-    rollout = types.SimpleNamespace(name=engine, prompt_length=2048, response_length=1024)
-    return types.SimpleNamespace(config=types.SimpleNamespace(
-        actor_rollout_ref=types.SimpleNamespace(rollout=rollout), data=data or {}))
+@pytest.fixture(scope="module")
+def tokenizer():
+    from trace_agents.models import tiny_tokenizer
+
+    return tiny_tokenizer()
 
 
-def build_from_yaml(policy, data: dict | None = None) -> tuple[Any, ScriptedServer]:
-    """What AgentLoopWorker does: hydra-instantiate the YAML entry with verl's arguments."""
-    entry = yaml.safe_load(EXAMPLE_YAML.read_text())[0]
-    module_name, _, cls_name = entry["_target_"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    tok = ChatMLTokenizer()
-    server = ScriptedServer(tok, policy)
-    options = {k: v for k, v in entry.items() if k != "_target_"}  # hydra passes `name` too
-    loop = cls(trainer_config=trainer_config(data=data), server_manager=server, tokenizer=tok, processor=None,
-               dataset_cls=None, dataset_config=None, **options)
+def build(tokenizer, policy, *overrides: str):
+    """What AgentLoopWorker does: load the agent-loop YAML into verl's registry, instantiate."""
+    config = verl_config("actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.rollout.prompt_length=2048",
+                         "actor_rollout_ref.rollout.response_length=1024", *overrides)
+    import trace_agents.verl.agent_loop  # noqa: F401  (the @register decorator)
+
+    for entry in OmegaConf.load(AGENT_LOOP_YAML):
+        _agent_loop_registry[entry.name] = entry
+    server = ScriptedServer(tokenizer, policy)
+    loop = hydra.utils.instantiate(
+        config=_agent_loop_registry["trace_env"], trainer_config=DictConfigWrap(config=config),
+        server_manager=server, tokenizer=tokenizer, processor=None, hf_model_type="qwen3",
+        dataset_cls=None, data_config=DictConfigWrap(config.data), tools=ToolListWrap([]),
+    )
     return loop, server
 
 
-def test_the_loop_registers_under_the_yaml_name_and_target(verl_stub):
-    registry, module = verl_stub
-    entry = yaml.safe_load(EXAMPLE_YAML.read_text())[0]
-    assert entry["name"] == module.AGENT_NAME and registry[entry["name"]]["_target_"] == entry["_target_"]
+def row(uid: str = "u1", task: int = 0) -> dict:
+    s = spec(task)
+    return {"uid": uid, "index": 0, "raw_prompt": [{"role": "user", "content": "..."}], "session_id": 0,
+            "extra_info": {"env_id": s.env_id, "env_kwargs": dict(s.env_kwargs), "task_id": s.task_id}}
 
 
-def test_a_dataset_row_becomes_verls_agent_loop_output(verl_stub):
-    loop, server = build_from_yaml(script(calc("2+3"), f"<answer>{answer()}</answer>"))
-    s = spec()
-    row = {"uid": "u1", "index": 0, "raw_prompt": [{"role": "user", "content": "..."}],
-           "extra_info": {"env_id": s.env_id, "env_kwargs": dict(s.env_kwargs), "task_id": s.task_id}}
-    out = asyncio.run(loop.run({"temperature": 1.0, "logprobs": False}, **row))
+def test_the_packaged_trace_config_selects_the_trace_trainer_and_manager():
+    config = verl_config()
+    assert config.trainer.use_v1 and config.trainer.v1.trainer_mode == "trace"
+    assert config.actor_rollout_ref.rollout.agent.agent_loop_manager_class == (
+        "trace_agents.verl.trainer.TraceAgentLoopManager")
+    assert config.trace.budget.roots > 0 and config.trace.advantage == "tree"
+
+
+def test_a_bad_trace_block_is_a_clear_error_before_ray_starts():
+    from pydantic import ValidationError
+
+    from trace_agents.verl.trainer import trace_settings
+
+    with pytest.raises(ValueError, match="unknown keys"):
+        trace_settings(verl_config("+trace.budgets=3"))
+    with pytest.raises(ValidationError):
+        trace_settings(verl_config("trace.budget.m_min=9", "trace.budget.m_max=4"))
+    name, settings = trace_settings(verl_config("trace.budget.roots=10"))
+    assert name == "trace" and settings.budget.total == 20.0
+
+
+def test_a_dataset_row_becomes_verls_agent_loop_output(tokenizer):
+    loop, server = build(tokenizer, script(calc("2+3"), f"<answer>{answer()}</answer>"))
+    server.global_steps = 7
+    out = asyncio.run(loop.run({"temperature": 1.0, "logprobs": False}, **row()))
     assert isinstance(out, AgentLoopOutput)
     assert out.reward_score == 1.0 and out.num_turns == 4 and out.metrics.generate_sequences >= 0
     assert len(out.response_ids) == len(out.response_mask) and out.response_mask[0] == 1 and 0 in out.response_mask
     episode = out.extra_fields[EPISODE_KEY]
     assert isinstance(episode, Episode) and episode.prompt_key == "u1" and episode.turns[0].snapshot
+    assert episode.engine_stop_reason == "completed"
+    # V1 tags staleness from these (AgentLoopWorkerTQ._agent_loop_postprocess)
+    assert out.extra_fields["min_global_steps"] == out.extra_fields["max_global_steps"] == 7
     sent = server.calls[0]["sampling_params"]
     assert sent["stop"] == ["</tool_call>", "</answer>"] and sent["include_stop_str_in_output"] is True
 
     server.policy = script(f"<answer>{answer()}</answer>")
-    cont = asyncio.run(loop.run({"temperature": 1.0}, **row, **{BRANCH_KEY: episode.branch(1)}))
+    cont = asyncio.run(loop.run({"temperature": 1.0}, **row(), **{BRANCH_KEY: episode.branch(1)}))
     assert cont.prompt_ids == out.prompt_ids
     offset = episode.turns[0].offset
     assert cont.response_ids[:offset] == out.response_ids[:offset] and cont.response_mask[:offset] == [0] * offset
     assert cont.extra_fields[EPISODE_KEY].parent == (episode.id, 1)
 
 
-def test_verls_chat_template_kwargs_reach_the_chat_format(verl_stub):
-    loop, _ = build_from_yaml(script("x"), {"apply_chat_template_kwargs": {"enable_thinking": False}})
+def test_episodes_survive_v1_serialisation_and_grow_the_same_tree(tokenizer):
+    """V1 stores ``as_dict()`` (pydantic turns the Episode into dicts) in TransferQueue's
+    tensordict; the trainer must rebuild the same episodes and the same tree from them."""
+    loop, server = build(tokenizer, script(calc("6*7"), calc("ans+1"), "<answer>0</answer>"))
+    root = asyncio.run(loop.run({}, **row())).extra_fields[EPISODE_KEY]
+    server.policy = script(f"<answer>{answer()}</answer>")
+    cont_out = asyncio.run(loop.run({}, **row(), **{BRANCH_KEY: root.branch(2)}))
+    root_out = AgentLoopOutput(**root.verl_fields(), extra_fields={EPISODE_KEY: root})
+    stored = list_of_dict_to_tensordict([root_out.as_dict(), cont_out.as_dict()])
+    dicts = [extra[EPISODE_KEY] for extra in stored["extra_fields"]]
+    assert all(isinstance(d, dict) for d in dicts)
+    rebuilt = [Episode.from_dict(d) for d in dicts]
+    assert rebuilt[0] == root and rebuilt[1] == cont_out.extra_fields[EPISODE_KEY]
+
+    def tree_shape(episodes):
+        sampler = TraceSampler(TreeAllocator(LexicalPredictor(2**10), rng=None))
+        budget = Budget(4)
+        sampler.observe(episodes, budget)
+        tree = sampler.trees["u1"]
+        return [(n.depth, n.reward, n.bare, n.prefix_text) for n in tree.nodes()], budget.spent
+
+    assert tree_shape(dicts) == tree_shape([root, cont_out.extra_fields[EPISODE_KEY]])
+    assert tree_shape(dicts)[1] == 1.5
+
+
+def test_an_aborted_request_ends_the_episode_as_failed(tokenizer):
+    loop, server = build(tokenizer, script(calc("2+3")))
+    server.stop_reason = "aborted"
+    ep = asyncio.run(loop.run({}, **row())).extra_fields[EPISODE_KEY]
+    assert ep.failed and ep.stop_reason == "aborted" and ep.reward == 0.0 and len(ep.turns) == 1
+    sampler = TraceSampler(TreeAllocator(LexicalPredictor(2**10), rng=None))
+    budget = Budget(2)
+    sampler.observe([ep], budget)
+    assert budget.spent == 1.0 and next(sampler.trees["u1"].leaves()).reward is None  # charged, not scored
+
+
+def test_verls_chat_template_kwargs_reach_the_chat_format(tokenizer):
+    loop, _ = build(tokenizer, script("x"), "+data.apply_chat_template_kwargs.enable_thinking=False")
     assert loop.runner.format.template_kwargs == {"enable_thinking": False}
 
 
-def test_a_row_without_env_id_is_a_clear_error(verl_stub):
-    loop, _ = build_from_yaml(script("<answer>1</answer>"))
+def test_a_row_without_env_id_is_a_clear_error(tokenizer):
+    loop, _ = build(tokenizer, script("<answer>1</answer>"))
     with pytest.raises(ValueError, match="env_id"):
         asyncio.run(loop.run({}, uid="u", extra_info={"index": 3}))
 
 
-def test_the_glue_imports_without_verl():
-    assert "verl" not in sys.modules
-    import trace_agents.verl  # noqa: F401
-    assert "verl" not in sys.modules
+def test_the_glue_without_the_trainer_imports_no_ray():
+    """`trace_agents.verl` (runner, sampler) stays importable where verl's Ray stack is absent."""
+    import subprocess
+
+    code = "import sys, trace_agents.verl; assert 'ray' not in sys.modules and 'verl' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.getcwd())
+
+
+def test_the_trace_launch_config_passes_verls_own_validation(tmp_path):
+    """What ``python -m trace_agents.verl.main`` checks before starting Ray, with recipe-like sizes."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    from trace_agents.models import tiny_qwen3
+
+    model, tok = tiny_qwen3()
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    config = verl_config(f"actor_rollout_ref.model.path={tmp_path}", "data.train_batch_size=128",
+                         "actor_rollout_ref.actor.ppo_mini_batch_size=128", "actor_rollout_ref.rollout.n=3",
+                         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2", "trainer.n_gpus_per_node=8",
+                         "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4")
+    assert not need_critic(config)  # TRACE's advantages need no value model
+    validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=False)
+
+
+def test_the_yaml_entry_keeps_its_options_once_the_module_is_imported():
+    """A worker loads the YAML into verl's registry, then hydra imports the module on the first
+    run: the import must not replace the YAML entry (and its options) with a bare one."""
+    import importlib
+
+    import trace_agents.verl.agent_loop as module
+
+    for entry in OmegaConf.load(AGENT_LOOP_YAML):
+        _agent_loop_registry[entry.name] = entry
+    importlib.reload(module)
+    assert _agent_loop_registry["trace_env"]["max_tokens_per_turn"] is None
+    assert _agent_loop_registry["trace_env"]["stop_at_action_end"] is True

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from tests.verl.conftest import ChatMLTokenizer, ScriptedServer, answer, calc, script, spec
 from trace_agents.react import ChatFormat, initial_messages, system_prompt
 from trace_agents.verl import Branch, EnvSpec, Episode, EpisodeRunner, stop_params
+from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 
 
 def make_runner(policy, *, response_length: int = 4096, logprobs: bool = False, **kw) -> tuple[EpisodeRunner, ScriptedServer]:
@@ -183,3 +184,17 @@ def test_any_script_gives_a_consistent_trajectory(actions, max_turns, response_l
     for turn in range(1, len(ep.turns)):  # every branch point re-creates the same prefix
         b = ep.branch(turn)
         assert b.response_ids == ep.response_ids[: ep.turns[turn - 1].offset]
+    # the episode survives verl V1's serialisation (pydantic model_dump inside as_dict)
+    stored = AgentLoopOutput(**ep.verl_fields(), extra_fields={"trace_episode": ep}).as_dict()
+    assert Episode.from_dict(stored["extra_fields"]["trace_episode"]) == ep
+
+
+def test_max_tokens_per_turn_caps_each_generation_and_the_trajectory_cap_still_holds():
+    runner, server = make_runner(script(calc("1+1")), response_length=400, max_tokens_per_turn=30)
+    ep = play(runner, spec())
+    sent = [c["sampling_params"]["max_tokens"] for c in server.calls]
+    assert sent[0] == 30 and max(sent) == 30 and len(ep.response_ids) <= 400
+    actions = [len(text) for mask, text in segments(ep) if mask == 1]  # ChatMLTokenizer: a token a char
+    assert actions and max(actions) <= 30
+    with pytest.raises(ValueError, match="max_tokens_per_turn"):
+        make_runner(script("x"), max_tokens_per_turn=0)

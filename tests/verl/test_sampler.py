@@ -1,4 +1,6 @@
-"""TraceSampler in verl's batch terms, driven like verl's trainer would drive it (no verl)."""
+"""TraceSampler and plan_prompt driven the way the TRACE trainer and worker drive them: Stage 1 in
+the trainer, Stage 2 per prompt in the worker as soon as that prompt's roots end, trees, budget
+and advantages in the trainer from what comes back."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from hypothesis import strategies as st
 
 from tests.verl.conftest import SUITE, ChatMLTokenizer, ScriptedServer, answer, calc, spec
 from trace_agents.react import ChatFormat
-from trace_agents.verl import BRANCH_KEY, EnvSpec, Episode, EpisodeRunner, TraceSampler
+from trace_agents.verl import BRANCH_KEY, EnvSpec, Episode, EpisodeRunner, TraceSampler, plan_prompt
 from trace_allocation import Budget
 from trace_allocation.allocators import GrpoAllocator, TreeAllocator
 from trace_allocation.predictors import OraclePredictor
@@ -79,17 +81,19 @@ def make_runner() -> EpisodeRunner:
 
 
 def trace_step(sampler: TraceSampler, budget: Budget, runner: EpisodeRunner):
-    """One step as a verl driver does it (see trace_agents/verl/sampler.py)."""
+    """One step as TraceTrainer (Stage 1, caps) and TraceAgentLoopWorker (per prompt) run it."""
     rows = dataset_rows()
     texts = [load_suite("arithmetic", **SUITE)[i].prompt for i in range(N_PROMPTS)]
     counts = sampler.plan_roots(texts, budget)
-    root_rows = [r for r, c in zip(rows, counts) for _ in range(c)]  # DataProto.sample_level_repeat
-    roots = generate_sequences(runner, root_rows)
-    sampler.observe(roots, budget)
-    idx, branches = sampler.plan_continuations(budget)
-    cont_rows = [{**root_rows[i], BRANCH_KEY: b} for i, b in zip(idx, branches)]  # select_idxs + column
-    conts = generate_sequences(runner, cont_rows)
-    sampler.observe(conts, budget)
+    caps = sampler.continuation_caps(counts, budget)
+    roots, cont_rows, conts = [], [], []
+    for row, m, cap in zip(rows, counts, caps):  # each worker's _run_prompt, on its own
+        prompt_roots = generate_sequences(runner, [row] * int(m))
+        branch_rows = [{**row, BRANCH_KEY: b} for b in plan_prompt(sampler.allocator, prompt_roots, int(cap))]
+        roots += prompt_roots
+        cont_rows += branch_rows
+        conts += generate_sequences(runner, branch_rows)
+    sampler.observe(roots + conts, budget)  # the trainer, from the batch read back
     return counts, roots, cont_rows, conts
 
 
@@ -115,7 +119,10 @@ def test_one_trace_step_in_verl_terms():
         leaves = list(tree.leaves())
         assert sum(leaf.bare for leaf in leaves) == sum(ep.prompt_key == key for ep in roots)
         assert len(leaves) == sum(ep.prompt_key == key for ep in roots + conts)
-    sampler.update_predictor()
+    advantages = sampler.advantages()
+    assert set(advantages) == {ep.id for ep in roots + conts}
+    assert all(min(a, default=1) > ep.branch_turn for ep in conts for a in [advantages[ep.id]])  # own turns only
+    assert sampler.update_predictor() is not None
     texts, targets, weights = predictor.updates
     assert len(texts) == len(targets) == len(weights) > 0 and ((0 <= targets) & (targets <= 1)).all()
 
@@ -127,16 +134,21 @@ def test_a_flat_allocator_asks_for_no_continuations():
     assert counts.sum() == 8 == len(roots) and cont_rows == [] and budget.spent == 8
 
 
-def test_continuations_are_capped_by_what_the_budget_still_affords():
+def test_stage_2_caps_are_what_the_budget_affords_after_the_roots_in_prompt_order():
     sampler = TraceSampler(TreeAllocator(oracle(), continuations_per_root=4, m_max=4, rng=np.random.default_rng(1)))
-    budget = Budget(30)
+    budget = Budget(10.2)
+    caps = sampler.continuation_caps([2, 0, 3, 2], budget)
+    assert caps.tolist() == [6, 0, 0, 0]  # floor((10.2 - 7) / 0.5) = 6, first come first served
+    assert sampler.continuation_caps([2, 3], Budget(100)).tolist() == [8, 12]
+
+
+def test_the_worker_plans_only_within_its_prompts_cap():
+    allocator = TreeAllocator(oracle(), continuations_per_root=4, m_max=4, rng=np.random.default_rng(1))
     runner = make_runner()
-    counts = sampler.plan_roots([load_suite("arithmetic", **SUITE)[i].prompt for i in range(N_PROMPTS)], budget)
-    rows = [r for r, c in zip(dataset_rows(), counts) for _ in range(c)]
-    sampler.observe(generate_sequences(runner, rows), budget)
-    budget.spent = budget.total - 1.2  # e.g. an earlier refill spent the rest
-    idx, branches = sampler.plan_continuations(budget)
-    assert len(idx) == len(branches) == 2  # floor(1.2 / 0.5)
+    roots = generate_sequences(runner, dataset_rows()[:1] * 3)
+    assert len(plan_prompt(allocator, roots, 2)) == 2 and plan_prompt(allocator, roots, 0) == []
+    with pytest.raises(ValueError, match="several prompts"):
+        plan_prompt(allocator, roots + generate_sequences(runner, dataset_rows()[1:2]), 2)
 
 
 def test_a_continuation_of_an_unknown_parent_is_refused():
@@ -146,6 +158,7 @@ def test_a_continuation_of_an_unknown_parent_is_refused():
     cont = generate_sequences(runner, [{BRANCH_KEY: root.branch(1)}])[0]
     with pytest.raises(ValueError, match="observe its parent first"):
         sampler.observe([cont], Budget(10))
+    sampler.observe([root, cont], Budget(10))  # parents first, as the trainer orders them
 
 
 @settings(max_examples=15, deadline=None)

@@ -1,21 +1,26 @@
 """Scale-out on verl: verl's rollout workers play trace-rl envs, and TRACE plans their samples.
 
-* `TraceEnvAgentLoop` (``trace_agents.verl.agent_loop``, the one module that imports verl): the
-  agent loop to register in verl's agent-loop YAML;
+* `TraceEnvAgentLoop` (``trace_agents.verl.agent_loop``): the agent loop to register in verl's
+  agent-loop YAML;
+* ``trace_agents.verl.trainer``: TRACE as a verl V1 trainer (``trainer.v1.trainer_mode=trace``),
+  its agent-loop worker and manager, and the one-command launcher ``python -m trace_agents.verl.main``;
 * `EpisodeRunner`: the ReAct loop by token ids through verl's ``generate``, recording each turn's
   env snapshot and token offset, and resuming a continuation from them;
-* `TraceSampler`: TRACE's Stage 1 counts and Stage 2 branch requests in verl's batch terms.
+* `TraceSampler`, `plan_prompt`: TRACE's Stage 1 counts, per-prompt Stage 2 branches, trees,
+  tree advantages and the predictor refit, in verl's batch terms.
 
 Prompts and token segments come from `trace_agents.react.ChatFormat`, the same format the
 in-process rollouts and trainer use.
 
-Everything here but ``agent_loop`` imports without verl. See docs/verl.md.
+Everything exported here imports without verl. See docs/verl.md.
 """
 
 from trace_agents.verl.episode import Branch, EnvSpec, Episode, EpisodeRunner, Turn, stop_params
-from trace_agents.verl.sampler import BRANCH_KEY, EPISODE_KEY, TraceSampler
+from trace_agents.verl.sampler import (
+    BRANCH_KEY, CONTINUATIONS_KEY, EPISODE_KEY, TraceSampler, plan_prompt, token_advantages,
+)
 
 __all__ = [
-    "BRANCH_KEY", "Branch", "EPISODE_KEY", "EnvSpec", "Episode", "EpisodeRunner",
-    "TraceSampler", "Turn", "stop_params",
+    "BRANCH_KEY", "Branch", "CONTINUATIONS_KEY", "EPISODE_KEY", "EnvSpec", "Episode", "EpisodeRunner",
+    "TraceSampler", "Turn", "plan_prompt", "stop_params", "token_advantages",
 ]

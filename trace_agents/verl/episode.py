@@ -21,7 +21,9 @@ import gymnasium as gym
 
 import trace_envs  # noqa: F401  (registers the trace/* envs for gym.make)
 from trace_envs import Snapshot, ToolEnv
-from trace_agents.react import STOP_STRINGS, ChatFormat, initial_messages, observation_role
+from trace_agents.react import (
+    STOP_STRINGS, ChatFormat, ObservationRole, initial_messages, observation_message, observation_role,
+)
 
 
 def stop_params(engine: str) -> dict[str, Any]:
@@ -35,8 +37,9 @@ def stop_params(engine: str) -> dict[str, Any]:
 
 
 class Generate(Protocol):
-    """verl's ``AsyncLLMServerManager.generate``: returns a ``TokenOutput`` (``token_ids``,
-    ``log_probs``) in verl >= 0.6, a plain id list before; ``request_id`` keys the sticky session."""
+    """verl's ``LLMServerClient.generate`` (``verl/workers/rollout/llm_server.py``): returns a
+    ``TokenOutput`` (``token_ids``, ``log_probs``, ``stop_reason``, ``extra_fields`` with the
+    weights' ``global_steps``); ``request_id`` keys the sticky session."""
 
     def __call__(
         self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any]
@@ -85,6 +88,13 @@ class Turn:
     """The env after this turn (``Snapshot.to_bytes()``); None when the episode ended here."""
     offset: int
     """Response tokens up to and including this turn's observation: where a continuation resumes."""
+    role: ObservationRole = "tool"
+    """How the observation is rendered: a tool result, or the next user message (BFCL)."""
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Turn:
+        return cls(str(d["action"]), d["observation"], _bytes(d["snapshot"]), int(d["offset"]),
+                   d.get("role", "tool"))
 
 
 @dataclass(frozen=True)
@@ -132,11 +142,49 @@ class Episode:
     terminated: bool = False
     truncated: bool = False
     stop_reason: str = ""
-    """"answer", "max_turns" (the env's turn limit) or "response_length" (verl's token limit)."""
+    """"answer", "max_turns" (the env's turn limit), "response_length" (verl's token limit) or
+    "aborted" (the engine aborted a request: the episode failed and trains nothing)."""
     parent: tuple[str, int] | None = None
     """(parent episode id, turn) for a continuation; None for a root rollout."""
     generate_seconds: float = 0.0
     env_seconds: float = 0.0
+    engine_stop_reason: str | None = None
+    """The server's ``stop_reason`` of the last generate call ("completed", "length", "aborted")."""
+    min_global_steps: int | None = None
+    """Weights version (trainer step) of the first generate call; verl tags staleness with it."""
+    max_global_steps: int | None = None
+    """Weights version of the last generate call."""
+
+    @property
+    def failed(self) -> bool:
+        """No outcome: the engine aborted generation, so the reward means nothing."""
+        return self.stop_reason == "aborted"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | Episode) -> Episode:
+        """Rebuild an episode from its field dict: verl's V1 path stores ``AgentLoopOutput.as_dict()``
+        (pydantic's ``model_dump``, which turns the dataclasses in ``extra_fields`` into dicts) in
+        TransferQueue, so the trainer reads episodes back as dicts."""
+        if isinstance(d, Episode):
+            return d
+        env = d["env"]
+        parent = d.get("parent")
+        return cls(
+            id=str(d["id"]), session=str(d["session"]), prompt_key=str(d["prompt_key"]),
+            env=env if isinstance(env, EnvSpec) else EnvSpec(
+                str(env["env_id"]), dict(env.get("env_kwargs") or {}), env.get("task_id"), env.get("seed")),
+            task_prompt=str(d["task_prompt"]),
+            prompt_ids=list(d["prompt_ids"]), response_ids=list(d["response_ids"]),
+            response_mask=list(d["response_mask"]),
+            response_logprobs=None if d.get("response_logprobs") is None else list(d["response_logprobs"]),
+            turns=[t if isinstance(t, Turn) else Turn.from_dict(t) for t in d["turns"]],
+            reward=float(d["reward"]), terminated=bool(d["terminated"]), truncated=bool(d["truncated"]),
+            stop_reason=str(d.get("stop_reason", "")),
+            parent=None if parent is None else (str(parent[0]), int(parent[1])),
+            generate_seconds=float(d.get("generate_seconds", 0.0)), env_seconds=float(d.get("env_seconds", 0.0)),
+            engine_stop_reason=d.get("engine_stop_reason"),
+            min_global_steps=d.get("min_global_steps"), max_global_steps=d.get("max_global_steps"),
+        )
 
     @property
     def branch_turn(self) -> int:
@@ -148,12 +196,13 @@ class Episode:
         return 1 + len(self.turns) + sum(t.observation is not None for t in self.turns)
 
     def prefix_text(self, turn: int) -> str:
-        """H_t as the predictor reads it: the task and the first ``turn`` turns."""
+        """H_t as the predictor reads it: the task and the first ``turn`` turns (the same text as
+        ``trace_agents.rollout.transcript`` on the in-process path)."""
         parts = [self.task_prompt]
         for t in self.turns[:turn]:
             parts.append(t.action)
             if t.observation is not None:
-                parts.append(observation_marker(t.observation))
+                parts.append(observation_message(t.observation, t.role))
         return "\n".join(parts)
 
     def branch(self, turn: int) -> Branch:
@@ -169,7 +218,8 @@ class Episode:
         )
 
     def verl_fields(self) -> dict[str, Any]:
-        """The fields of verl's ``AgentLoopOutput`` (metrics as its ``AgentLoopMetrics`` names)."""
+        """The fields of verl's ``AgentLoopOutput`` (metrics as its ``AgentLoopMetrics`` names).
+        ``extra_fields`` is left to the caller; `global_steps_fields` holds verl's staleness tags."""
         return {
             "prompt_ids": self.prompt_ids,
             "response_ids": self.response_ids,
@@ -181,8 +231,19 @@ class Episode:
         }
 
 
-def observation_marker(observation: str) -> str:
-    return f"Observation: {observation}"
+    def global_steps_fields(self) -> dict[str, int | None]:
+        """``extra_fields`` entries verl's V1 path reads to tag staleness (as its ToolAgentLoop sets them)."""
+        return {"global_steps": self.max_global_steps, "min_global_steps": self.min_global_steps,
+                "max_global_steps": self.max_global_steps}
+
+
+def _bytes(value: Any) -> bytes | None:
+    """A snapshot as stored: bytes, or a list of ints / latin-1 text after a trip through a serializer."""
+    if value is None or isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("latin-1")
+    return bytes(value)
 
 
 class EpisodeRunner:
@@ -190,6 +251,8 @@ class EpisodeRunner:
 
     ``train_prefix=False`` (the TRACE default) masks a continuation's inherited prefix to 0, so its
     loss covers only its new tokens; the prefix still conditions the forward pass.
+    ``max_tokens_per_turn`` caps each generation (the in-process rollouts' ``max_tokens``); verl's
+    ``response_length`` caps the whole trajectory.
     """
 
     def __init__(
@@ -201,15 +264,19 @@ class EpisodeRunner:
         prompt_length: int | None = None,
         stop: Mapping[str, Any] | None = None,
         train_prefix: bool = False,
+        max_tokens_per_turn: int | None = None,
     ) -> None:
         if response_length < 1:
             raise ValueError("response_length must be at least 1")
+        if max_tokens_per_turn is not None and max_tokens_per_turn < 1:
+            raise ValueError("max_tokens_per_turn must be at least 1")
         self.generate = generate
         self.format = chat_format
         self.response_length = response_length
         self.prompt_length = prompt_length
         self.stop = dict(stop or {})
         self.train_prefix = train_prefix
+        self.max_tokens_per_turn = max_tokens_per_turn
 
     async def run(self, spec: EnvSpec, sampling_params: Mapping[str, Any], *, prompt_key: str) -> Episode:
         env = await asyncio.to_thread(spec.make)
@@ -245,14 +312,19 @@ class EpisodeRunner:
             remaining = self.response_length - len(ep.response_ids)
             if remaining <= 0:
                 return _stopped(ep, "response_length")
-            params = {**sampling_params, **self.stop, "max_tokens": remaining}
+            params = {**sampling_params, **self.stop, "max_tokens": min(remaining, self.max_tokens_per_turn or remaining)}
             started = time.perf_counter()
             out = await self.generate(ep.session, prompt_ids=ep.prompt_ids + ep.response_ids,
                                       sampling_params=params)
             ep.generate_seconds += time.perf_counter() - started
+            _note_engine(ep, out)
             action_ids, logprobs = _tokens(out)
             action_ids = action_ids[:remaining]
             _append(ep, action_ids, 1, logprobs)
+            if ep.engine_stop_reason in ("aborted", "abort"):  # a partial action: no outcome to learn from
+                ep.turns.append(Turn(self.format.action_text(action_ids), None, None, len(ep.response_ids)))
+                ep.reward, ep.truncated, ep.stop_reason = 0.0, True, "aborted"
+                return ep
             action = self.format.action_text(action_ids)
             started = time.perf_counter()
             observation, reward, terminated, truncated, info = await asyncio.to_thread(env.step, action)
@@ -262,13 +334,23 @@ class EpisodeRunner:
                 ep.reward, ep.terminated, ep.truncated = float(reward), terminated, truncated
                 ep.stop_reason = "answer" if terminated else "max_turns"
                 return ep
-            obs_ids = self.format.observation_ids(action_ids, observation, observation_role(info))
+            role = observation_role(info)
+            obs_ids = self.format.observation_ids(action_ids, observation, role)
             if len(ep.response_ids) + len(obs_ids) >= self.response_length:
                 ep.turns.append(Turn(action, None, None, len(ep.response_ids)))
                 return _stopped(ep, "response_length")
             _append(ep, obs_ids, 0, None)
             snapshot = env.snapshot().to_bytes()
-            ep.turns.append(Turn(action, observation, snapshot, len(ep.response_ids)))
+            ep.turns.append(Turn(action, observation, snapshot, len(ep.response_ids), role))
+
+
+def _note_engine(ep: Episode, out: Any) -> None:
+    """Keep the server's stop reason and weights version (verl >= 0.9 ``TokenOutput``)."""
+    ep.engine_stop_reason = getattr(out, "stop_reason", None)
+    steps = (getattr(out, "extra_fields", None) or {}).get("global_steps")
+    if steps is not None:
+        ep.min_global_steps = steps if ep.min_global_steps is None else ep.min_global_steps
+        ep.max_global_steps = steps
 
 
 def _tokens(out: Any) -> tuple[list[int], list[float] | None]:

@@ -1,39 +1,42 @@
-"""TRACE in verl's terms: per-prompt repeat counts, then branch requests as extra batch rows.
+"""TRACE in verl's terms: per-prompt Stage 1 counts, per-prompt Stage 2 branches, tree advantages.
 
-verl's trainer repeats every prompt ``rollout.n`` times; TRACE decides the counts per prompt and
-then branches continuations from chosen turns. A driver (a custom trainer step) does:
+No verl import: `trace_agents.verl.trainer` wires these into verl's V1 trainer, and the tests drive
+them directly. One step:
 
-    sampler = TraceSampler(allocator)                      # a trace_allocation Allocator
-    counts = sampler.plan_roots(prompt_texts, budget)      # Stage 1
-    roots = manager.generate_sequences(gen_batch.sample_level_repeat(counts))
-    sampler.observe(roots.non_tensor_batch[EPISODE_KEY], budget)
-    rows, branches = sampler.plan_continuations(budget)    # Stage 2
-    cont = roots_input.select_idxs(rows)                   # the dataset rows of the parents
-    cont.non_tensor_batch[BRANCH_KEY] = branches           # TraceEnvAgentLoop resumes these
-    conts = manager.generate_sequences(cont)
-    sampler.observe(conts.non_tensor_batch[EPISODE_KEY], budget)
-    sampler.update_predictor()                             # backup targets -> predictor refit
+    sampler = TraceSampler(allocator)
+    counts = sampler.plan_roots(task_texts, budget)          # trainer: Stage 1 (``__rollout_n__``)
+    caps = sampler.continuation_caps(counts, budget)         # trainer: each prompt's Stage 2 cap
+    # agent-loop worker, per prompt, as soon as its own roots end (no barrier across prompts):
+    branches = plan_prompt(allocator, root_episodes, cap)    # -> further rollouts of the same uid
+    # trainer, on the batch read back from TransferQueue (episodes may be dicts, see Episode.from_dict):
+    sampler.observe(episodes, budget)                        # trees + the same Budget charges
+    adv = sampler.advantages(mode="tree")                    # trace_agents.train.advantages
+    sampler.update_predictor()                               # backup targets -> predictor refit
 
-Planning only decides counts; `observe` charges the budget for what ran. Continuations are
-capped by what the budget still affords, so in trajectory units the plan can never overspend.
+Planning only decides counts; `observe` charges the budget for what ran.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
+from trace_agents.train.advantages import AdvantageMode, SharedTokens, training_samples
 from trace_agents.verl.episode import Branch, Episode
-from trace_allocation import Budget, Node, RolloutTree
-from trace_allocation.tree import backup_targets
+from trace_allocation import Budget, BudgetExceeded, Node, RolloutTree
 from trace_allocation.allocators import Allocator
+from trace_allocation.predictors import brier_score
+from trace_allocation.tree import backup_targets
 
 EPISODE_KEY = "trace_episode"
-"""``AgentLoopOutput.extra_fields`` key (hence a ``non_tensor_batch`` column) holding the `Episode`."""
+"""``AgentLoopOutput.extra_fields`` key holding the `Episode` (a dict after V1's ``as_dict``)."""
 BRANCH_KEY = "trace_branch"
-"""``non_tensor_batch`` column of a continuation row: the `Branch` to resume (None on root rows)."""
+"""Agent-loop keyword argument of a continuation: the `Branch` to resume."""
+CONTINUATIONS_KEY = "__trace_continuations__"
+"""Per-row batch column: the prompt's Stage 2 cap (read and removed by the TRACE worker)."""
 
 
 class TraceSampler:
@@ -42,71 +45,135 @@ class TraceSampler:
     def __init__(self, allocator: Allocator) -> None:
         self.allocator = allocator
         self.trees: dict[str, RolloutTree] = {}
+        self.episodes: dict[str, Episode] = {}
         self._nodes: dict[tuple[str, int], Node] = {}
-        self._episodes: dict[str, Episode] = {}
-        self._rows: dict[str, int] = {}
+        self.unpaid = 0.0
+        """Cost of rollouts that ran but the budget refused to charge (exact units only)."""
+
+    def reset(self) -> None:
+        """Start a new step: the previous step's trees are forgotten."""
+        self.trees.clear()
+        self.episodes.clear()
+        self._nodes.clear()
 
     def plan_roots(self, prompt_texts: Sequence[str], budget: Budget) -> np.ndarray:
-        """Root rollouts per candidate prompt, for ``DataProto.sample_level_repeat`` (0 drops it).
-
-        Starts a new step: trees of the previous one are forgotten."""
-        self.trees.clear()
-        self._nodes.clear()
-        self._episodes.clear()
-        self._rows.clear()
+        """Stage 1: root rollouts per candidate prompt (0 drops it). Starts a new step."""
+        self.reset()
         return np.asarray(self.allocator.plan_roots(list(prompt_texts), budget), dtype=np.int64)
 
-    def observe(self, episodes: Iterable[Episode], budget: Budget) -> None:
-        """Add finished episodes (one generated batch, in row order) to their trees; charge them."""
-        for row, ep in enumerate(episodes):
+    def continuation_caps(self, counts: Sequence[int], budget: Budget) -> np.ndarray:
+        """Each prompt's Stage 2 cap: the allocator's ``continuations_per_root x roots``, trimmed in
+        prompt order to what the budget affords after the planned roots at the planning prices.
+        (In trajectory units Stage 1 already reserved it, so the trim never binds there.)"""
+        counts = np.asarray(counts, dtype=np.int64)
+        after_roots = budget.remaining - counts.sum() * budget.root_price
+        left = max(0, math.floor(after_roots / budget.continuation_price + 1e-9))
+        caps = np.zeros_like(counts)
+        for i, m in enumerate(counts.tolist()):
+            caps[i] = min(self.allocator.continuations_per_root * m, left)
+            left -= caps[i]
+        return caps
+
+    def observe(self, episodes: Iterable[Episode | Mapping[str, Any]], budget: Budget | None) -> None:
+        """Add finished episodes to their trees (roots before their continuations) and charge them.
+
+        Failed episodes (the engine aborted) are charged but carry no reward, like the in-process
+        sampler's failed rollouts."""
+        for ep in map(Episode.from_dict, episodes):
             if ep.parent is None:
                 tree = self.trees.get(ep.prompt_key)
                 if tree is None:
                     tree = self.trees[ep.prompt_key] = RolloutTree(ep.prompt_key, ep.task_prompt)
                 node, continuation = tree.root, False
-                budget.charge_root(turns=len(ep.turns), tokens=sum(ep.response_mask))
             else:
                 if ep.parent not in self._nodes:
                     raise ValueError(f"continuation {ep.id} of unknown turn {ep.parent}; observe its parent first")
                 node, continuation = self._nodes[ep.parent], True
-                new_tokens = sum(ep.response_mask[ep.turns[ep.branch_turn - 1].offset:])
-                budget.charge_continuation(turns=len(ep.turns) - ep.branch_turn, tokens=new_tokens)
+            if budget is not None:
+                self._charge(ep, budget)
             for turn in range(ep.branch_turn + 1, len(ep.turns) + 1):
                 node = node.add_child(_text(ep, turn), handle=(ep.id, turn), continuation=continuation)
                 continuation = False
                 self._nodes[(ep.id, turn)] = node
-            node.finish(ep.reward)
-            self._episodes[ep.id] = ep
-            self._rows[ep.id] = self._rows.get(ep.parent[0], row) if ep.parent else row
+            if not ep.failed:
+                node.finish(ep.reward)
+            self.episodes[ep.id] = ep
 
-    def plan_continuations(self, budget: Budget) -> tuple[np.ndarray, np.ndarray]:
-        """Stage 2 for every observed prompt: (dataset row of each continuation's root episode in
-        the observed root batch, object array of `Branch`), at most what the budget affords."""
-        affordable = math.floor(budget.remaining / budget.continuation_price + 1e-9)
-        rows: list[int] = []
+    def _charge(self, ep: Episode, budget: Budget) -> None:
+        if ep.parent is None:
+            kind, turns, tokens = False, len(ep.turns), sum(ep.response_mask)
+        else:
+            offset = ep.turns[ep.branch_turn - 1].offset
+            kind, turns, tokens = True, len(ep.turns) - ep.branch_turn, sum(ep.response_mask[offset:])
+        try:
+            (budget.charge_continuation if kind else budget.charge_root)(turns=turns, tokens=tokens)
+        except BudgetExceeded:
+            self.unpaid += budget.cost(continuation=kind, turns=turns, tokens=tokens)
+
+    def plan_continuations(self, prompt_key: str, cap: int) -> list[Branch]:
+        """Stage 2 for one observed prompt: up to ``cap`` branches, as the allocator spreads them."""
+        tree = self.trees.get(prompt_key)
+        if tree is None or cap <= 0:
+            return []
         branches: list[Branch] = []
-        for tree in self.trees.values():
-            planned = self.allocator.plan_continuations(tree)
-            wanted = min(sum(k for _, k in planned), affordable - len(branches))
-            for node, k in planned:
-                episode_id, turn = node.handle
-                for _ in range(min(k, wanted)):
-                    rows.append(self._rows[episode_id])
-                    branches.append(self._episodes[episode_id].branch(turn))
-                wanted -= min(k, wanted)
-        column = np.empty(len(branches), dtype=object)
-        column[:] = branches
-        return np.asarray(rows, dtype=np.int64), column
+        for node, k in self.allocator.plan_continuations(tree, count=cap):
+            episode_id, turn = node.handle
+            branches += [self.episodes[episode_id].branch(turn)] * min(k, cap - len(branches))
+        return branches
 
-    def update_predictor(self) -> None:
-        """Refit the allocator's predictor on this step's tree backup targets (weights: leaves)."""
+    def advantages(
+        self, *, mode: AdvantageMode = "tree", shared: SharedTokens = "once"
+    ) -> dict[str, dict[int, float]]:
+        """Per episode id, the advantage of each turn it trains (1-based; untrained turns absent),
+        from `trace_agents.train.advantages.training_samples`, the native trainer's function."""
+        out: dict[str, dict[int, float]] = {ep_id: {} for ep_id in self.episodes}
+        for sample in training_samples(self.trees.values(), mode=mode, shared=shared):
+            episode_id, last = sample.leaf.handle
+            ep = self.episodes[episode_id]
+            for depth, value in sample.advantages.items():
+                out[episode_id][depth] = value
+            assert last == len(ep.turns)
+        return out
+
+    def update_predictor(self) -> float | None:
+        """Refit the allocator's predictor on this step's tree backup targets; return its Brier
+        score on them before the update (as the in-process sampler does)."""
         predictor = self.allocator.predictor
-        if predictor is None:
-            return
-        texts, targets, weights = backup_targets(self.trees.values(), include_leaves=True)
-        if texts:
-            predictor.update(texts, targets, weights)
+        texts, targets, weights = backup_targets(self.trees.values())
+        if predictor is None or not texts:
+            return None
+        brier = float(brier_score(predictor.predict(texts), targets, weights))
+        predictor.update(texts, targets, weights)
+        return brier
+
+
+def plan_prompt(allocator: Allocator, roots: Sequence[Episode | Mapping[str, Any]], cap: int) -> list[Branch]:
+    """The agent-loop worker's Stage 2 for one prompt, from that prompt's root episodes alone."""
+    sampler = TraceSampler(allocator)
+    sampler.observe(roots, budget=None)
+    keys = {Episode.from_dict(r).prompt_key for r in roots}
+    if len(keys) > 1:
+        raise ValueError(f"plan_prompt got episodes of several prompts: {sorted(keys)}")
+    return sampler.plan_continuations(keys.pop(), cap) if keys else []
+
+
+def token_advantages(ep: Episode, turn_advantages: Mapping[int, float]) -> tuple[list[float], list[int]]:
+    """Per response token: the advantage of the turn it belongs to, and the loss mask restricted to
+    the turns this episode trains (a continuation's inherited turns, a failed episode: none)."""
+    values = [0.0] * len(ep.response_ids)
+    mask = [0] * len(ep.response_ids)
+    start = 0
+    for depth, turn in enumerate(ep.turns, start=1):
+        if depth in turn_advantages:
+            for j in range(start, turn.offset):
+                values[j] = turn_advantages[depth]
+                mask[j] = ep.response_mask[j]
+        start = turn.offset
+    return values, mask
 
 
 def _text(ep: Episode, turn: int):
     return lambda: ep.prefix_text(turn)
+
+
+__all__ = ["BRANCH_KEY", "CONTINUATIONS_KEY", "EPISODE_KEY", "TraceSampler", "plan_prompt", "token_advantages"]

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv-verl: trace-rl with the real verl 0.9 for the verl tier (tests/verl, examples/verl).
+# Its own venv because verl 0.9 pins transformers<5.11 while the main .venv tracks newer releases.
+# torch's CPU build goes in first so that verl's dependencies pull no CUDA wheels.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv-verl/bin/python ]; then
+    "${PYTHON:-python3}" -m venv .venv-verl
+fi
+pip() { .venv-verl/bin/python -m pip "$@"; }
+pip install -q --upgrade pip
+pip install -q torch==2.13.0  # the CPU build; an unpinned torch would pull CUDA wheels
+pip install -q --no-warn-conflicts -e ".[torch,search,math,verl,dev]"

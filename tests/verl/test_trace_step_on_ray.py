@@ -1,0 +1,169 @@
+"""One TRACE step through verl's real V1 machinery on CPU, with Ray on 2 CPUs.
+
+Real verl: the ``trace`` trainer (``TraceTrainer``, its dataset and tokenizer loading, Stage 1 in
+``prepare_step``), TransferQueue, ``TraceAgentLoopManager`` with Ray ``TraceAgentLoopWorker``
+actors (verl's ``AgentLoopWorkerTQ``), ``LLMServerClient`` and verl's load balancer, the sync
+``ReplayBuffer``, the trainer's advantage step and the predictor refit. The inference server is
+the stand-in (tiny random Qwen3) behind a rollout-server actor (SGLang needs a GPU). What is not
+run: the actor/reference log-probs and the actor update, which need verl's FSDP/Megatron workers
+on GPUs (``PPOTrainer.init``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray
+import yaml
+
+from trace_agents.verl import Episode
+from trace_agents.verl.main import AGENT_LOOP_YAML
+
+pytestmark = pytest.mark.slow
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+EXAMPLE = Path(__file__).parents[2] / "examples" / "verl" / "make_dataset.py"
+PROMPTS = 2
+
+
+def write_dataset(out: Path) -> Path:
+    """The example's dataset writer (examples/verl/make_dataset.py), on a small calculator suite."""
+    spec = importlib.util.spec_from_file_location("make_dataset", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.dataset_rows("trace/Calculator-v0", {"suite_options": {"size": 8, "seed": 0}, "max_turns": 2},
+                               "all")
+    pq.write_table(pa.Table.from_pylist(rows), out / "train.parquet")
+    return out / "train.parquet"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from trace_agents.models import tiny_qwen3
+    from trace_agents.standin_server import StandinServer
+
+    root = tmp_path_factory.mktemp("verl")
+    model, tokenizer = tiny_qwen3(seed=0)
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    data = write_dataset(root)
+    with StandinServer(model, tokenizer) as server:
+        ray.init(num_cpus=2, include_dashboard=False,
+                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+        try:
+            yield root, data, server
+        finally:
+            ray.shutdown()
+
+
+def agent_loop_yaml(root: Path) -> Path:
+    """The packaged entry with a per-turn cap: the random model rarely ends a turn by itself."""
+    entries = yaml.safe_load(AGENT_LOOP_YAML.read_text())
+    entries[0]["max_tokens_per_turn"] = 24
+    (root / "agent_loop.yaml").write_text(yaml.safe_dump(entries))
+    return root / "agent_loop.yaml"
+
+
+def compose(root: Path, data: Path):
+    overrides = [
+        f"actor_rollout_ref.model.path={root / 'model'}",
+        "actor_rollout_ref.rollout.name=sglang",
+        "actor_rollout_ref.rollout.prompt_length=2048",
+        "actor_rollout_ref.rollout.response_length=512",
+        "actor_rollout_ref.rollout.agent.num_workers=1",
+        f"actor_rollout_ref.rollout.agent.agent_loop_config_path={agent_loop_yaml(root)}",
+        f"data.train_files={data}", f"data.val_files={data}",
+        f"data.train_batch_size={PROMPTS}", "data.max_prompt_length=2048", "data.max_response_length=512",
+        "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
+        "trace.budget.roots=4", "trace.budget.m_min=2", "trace.budget.m_max=2",
+        "trace.budget.continuations_per_root=2", "trainer.total_epochs=1",
+    ]
+    with hydra.initialize_config_dir(config_dir=str(AGENT_LOOP_YAML.parent), version_base=None):
+        config = hydra.compose("trace_trainer", overrides=overrides)
+    config.transfer_queue.enable = True  # what TaskRunnerV1.run does
+    return config
+
+
+def test_one_trace_step_through_verls_v1_machinery(setup):
+    import transfer_queue as tq
+    from omegaconf import OmegaConf
+    from verl.workers.rollout.llm_server import LLMServerClient
+    from verl.workers.rollout.router import get_router_handle
+
+    from tests.verl.standin_replica import StandinReplica
+    from trace_agents.verl.trainer import TraceAgentLoopManager, TraceTrainer
+
+    root, data, server = setup
+    config = compose(root, data)
+    OmegaConf.resolve(config)
+    tq.init(config.transfer_queue)
+    try:
+        replica = StandinReplica.remote(server.url, 1)
+        client = LLMServerClient(config, load_balancer_handle=get_router_handle({"standin": replica}))
+
+        trainer = TraceTrainer(config)  # PPOTrainer.init() would start FSDP workers on GPUs: not here
+        trainer._init_tokenizer()
+        trainer._init_dataloader()
+        trainer.global_steps = 1
+        trainer.agent_loop_manager = TraceAgentLoopManager.create(
+            config=config, llm_client=client, teacher_client=None, reward_loop_worker_handles=None)
+        predictor = trainer.sampler.allocator.predictor
+
+        trainer.prepare_step()  # Stage 1, per-row __rollout_n__ and caps, allocator to the workers
+        batch, _ = trainer.replay_buffer.sample(global_steps=1, partition_id="train", batch_size=PROMPTS)
+        metrics: dict = {}
+        trainer._compute_advantage(batch, metrics)
+        probe = [ep.prefix_text(1) for ep in trainer.sampler.episodes.values()]
+        before = predictor.predict(probe)
+        refit = trainer.refit_predictor()
+
+        # Stage 1 per prompt, Stage 2 per prompt: sessions of each uid = its roots + its continuations
+        sampler, budget = trainer.sampler, trainer.budget
+        assert metrics["trace/roots_planned"] == 4 and metrics["trace/prompts_opened"] == PROMPTS
+        sessions = Counter(key.split("_")[0] for key in batch.keys)
+        episodes = list(sampler.episodes.values())
+        by_uid = Counter(ep.prompt_key for ep in episodes)
+        assert sessions == by_uid and len(sessions) == PROMPTS
+        roots = [ep for ep in episodes if ep.parent is None]
+        conts = [ep for ep in episodes if ep.parent is not None]
+        assert Counter(ep.prompt_key for ep in roots) == Counter({uid: 2 for uid in sessions})
+        assert len(conts) == metrics["trace/continuations_cap"] == 8
+        for ep in conts:  # branched from its own prompt's root, from the exact token prefix
+            parent = sampler.episodes[ep.parent[0]]
+            offset = parent.turns[ep.branch_turn - 1].offset
+            assert parent.prompt_key == ep.prompt_key and parent.parent is None
+            assert ep.response_ids[:offset] == parent.response_ids[:offset] and set(ep.response_mask[:offset]) == {0}
+        # trees, the budget as the native sampler charges it
+        for uid, tree in sampler.trees.items():
+            leaves = list(tree.leaves())
+            assert sum(leaf.bare for leaf in leaves) == 2 and len(leaves) == by_uid[uid]
+        assert (budget.roots, budget.continuations, budget.spent) == (4, 8, 8.0) == (4, 8, metrics["trace/cost"])
+        # the weights version and the engine's stop reason came through
+        assert {tag["min_global_steps"] for tag in batch.tags} == {1}
+        assert {ep.engine_stop_reason for ep in episodes} <= {"completed", "length"}
+        # tree advantages and trained-token masks are in TransferQueue for verl's actor update
+        stored = tq.kv_batch_get(keys=batch.keys, partition_id="train",
+                                 select_fields=["advantages", "response_mask", "responses", "extra_fields"])
+        for adv, mask, resp, extra in zip(stored["advantages"], stored["response_mask"], stored["responses"],
+                                          stored["extra_fields"]):
+            ep = Episode.from_dict(extra["trace_episode"])
+            assert adv.shape == mask.shape == resp.shape and resp.tolist() == ep.response_ids
+            assert np.isfinite(adv.numpy()).all()
+            if ep.parent is not None:
+                assert mask[: ep.turns[ep.branch_turn - 1].offset].sum() == 0  # trains only its own turns
+        # the predictor was refit on this step's trees
+        assert refit and not np.allclose(predictor.predict(probe), before)
+        served = ray.get(replica.served.remote())
+        assert served and {tuple(r["sampling_params"]["stop"]) for r in served} == {("</tool_call>", "</answer>")}
+        assert max(r["sampling_params"]["max_tokens"] for r in served) == 24  # the YAML's option, every run
+        json.dumps(metrics)  # loggable
+    finally:
+        tq.close()
