@@ -16,13 +16,15 @@ from trace_envs.snapshot import Snapshot
 from trace_envs.tasks.base import Grade, Task, TaskSuite
 from trace_envs.tasks.suites import load_suite, register_suite
 from trace_envs.tools import Tool, ToolError, tool
+from trace_envs.wrappers import fork, reset_tasks, unwrap_forkable
 
 register_env("Calculator", "trace_envs.calculator.env:CalculatorEnv")
 register_env("BFCL", "trace_envs.bfcl.env:BFCLEnv")
 register_env("Search", "trace_envs.search.env:SearchEnv")
+register_env("MCP", "trace_envs.integrations.mcp:MCPToolEnv")
 
 __all__ = [
     "Grade", "ParsedAction", "Response", "Snapshot", "Task", "TaskSuite", "Tool", "ToolCall",
     "ToolEnv", "ToolError", "load_suite", "parse_action", "register_env", "register_suite",
-    "tool",
+    "fork", "reset_tasks", "tool", "unwrap_forkable",
 ]
