@@ -101,6 +101,18 @@ class OptimConfig(_Strict):
     shared_tokens: Literal["once", "average", "per_path"] = "once"
 
 
+class TrackingConfig(_Strict):
+    """Metric sinks beside metrics.jsonl (which is always written); progress stays on the console."""
+
+    sinks: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
+    project: str = "trace-rl"
+    """W&B project."""
+    run_name: str | None = None
+    """W&B run name (default: the run directory's name)."""
+    wandb_mode: Literal["offline", "online"] = "offline"
+    """``offline`` writes under <out>/wandb for a later ``wandb sync``; nothing is sent."""
+
+
 class TrainConfig(_Strict):
     seed: int = 0
     steps: int = Field(4, ge=1)
@@ -115,6 +127,7 @@ class TrainConfig(_Strict):
     warmup: WarmupConfig = WarmupConfig()
     optim: OptimConfig = OptimConfig()
     checkpoint_every: int = Field(1, ge=1)
+    tracking: TrackingConfig = TrackingConfig()
 
 
 class ConfigError(ValueError):
