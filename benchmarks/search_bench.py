@@ -7,6 +7,11 @@ Figures: world generation and BM25 index build time, index save / mmap load time
 serve-retriever`` in its own process) as one Search-R1 request and as concurrent SkyRL
 single-query requests (batched by the server),
 queries per second, and the fork / snapshot latency of ``trace/Search-v0`` at turn 4.
+
+Dense indexes beside BM25 (``--dense-passages N``, the first N passages of the same corpus, the
+same query batches for every method): MiniLM encoding throughput, build time of BM25, an exact
+numpy index, FAISS Flat and FAISS HNSW32, index save/load, and query throughput (queries
+encoded included; FAISS search alone too), with HNSW's recall@3 against exact search.
 """
 
 from __future__ import annotations
@@ -89,6 +94,10 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16,
                         help="client connections for the concurrent single-query run")
     parser.add_argument("--port", type=int, default=18431)
+    parser.add_argument("--dense-passages", type=int, default=2000,
+                        help="passages for the dense/FAISS vs BM25 comparison (0: skip it)")
+    parser.add_argument("--dense-batch", type=int, default=64, help="queries per batch there")
+    parser.add_argument("--skip-server", action="store_true", help="skip the server figures")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -123,6 +132,12 @@ def main() -> None:
     async def concurrent(client: HttpRetriever, queries: list[str]) -> None:
         await asyncio.gather(*(client.asearch([q], 3) for q in queries))
 
+    if args.dense_passages:
+        figures["dense_vs_bm25"] = dense_comparison(world, args.dense_passages, batches, args.dense_batch,
+                                                    args.repeats)
+    if args.skip_server:
+        print_figures(figures, args.json)
+        return
     with tempfile.TemporaryDirectory() as tmp, serve_cli(world, Path(tmp), args.port) as url:
         with HttpRetriever(url, api="search-r1", timeout=60) as client:
             client.search(batches[0], 3)  # warm the connection
@@ -154,11 +169,65 @@ def main() -> None:
                                                  "p99": sorted(snap_s)[int(0.99 * n)] * 1e6}
     figures["snapshot_bytes"] = len(env.snapshot().to_bytes())
 
-    if args.json:
+    print_figures(figures, args.json)
+
+
+def print_figures(figures: dict[str, object], as_json: bool) -> None:
+    if as_json:
         print(json.dumps(figures))
     else:
         for key, value in figures.items():
             print(f"{key:42s} {value}")
+
+
+def dense_comparison(world, n: int, batches: list[list[str]], batch: int, repeats: int) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """BM25, exact dense, FAISS Flat and FAISS HNSW32 over the same passages and query batches."""
+    import copy
+
+    import faiss
+    import numpy as np
+
+    from trace_envs.search.corpus import Corpus
+    from trace_envs.search.faiss_index import FaissRetriever
+    from trace_envs.search.retrievers import DenseRetriever
+
+    corpus = Corpus(list(world.corpus)[:n], name=f"first-{n}")
+    queries = [b[:batch] for b in batches]
+    out: dict[str, object] = {"passages": len(corpus), "batch": batch}
+    start = time.perf_counter()
+    bm25 = BM25Retriever(corpus)
+    out["bm25_build_s"] = time.perf_counter() - start
+    DenseRetriever(Corpus(list(corpus)[:8]))  # load MiniLM once, outside the timings
+    start = time.perf_counter()
+    dense = DenseRetriever(corpus)
+    out["minilm_encode_passages_per_s"] = len(corpus) / (time.perf_counter() - start)
+    out["exact_dense_build_s"] = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        flat = FaissRetriever(corpus, index_dir=tmp)
+        out["faiss_flat_build_and_save_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        FaissRetriever(corpus, index_dir=tmp)
+        out["faiss_flat_fingerprint_and_load_s"] = time.perf_counter() - start
+    embeddings = np.asarray(dense.embeddings)
+    start = time.perf_counter()
+    index = faiss.index_factory(embeddings.shape[1], "HNSW32", faiss.METRIC_INNER_PRODUCT)
+    index.add(embeddings)
+    out["faiss_hnsw32_add_s"] = time.perf_counter() - start
+    index.hnsw.efSearch = 128
+    hnsw = copy.copy(flat)
+    hnsw.index = index
+    for name, retriever in (("bm25", bm25), ("exact_dense", dense), ("faiss_flat", flat), ("faiss_hnsw32", hnsw)):
+        it = iter(queries * 3)
+        out[f"{name}_query_batch"] = summary(timed(lambda r=retriever: r.search(next(it), 3), repeats), batch)
+    encoded = flat.encode(queries[0])
+    for name, idx in (("faiss_flat", flat.index), ("faiss_hnsw32", index)):
+        out[f"{name}_search_only_queries_per_s"] = batch / statistics.median(
+            timed(lambda i=idx: i.search(encoded, 3), repeats))
+    exact = [{h.passage.id for h in hits} for q in queries for hits in dense.search(q, 3)]
+    approx = [{h.passage.id for h in hits} for q in queries for hits in hnsw.search(q, 3)]
+    out["faiss_hnsw32_recall_at_3"] = sum(len(a & e) for a, e in zip(approx, exact)) / sum(map(len, exact))
+    return out
 
 
 if __name__ == "__main__":

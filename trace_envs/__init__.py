@@ -17,6 +17,7 @@ from trace_envs.structured import AssistantMessage, to_action
 from trace_envs.tasks.base import Grade, Task, TaskSuite
 from trace_envs.tasks.suites import load_suite, register_suite
 from trace_envs.tools import Tool, ToolError, tool
+from trace_envs.wrappers import fork, reset_tasks, unwrap_forkable
 
 register_env("Calculator", "trace_envs.calculator.env:CalculatorEnv")
 register_env("BFCL", "trace_envs.bfcl.env:BFCLEnv")
@@ -24,6 +25,6 @@ register_env("Search", "trace_envs.search.env:SearchEnv")
 
 __all__ = [
     "AssistantMessage", "Grade", "ParsedAction", "Response", "Snapshot", "Task", "TaskSuite",
-    "Tool", "ToolCall", "ToolEnv", "ToolError", "load_suite", "parse_action", "register_env",
-    "register_suite", "to_action", "tool",
+    "Tool", "ToolCall", "ToolEnv", "ToolError", "fork", "load_suite", "parse_action",
+    "register_env", "register_suite", "reset_tasks", "to_action", "tool", "unwrap_forkable",
 ]

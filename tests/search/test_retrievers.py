@@ -48,7 +48,7 @@ def test_bm25_index_saved_and_reused(tmp_path):
 def test_shared_retriever_is_built_once(world):
     assert shared_retriever("bm25", world.corpus) is shared_retriever("bm25", world.corpus)
     with pytest.raises(ValueError, match="unknown retriever"):
-        build_retriever("faiss", SMALL)
+        build_retriever("annoy", SMALL)
 
 
 def test_dense_minilm_retrieves_by_meaning(tmp_path, monkeypatch):

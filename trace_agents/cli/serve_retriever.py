@@ -1,4 +1,4 @@
-"""`trace-rl serve-retriever`: serve a local BM25 or dense index over the Search-R1 HTTP API."""
+"""`trace-rl serve-retriever`: serve a local BM25, dense or FAISS index over the Search-R1 HTTP API."""
 
 from __future__ import annotations
 
@@ -31,9 +31,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", required=True,
                    help="JSONL corpus ({id,title,text} or {id,contents}), or 'generated' for the "
                         "generated multi-hop world's corpus")
-    p.add_argument("--index", choices=("bm25", "dense"), default="bm25")
+    p.add_argument("--index", choices=("bm25", "dense", "faiss"), default="bm25")
     p.add_argument("--index-dir", default=None,
                    help="save the index here after building it; reuse it when the corpus matches")
+    faiss = p.add_argument_group("faiss", "a FAISS index: a Search-R1 one (--faiss-index) or one built here")
+    faiss.add_argument("--faiss-index", default=None, metavar="PATH",
+                       help="an existing index file (e.g. Search-R1's e5_Flat.index); row i = corpus line i")
+    faiss.add_argument("--encoder", default="minilm",
+                       help="'minilm' (packaged) or a local model directory (e.g. e5-base-v2 for Search-R1)")
+    faiss.add_argument("--query-prefix", default="", help="e.g. 'query: ' for e5")
+    faiss.add_argument("--passage-prefix", default="", help="e.g. 'passage: ' for e5, when building")
+    faiss.add_argument("--pooling", choices=("mean", "cls"), default="mean")
+    faiss.add_argument("--faiss-factory", default="Flat", help="index type when building: Flat, HNSW32, ...")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--topk", type=int, default=3, help="results per query when a request omits topk")
@@ -70,7 +79,16 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    retriever = build_retriever(args.index, corpus, index_dir=args.index_dir)
+    options = {"index_dir": args.index_dir}
+    if args.index == "faiss":
+        options.update(index_path=args.faiss_index, encoder=args.encoder,
+                       query_prefix=args.query_prefix, passage_prefix=args.passage_prefix,
+                       pooling=args.pooling, factory=args.faiss_factory)
+    try:
+        retriever = build_retriever(args.index, corpus, **options)
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot build the {args.index} index: {exc}", file=sys.stderr)
+        return 2
     print(f"{args.index} index over {len(corpus)} passages ready in "
           f"{time.perf_counter() - started:.1f}s; serving http://{args.host}:{args.port}/retrieve",
           file=sys.stderr, flush=True)

@@ -16,6 +16,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="run directory (metrics.jsonl, plots, checkpoint)")
     p.add_argument("--steps", type=int, help="override the config's number of steps")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="FIELD=VALUE",
+                   help="override any config field by its dotted path, e.g. optim.lr=1e-6 budget.roots=8")
     p.set_defaults(run=run)
 
 
@@ -33,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
             console.print("[red]--out DIR is required with --config[/]")
             return 2
     try:
-        cfg = load_config(config_path, overrides)
+        cfg = load_config(config_path, overrides, args.overrides)
     except ConfigError as exc:
         console.print(f"[red]{exc}[/]", highlight=False)
         return 2

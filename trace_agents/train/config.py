@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -114,6 +115,18 @@ class OptimConfig(_Strict):
     shared_tokens: Literal["once", "average", "per_path"] = "once"
 
 
+class TrackingConfig(_Strict):
+    """Metric sinks beside metrics.jsonl (which is always written); progress stays on the console."""
+
+    sinks: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
+    project: str = "trace-rl"
+    """W&B project."""
+    run_name: str | None = None
+    """W&B run name (default: the run directory's name)."""
+    wandb_mode: Literal["offline", "online"] = "offline"
+    """``offline`` writes under <out>/wandb for a later ``wandb sync``; nothing is sent."""
+
+
 class TrainConfig(_Strict):
     seed: int = 0
     steps: int = Field(4, ge=1)
@@ -128,13 +141,18 @@ class TrainConfig(_Strict):
     warmup: WarmupConfig = WarmupConfig()
     optim: OptimConfig = OptimConfig()
     checkpoint_every: int = Field(1, ge=1)
+    tracking: TrackingConfig = TrackingConfig()
 
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message lists every problem with its field path."""
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+def load_config(
+    path: str | Path, overrides: dict[str, Any] | None = None, dotted: Sequence[str] = ()
+) -> TrainConfig:
+    """Read a YAML config, apply ``overrides`` (top-level fields) and ``dotted`` command-line
+    overrides (``optim.lr=1e-6``), and validate the result with :class:`TrainConfig`."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -145,10 +163,33 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of fields")
     data.update(overrides or {})
+    for item in dotted:
+        apply_override(data, item)
     try:
         return TrainConfig.model_validate(data)
     except pydantic.ValidationError as exc:
         problems = "\n".join(
             f"  {'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in exc.errors()
         )
-        raise ConfigError(f"{path}: invalid config\n{problems}") from None
+        source = f"{path} with overrides {' '.join(dotted)}" if dotted else str(path)
+        raise ConfigError(f"{source}: invalid config\n{problems}") from None
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Set ``data[a][b][c]`` from ``"a.b.c=value"``; the value is read as YAML (``[trace, grpo]``,
+    ``true``, ``8``); pydantic then checks it like any config value."""
+    key, sep, raw = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(p.strip() for p in parts):
+        raise ConfigError(f"override {item!r}: expected FIELD.PATH=VALUE, e.g. optim.lr=1e-6")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from None
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {'.'.join(parts[:depth + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value

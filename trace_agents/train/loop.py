@@ -34,6 +34,7 @@ from trace_agents.sampler import Candidate, TraceSampler
 from trace_agents.train.checkpoint import load_checkpoint, save_checkpoint
 from trace_agents.train.config import CONFIG_NAME, TrainConfig
 from trace_agents.train.metrics import MetricsLog, plot_metrics
+from trace_agents.train.tracking import open_sinks
 from trace_agents.train.update import PolicyUpdater
 from trace_agents.train.weight_sync import sync_weights
 from trace_allocation.allocators import (
@@ -220,11 +221,14 @@ async def train(
         if log.path.exists():
             log.path.unlink()
         (out_dir / CONFIG_NAME).write_text(yaml.safe_dump(cfg.model_dump()), encoding="utf-8")
+    sinks = open_sinks(cfg.tracking, out_dir, config=cfg.model_dump(), first_step=start, resume=resume)
     try:
         for step in range(start, cfg.steps):
             for arm in arms:
                 record = await run_step(arm, step, cfg, out_dir)
                 log.append(record)
+                for sink in sinks:
+                    sink.log(record)
                 console.print(
                     f"step {step} [bold]{arm.name:>6}[/]: effective ratio "
                     f"{record['effective_ratio']:.2f}, reward {record['reward_mean']:.2f}, "
@@ -238,6 +242,8 @@ async def train(
             if stop_after is not None and step + 1 >= stop_after:
                 break
     finally:
+        for sink in sinks:
+            sink.close()
         for arm in arms:
             await arm.backend.aclose()
     records = log.read()

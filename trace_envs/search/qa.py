@@ -86,23 +86,31 @@ def load_qa_file(
 ) -> TaskSuite:
     """A QA file as a task suite named after the file; a bad record raises ``ValueError``."""
     path = Path(path)
+    return TaskSuite(f"qa:{path.name}", qa_tasks_from_records(_records(path), str(path), format=format,
+                                                               grader=grader))
+
+
+def qa_tasks_from_records(
+    rows: Iterable[Any], source: str, *, format: str = "auto", grader: QAGrader | None = None
+) -> list[Task]:
+    """Tasks from QA records of any of :data:`QA_FORMATS` (files, or rows of a ``datasets`` split)."""
     grader = grader or QAGrader()
-    rows = _records(path)
+    stem = Path(source).stem
     tasks = []
     for i, record in enumerate(rows):
         if not isinstance(record, dict):
-            raise ValueError(f"{path}: record {i} is not an object")
+            raise ValueError(f"{source}: record {i} is not an object")
         try:
             fmt = detect_format(record) if format == "auto" else format
             if fmt not in QA_FORMATS:
                 raise ValueError(f"unknown QA format {fmt!r}; known: {QA_FORMATS}")
             question = record["Question"] if fmt == "bamboogle" else record["question"]
-            task_id = str(record.get("id", record.get("_id", f"{path.stem}-{i}")))
+            task_id = str(record.get("id", record.get("_id", f"{stem}-{i}")))
             metadata = {"dataset": fmt, **{k: record[k] for k in ("type", "level") if k in record}}
             tasks.append(Task(task_id, str(question), _golds(record, fmt), grader, metadata))
         except KeyError as exc:
-            raise ValueError(f"{path}: record {i} lacks field {exc}") from None
-    return TaskSuite(f"qa:{path.name}", tasks)
+            raise ValueError(f"{source}: record {i} lacks field {exc}") from None
+    return tasks
 
 
 def context_passages(path: str | Path) -> Iterable[dict[str, str]]:

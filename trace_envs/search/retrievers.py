@@ -106,10 +106,7 @@ class DenseRetriever:
         batch_size: int = 64,
         max_length: int = 256,
     ) -> None:
-        import torch
-
         self.corpus = corpus
-        self._torch = torch
         self.max_length, self.batch_size = max_length, batch_size
         self.tokenizer, self.model = _minilm()
         fingerprint = corpus.fingerprint() if index_dir is not None else ""
@@ -125,21 +122,8 @@ class DenseRetriever:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-length float32 embeddings, one row per text."""
-        torch = self._torch
-        rows = []
-        with torch.inference_mode():
-            for start in range(0, len(texts), self.batch_size):
-                batch = self.tokenizer(
-                    list(texts[start : start + self.batch_size]), padding=True, truncation=True,
-                    max_length=self.max_length, return_tensors="pt",
-                )
-                hidden = self.model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                rows.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
-        if not rows:
-            return np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
-        return np.concatenate(rows).astype(np.float32, copy=False)
+        return encode_texts(self.tokenizer, self.model, texts, batch_size=self.batch_size,
+                            max_length=self.max_length)
 
     def search(self, queries: Sequence[str], topk: int = 3) -> list[list[Hit]]:
         if not queries:
@@ -154,6 +138,36 @@ class DenseRetriever:
         return results
 
 
+def encode_texts(
+    tokenizer: Any, model: Any, texts: Sequence[str], *, batch_size: int = 64, max_length: int = 256,
+    pooling: str = "mean",
+) -> np.ndarray:
+    """Unit-length float32 embeddings from a Hugging Face encoder, one row per text.
+
+    ``mean`` pooling over the attention mask is what sentence-transformers' MiniLM and e5 (the
+    Search-R1 retriever) use; ``cls`` takes the first token (BGE, DPR-style encoders).
+    """
+    import torch
+
+    if pooling not in ("mean", "cls"):
+        raise ValueError(f"pooling must be 'mean' or 'cls', not {pooling!r}")
+    rows = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True,
+                              max_length=max_length, return_tensors="pt")
+            hidden = model(**batch).last_hidden_state
+            if pooling == "cls":
+                pooled = hidden[:, 0]
+            else:
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            rows.append(torch.nn.functional.normalize(pooled.float(), dim=-1).numpy())
+    if not rows:
+        return np.zeros((0, model.config.hidden_size), dtype=np.float32)
+    return np.concatenate(rows).astype(np.float32, copy=False)
+
+
 @functools.lru_cache(maxsize=1)
 def _minilm():  # type: ignore[no-untyped-def]
     """The MiniLM tokenizer and model, loaded once per process (read-only at inference)."""
@@ -164,25 +178,31 @@ def _minilm():  # type: ignore[no-untyped-def]
     return AutoTokenizer.from_pretrained(model_dir), AutoModel.from_pretrained(model_dir).eval()
 
 
-LOCAL_RETRIEVERS: dict[str, type[BM25Retriever] | type[DenseRetriever]] = {
-    "bm25": BM25Retriever,
-    "dense": DenseRetriever,
+def _faiss_retriever() -> type:
+    from trace_envs.search.faiss_index import FaissRetriever  # faiss is imported only when used
+
+    return FaissRetriever
+
+
+LOCAL_RETRIEVERS: dict[str, Any] = {
+    "bm25": lambda: BM25Retriever,
+    "dense": lambda: DenseRetriever,
+    "faiss": _faiss_retriever,
 }
+"""Kind -> a function returning the retriever class (so optional libraries load only when used)."""
 
 
-def build_retriever(kind: str, corpus: Corpus, **options: Any) -> BM25Retriever | DenseRetriever:
-    """A fresh in-process retriever of ``kind`` ("bm25" or "dense") over ``corpus``."""
+def build_retriever(kind: str, corpus: Corpus, **options: Any) -> Retriever:
+    """A fresh in-process retriever of ``kind`` ("bm25", "dense" or "faiss") over ``corpus``."""
     try:
-        cls = LOCAL_RETRIEVERS[kind]
+        cls = LOCAL_RETRIEVERS[kind]()
     except KeyError:
-        raise ValueError(f"unknown retriever {kind!r}; local ones: {sorted(LOCAL_RETRIEVERS)}")
+        raise ValueError(f"unknown retriever {kind!r}; local ones: {sorted(LOCAL_RETRIEVERS)}") from None
     return cls(corpus, **options)
 
 
 @functools.lru_cache(maxsize=16)
-def shared_retriever(
-    kind: str, corpus: Corpus, index_dir: str | None = None
-) -> BM25Retriever | DenseRetriever:
+def shared_retriever(kind: str, corpus: Corpus, index_dir: str | None = None) -> Retriever:
     """One retriever per (kind, corpus, index_dir) per process, shared by every env and fork.
 
     Corpora hash by identity; they come from caches themselves (:func:`cached_corpus`, the

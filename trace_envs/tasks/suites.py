@@ -88,3 +88,14 @@ def champ_suite() -> TaskSuite:
 register_suite("arithmetic", arithmetic_suite)
 register_suite("gsm_symbolic", gsm_symbolic_suite)
 register_suite("champ", champ_suite)
+
+
+def hf_suite(**options: Any) -> TaskSuite:
+    """``load_suite("hf", path=..., ...)``: a Hugging Face ``datasets`` source (see
+    :func:`trace_envs.integrations.hf_datasets.hf_suite`); ``datasets`` is imported only here."""
+    from trace_envs.integrations.hf_datasets import hf_suite as load
+
+    return load(**options)
+
+
+register_suite("hf", hf_suite)

@@ -1,0 +1,140 @@
+"""MCP tool envs against a real MCP server (the SDK's MCPServer) started by the tests, stdio and HTTP."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mcp")
+
+from trace_envs import Snapshot  # noqa: E402
+from trace_envs.integrations.mcp import ForkUnsupported, MCPConnection, MCPToolEnv  # noqa: E402
+
+SERVER = Path(__file__).with_name("mcp_server.py")
+SUITE = {"suite": "arithmetic", "suite_options": {"size": 6}}
+
+
+def call(name: str, **arguments: object) -> str:
+    return f"<tool_call>{json.dumps({'name': name, 'arguments': arguments})}</tool_call>"
+
+
+def stdio(mode: str) -> MCPConnection:
+    return MCPConnection([sys.executable, str(SERVER), mode], timeout_s=20)
+
+
+@pytest.fixture(scope="module")
+def stateless():
+    with stdio("stateless") as connection:
+        yield connection
+
+
+@pytest.fixture(scope="module")
+def stateful():
+    with stdio("stateful") as connection:
+        yield connection
+
+
+@pytest.fixture(scope="module")
+def restorable():
+    with stdio("restorable") as connection:
+        yield connection
+
+
+def test_the_server_tools_are_the_env_tools(stateless: MCPConnection) -> None:
+    env = MCPToolEnv(server=stateless, **SUITE)
+    schemas = {s["function"]["name"]: s["function"] for s in env.tool_schemas()}
+    assert set(schemas) == {"add", "fail"}
+    assert schemas["add"]["parameters"]["required"] == ["a", "b"]
+    assert env.instructions == "Use the tools to answer."
+    env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step(call("add", a=2, b=40))
+    assert (obs, reward, terminated, truncated) == ("42", 0.0, False, False) and "error" not in info
+
+
+@pytest.mark.parametrize("action, expected", [
+    (call("add", a="2", b=3), "Error: invalid arguments for add: a: '2' is not of type 'integer'"),
+    (call("add", a=1), "Error: invalid arguments for add: arguments: 'b' is a required property"),
+    (call("fail", message="boom"), "Error: "),
+    (call("nope"), "Error: unknown tool 'nope'"),
+])
+def test_bad_calls_are_error_observations(stateless: MCPConnection, action: str, expected: str) -> None:
+    env = MCPToolEnv(server=stateless, **SUITE)
+    env.reset(seed=0)
+    obs, _, _, _, info = env.step(action)
+    assert obs.startswith(expected) and info["error"]
+
+
+def test_stateless_forks_share_the_connection_and_snapshots_restore(stateless: MCPConnection) -> None:
+    env = MCPToolEnv(server=stateless, **SUITE)
+    env.reset(seed=1)
+    env.step(call("add", a=1, b=1))
+    branch = env.fork()
+    assert branch.connection is env.connection and branch.turn == env.turn == 1
+    assert branch.step(call("add", a=3, b=4))[0] == "7" and env.turn == 1
+    other = MCPToolEnv(server=stateless, **SUITE)
+    other.restore(Snapshot.from_bytes(env.snapshot().to_bytes()))
+    assert (other.task.id, other.turn) == (env.task.id, 1)
+
+
+def test_a_stateful_server_without_snapshot_tools_refuses_to_fork(stateful: MCPConnection) -> None:
+    env = MCPToolEnv(server=stateful, stateful=True, **SUITE)
+    env.reset(seed=0)
+    first = int(env.step(call("increment"))[0])
+    assert int(env.step(call("increment", by=2))[0]) == first + 2
+    with pytest.raises(ForkUnsupported, match="trace_snapshot/trace_restore"):
+        env.fork()
+    with pytest.raises(ForkUnsupported, match="stateful MCP server"):
+        env.snapshot()
+
+
+def test_a_restorable_server_gives_each_fork_its_own_state(restorable: MCPConnection) -> None:
+    env = MCPToolEnv(server=restorable, stateful=True, **SUITE)
+    assert "trace_snapshot" not in {s["function"]["name"] for s in env.tool_schemas()}
+    env.reset(seed=0)
+    assert env.step(call("increment", by=3))[0] == "3"
+    branch = env.fork()
+    assert branch.step(call("increment", by=10))[0] == "13"
+    assert env.step(call("increment"))[0] == "4"  # the branch's calls did not reach this env
+    assert branch.step(call("increment"))[0] == "14"
+    fresh = MCPToolEnv(server=restorable, stateful=True, **SUITE)
+    fresh.restore(Snapshot.from_bytes(branch.snapshot().to_bytes()))
+    assert fresh.step(call("increment"))[0] == "15"
+    env.reset(seed=0)  # a new episode starts from the server's fresh state
+    assert env.step(call("increment"))[0] == "1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_streamable_http_and_a_dead_server() -> None:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, str(SERVER), "stateless", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "MCP HTTP server did not start"
+                time.sleep(0.2)
+        env = MCPToolEnv(server=f"http://127.0.0.1:{port}/mcp", timeout_s=5, **SUITE)
+        env.reset(seed=0)
+        assert env.step(call("add", a=20, b=22))[0] == "42"
+        proc.terminate()
+        proc.wait(timeout=10)
+        obs, _, _, _, info = env.step(call("add", a=1, b=2))  # no exception out of step
+        assert obs.startswith("Error: ") and info["error"]
+        env.close()
+    finally:
+        proc.kill()
