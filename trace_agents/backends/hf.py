@@ -163,7 +163,9 @@ class HFEngine:
         self._next: list[int] = []
         self._positions: list[int] = []
         self._weights_version = -1
-        self.stats = {"requests": 0, "prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0}
+        self.stats = {"requests": 0, "prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0,
+                      "decode_steps": 0, "row_steps": 0}
+        """Totals; ``row_steps / decode_steps`` is the mean batch occupancy."""
 
     # ------------------------------------------------------------------ requests
     def submit(self, prompt: Sequence[int], params: SamplingParams, done: Done) -> None:
@@ -296,6 +298,8 @@ class HFEngine:
             attention_mask=self._mask, use_cache=True, **{self._cache_arg: self._cache},
         )
         logits = out.logits[:, -1, :].float()
+        self.stats["decode_steps"] += 1
+        self.stats["row_steps"] += len(self._rows)
         self._next = [self._advance(r, logits[i]) for i, r in enumerate(self._rows)]
         self._positions = [p + 1 for p in self._positions]
         finished = [i for i, r in enumerate(self._rows) if r.finish is not None]
