@@ -197,14 +197,18 @@ async def one_step(model: Any, tok: Any, allocator_name: str, args: argparse.Nam
         backend = HFBackend(model, tok, max_batch=16, prefix_cache_bytes=(1 << 30) if reuse else 0)
         engine = backend.engine
     allocator, predictor = allocator_of(allocator_name, args.seed)
-    ended: list[tuple[float, bool]] = []
-    started = time.perf_counter()
-    runner = RolloutRunner(backend, tokenizer=tok, seed=args.seed,
-                           sampling=SamplingParams(temperature=1.0, max_tokens=args.max_tokens),
-                           on_episode=lambda e: ended.append((time.perf_counter() - started, e.continuation)))
+    ended: list[tuple[float, bool]] = []  # (when, continuation) of each episode's end
+
+    class Runner(RolloutRunner):
+        def _account(self, episode: Any) -> None:
+            ended.append((time.perf_counter(), episode.continuation))
+            super()._account(episode)
+
+    runner = Runner(backend, tokenizer=tok, seed=args.seed,
+                    sampling=SamplingParams(temperature=1.0, max_tokens=args.max_tokens))
     sampler = TraceSampler(runner, allocator, progress=False)
+    started = time.perf_counter()
     try:
-        started = time.perf_counter()
         result = await sampler.step(pool_of(args), Budget(12, continuation_cost=0.5))
     finally:
         await backend.aclose()
@@ -215,7 +219,7 @@ async def one_step(model: Any, tok: Any, allocator_name: str, args: argparse.Nam
     firsts = [e.leaf.path()[len(e.start.path())].handle for e in conts]  # each one's first turn
     prefix = sum(t.prompt_tokens for t in firsts)
     recomputed = sum(t.prompt_tokens - (t.cached_tokens or 0) for t in firsts)
-    bare_done = max((t for t, c in ended if not c), default=0.0)
+    bare_done = max((t for t, c in ended if not c), default=started) - started
     out = {
         "seconds": m["seconds"], "episodes": m["episodes"], "roots": m["roots"],
         "continuations": m["continuations"], "cost": m["cost"], "turns": m["turns"],
