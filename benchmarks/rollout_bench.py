@@ -259,10 +259,18 @@ def reuse_section(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def trace_vs_grpo(model_name: str, args: argparse.Namespace, backend_kind: str) -> dict[str, Any]:
+    """``--repeats`` interleaved GRPO/TRACE pairs (a shared CPU's load drifts); the ratio is the
+    median of the pairs' ratios, the figures are the median pair's."""
     model, tok = load(model_name)
-    grpo = asyncio.run(one_step(model, tok, "grpo", args, backend_kind=backend_kind))
-    trace = asyncio.run(one_step(model, tok, "trace", args, backend_kind=backend_kind))
-    out = {"trace": trace, "grpo": grpo, "trace_over_grpo": trace["seconds"] / grpo["seconds"],
+    pairs = []
+    for _ in range(args.repeats):
+        grpo = asyncio.run(one_step(model, tok, "grpo", args, backend_kind=backend_kind))
+        trace = asyncio.run(one_step(model, tok, "trace", args, backend_kind=backend_kind))
+        pairs.append((trace["seconds"] / grpo["seconds"], trace, grpo))
+    pairs.sort(key=lambda pair: pair[0])
+    ratio, trace, grpo = pairs[len(pairs) // 2]
+    out = {"trace": trace, "grpo": grpo, "trace_over_grpo": ratio,
+           "ratios": [round(r, 3) for r, _, _ in pairs],
            "predictor_share": trace["predictor_share"], "solver_share": trace["solver_share"]}
     if backend_kind == "standin":
         out["continuation_cache_hit_rate"] = 1 - trace["continuation_recomputed_share"]
@@ -289,7 +297,8 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"    step speed-up {b['speedup']:.2f}x")
     for section, label in (("trace_vs_grpo", "(c) in process"), ("standin", "(d) stand-in SGLang")):
         for model, c in report.get(section, {}).items():
-            print(f"{label}, {model}: TRACE step / GRPO step at equal cost = {c['trace_over_grpo']:.2f}"
+            print(f"{label}, {model}: TRACE step / GRPO step at equal cost = {c['trace_over_grpo']:.2f} "
+                  f"(pairs: {c['ratios']})"
                   f"  (predictor {c['predictor_share']:.1%}, solvers {c['solver_share']:.1%} of TRACE's step)")
             for k in ("seconds", "episodes", "turns", "generated_tokens", "tokens_per_s",
                       "last_bare_episode_s", "decode_steps", "mean_batch_rows", "cache_hit_rate"):
@@ -305,6 +314,7 @@ def main() -> None:
     p.add_argument("--pool", type=int, default=16, help="candidate prompts per step")
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=1, help="TRACE/GRPO pairs per model in (c) and (d)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (0: torch's default; on a shared CPU one avoids oversubscription)")
     p.add_argument("--json", action="store_true")
@@ -317,17 +327,29 @@ def main() -> None:
     models = [m for m in args.models.split(",") if m]
     report: dict[str, Any] = {"threads": args.threads or None, "max_tokens": args.max_tokens,
                               "pool": args.pool, "seed": args.seed}
+    runs: list[tuple[str, str, Any]] = []
     if "a" in sections:
-        report["blocking_tools"] = blocking_tools()
-    if "b" in sections:
-        report["prefix_reuse"] = {m: reuse_section(m, args) for m in models}
-    if "c" in sections:
-        report["trace_vs_grpo"] = {m: trace_vs_grpo(m, args, "inprocess") for m in models}
-    if "d" in sections:
-        report["standin"] = {m: trace_vs_grpo(m, args, "standin") for m in models}
-    print(json.dumps(report) if args.json else "")
-    if not args.json:
-        print_report(report)
+        runs.append(("blocking_tools", "", blocking_tools))
+    for m in models:
+        if "b" in sections:
+            runs.append(("prefix_reuse", m, lambda m=m: reuse_section(m, args)))
+        if "c" in sections:
+            runs.append(("trace_vs_grpo", m, lambda m=m: trace_vs_grpo(m, args, "inprocess")))
+        if "d" in sections:
+            runs.append(("standin", m, lambda m=m: trace_vs_grpo(m, args, "standin")))
+    for i, (section, model, run) in enumerate(runs, 1):
+        print(f"[{i}/{len(runs)}] {section} {model} ...", file=sys.stderr, flush=True)
+        result = run()
+        if model:
+            report.setdefault(section, {})[model] = result
+            partial = {section: {model: result}}
+        else:
+            report[section] = partial = result
+        if not args.json:
+            print_report(partial)  # each section as it ends: SmolLM2 on a shared CPU takes a while
+            sys.stdout.flush()
+    if args.json:
+        print(json.dumps(report))
 
 
 if __name__ == "__main__":
