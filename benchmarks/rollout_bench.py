@@ -237,12 +237,12 @@ async def one_step(model: Any, tok: Any, allocator_name: str, args: argparse.Nam
     if predictor is not None:
         out["predictor_s"] = predictor.seconds
         out["predictor_share"] = predictor.seconds / m["seconds"]
-        out["solver_s"] = max(m["plan_s"] - _planning_predict_s(predictor, m), 0.0)
+        out["solver_s"] = max(m["plan_s"] - _planning_predict_s(predictor), 0.0)
         out["solver_share"] = out["solver_s"] / m["seconds"]
     return out
 
 
-def _planning_predict_s(predictor: TimedPredictor, metrics: dict[str, Any]) -> float:
+def _planning_predict_s(predictor: TimedPredictor) -> float:
     """Predictor seconds inside planning: all predict calls but the refit's (the last one)."""
     return predictor.seconds - predictor.update_s - predictor.last_predict_s
 
