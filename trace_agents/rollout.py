@@ -10,11 +10,19 @@ server's prefix cache (SGLang RadixAttention, vLLM prefix caching) serves them.
 
 Failures never lose a rollout: a generation that still fails after the backend's retries ends the
 episode as ``failed`` (kept, with the error, its completed turns in the tree without a reward).
+
+Env steps never run on the event loop: ``env.astep`` runs a synchronous env's ``step`` in the
+runner's bounded worker pool, and envs whose tools do I/O await it there (the search env's HTTP
+retriever), so one slow tool call delays only its own episode; a step that outlives
+``step_timeout_s`` fails its episode. Each tree draws its episodes' sampling seeds from its own
+generator (seeded when the tree is made), so the same seeds give the same trees whatever order
+concurrent episodes finish in.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,6 +58,8 @@ class Start:
     messages: tuple[Message, ...]
     prompt_ids: tuple[int, ...]
     snapshot: Snapshot
+    rng: np.random.Generator
+    """Draws the sampling seed of every episode of this tree, in the order rollouts are asked for."""
     dialect: Dialect | None = None
     """How the tree's model is prompted and parsed (None: chat-message rollouts, text dialect)."""
 
@@ -187,6 +197,8 @@ class RolloutRunner:
         max_concurrency: int = 64,
         max_context_tokens: int | None = None,
         seed: int = 0,
+        env_workers: int = 8,
+        step_timeout_s: float | None = 120.0,
         on_episode: Callable[[Episode], None] | None = None,
         dialect: str | Dialect = "auto",
         chat_template_kwargs: dict[str, Any] | None = None,
@@ -211,6 +223,10 @@ class RolloutRunner:
         self.on_episode = on_episode
         """Called as each episode ends (progress bars)."""
         self._slots = asyncio.Semaphore(max_concurrency)
+        self.env_pool = concurrent.futures.ThreadPoolExecutor(env_workers, thread_name_prefix="env-step")
+        """Runs synchronous env steps off the event loop (at most ``env_workers`` at once)."""
+        self.step_timeout_s = step_timeout_s
+        """Deadline of one env step; a step past it fails its episode (its thread is abandoned)."""
         self.rng = np.random.default_rng(seed)
         """Draws each episode's sampling seed: part of a training checkpoint."""
         self.stats = {"episodes": 0, "failed": 0, "turns": 0, "generated_tokens": 0,
@@ -222,8 +238,9 @@ class RolloutRunner:
         prompt, _ = env.reset(seed=seed, options={"task_id": task_id})
         messages = self.format.initial_messages(env, prompt) if self.format else initial_messages(env, prompt)
         ids = self.format.initial_ids(env, prompt) if self.format else []
+        rng = np.random.default_rng(int(self.rng.integers(2**62)))
         start = Start(env.fork(), task_id, prompt, tuple(messages), tuple(ids), env.snapshot(),
-                      self.format)
+                      rng, self.format)
         return RolloutTree(task_id, prompt, handle=start)
 
     async def rollouts(self, tree: RolloutTree, node: Node, k: int) -> list[Episode]:
@@ -231,8 +248,14 @@ class RolloutRunner:
         any other node (attached there as new children)."""
         if isinstance(node.handle, Turn) and (node.handle.terminated or node.handle.truncated):
             raise ValueError("cannot continue from a node that ended its episode")
-        seeds = self.rng.integers(0, 2**62, size=k).tolist()
-        return list(await asyncio.gather(*(self._episode(tree, node, s) for s in seeds)))
+        seeds = start_of(node).rng.integers(0, 2**62, size=k).tolist()
+        episodes = list(await asyncio.gather(*(self._episode(tree, node, s) for s in seeds)))
+        # children in episode order, not in the order concurrent episodes finished their first turn
+        depth = len(node.path())
+        firsts = [e.leaf.path()[depth] for e in episodes if e.leaf is not None]
+        ids = {id(c) for c in firsts}
+        node.children[:] = [c for c in node.children if id(c) not in ids] + firsts
+        return episodes
 
     async def _episode(self, tree: RolloutTree, start: Node, seed: int) -> Episode:
         episode = Episode(tree, start, continuation=start.parent is not None)
@@ -263,7 +286,7 @@ class RolloutRunner:
                 return
             out = await self.backend.generate(ids if self.format else messages, params)
             action = self.format.action(out, env) if self.format else out.text
-            obs, reward, terminated, truncated, info = env.step(action)
+            obs, reward, terminated, truncated, info = await self._step(env, action)
             ended = terminated or truncated
             action_ids = out.token_ids
             if self.format:
@@ -291,6 +314,12 @@ class RolloutRunner:
                 episode.leaf, episode.reward = node, float(reward)
                 return
             episode.leaf = node
+
+    async def _step(self, env: ToolEnv, action: Any) -> tuple[str, Any, bool, bool, dict[str, Any]]:
+        try:
+            return await asyncio.wait_for(env.astep(action, self.env_pool), self.step_timeout_s)
+        except TimeoutError:
+            raise TimeoutError(f"env step exceeded its {self.step_timeout_s:g} s deadline") from None
 
     def _count(self, episode: Episode, out: Completion) -> None:
         episode.turns += 1

@@ -7,13 +7,18 @@ prefixes. Allocators that refill (DAPO) get more groups while the budget lasts. 
 (GRPO, PCL, TreePO-random, DAPO; ``trace_allocation.allocators``) run through this same code, so
 every comparison is at equal cost with the same rollouts machinery. Every rollout is charged to
 the :class:`~trace_allocation.Budget`, failed ones included (the compute was spent).
+
+The allocator's work (scoring prompts and prefixes with the predictor, the solvers, the refit)
+runs in one planning thread, never on the event loop: other prompts' episodes keep stepping while
+a prompt's Stage 2 is planned. One thread keeps the allocator's calls in order and unshared.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,34 +79,45 @@ class TraceSampler:
         self.steps = 0
         self.unpaid = 0.0
         """Cost of rollouts that ran but the budget refused to charge (exact units only)."""
+        self._planner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="allocator")
+        self._plan_s = 0.0
+
+    async def _plan(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run an allocator call in the planning thread; its time counts to ``plan_s``."""
+        def timed() -> Any:
+            started = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                self._plan_s += time.perf_counter() - started
+
+        return await asyncio.get_running_loop().run_in_executor(self._planner, timed)
 
     async def step(self, candidates: Sequence[Candidate], budget: Budget) -> StepResult:
         started = time.perf_counter()
         self.steps += 1
+        self._plan_s = 0.0
         texts = [c.text for c in candidates]
-        counts = np.asarray(self.allocator.plan_roots(texts, budget), dtype=np.int64)
-        plan_s = time.perf_counter() - started
+        counts = np.asarray(await self._plan(self.allocator.plan_roots, texts, budget), dtype=np.int64)
         episodes: list[Episode] = []
         with _StepProgress(self.steps, budget, enabled=self.progress) as bar:
             self.runner.on_episode = bar.episode_done
             bar.planned(int(counts.sum()))
-            trees = list(await asyncio.gather(*(
-                self._grow(candidates[i], int(m), budget, episodes, bar)
-                for i, m in enumerate(counts.tolist()) if m > 0
-            )))
+            trees = await self._grow_all(candidates, counts, budget, episodes, bar)
             while True:  # refills: DAPO draws more groups until its batch has enough mixed ones
-                extra = np.asarray(self.allocator.plan_refill(trees, texts), dtype=np.int64)
+                extra = np.asarray(await self._plan(self.allocator.plan_refill, trees, texts),
+                                   dtype=np.int64)
                 extra = _affordable(extra, budget)
                 if not extra.any():
                     break
                 counts += extra
                 bar.planned(int(extra.sum()))
-                trees += await asyncio.gather(*(
-                    self._grow(candidates[i], int(m), budget, episodes, bar)
-                    for i, m in enumerate(extra.tolist()) if m > 0
-                ))
+                trees += await self._grow_all(candidates, extra, budget, episodes, bar)
             self.runner.on_episode = None
-        brier = self._fit_predictor(trees) if self.fit_predictor else None
+        plan_s = self._plan_s
+        fit_started = time.perf_counter()
+        brier = await self._plan(self._fit_predictor, trees) if self.fit_predictor else None
+        fit_s = time.perf_counter() - fit_started
         seconds = time.perf_counter() - started
         effective = float(np.mean([t.is_mixed for t in trees])) if trees else 0.0
         summary = episodes_summary(episodes)
@@ -111,27 +127,36 @@ class TraceSampler:
             "cost": budget.spent, "budget": budget.total, "unpaid": self.unpaid,
             "effective_ratio": effective, **summary,
             "cache_hit_rate": summary["cached_tokens"] / max(summary["prompt_tokens"], 1),
-            "predictor_brier": brier, "plan_roots_s": plan_s, "seconds": seconds,
+            "predictor_brier": brier, "plan_s": plan_s, "fit_s": fit_s, "seconds": seconds,
             "tokens_per_s": summary["generated_tokens"] / max(seconds, 1e-9),
         }
         if self.log is not None:
             self.log.append(metrics)
         return StepResult(self.steps, trees, episodes, counts, budget, effective, seconds, metrics)
 
-    async def _grow(self, candidate: Candidate, m: int, budget: Budget,
-                    episodes: list[Episode], bar: _StepProgress) -> RolloutTree:
+    async def _grow_all(self, candidates: Sequence[Candidate], counts: np.ndarray, budget: Budget,
+                        episodes: list[Episode], bar: _StepProgress) -> list[RolloutTree]:
+        """Grow the opened prompts' trees concurrently; the trees are made first, in pool order,
+        so each draws its seeds the same way however the episodes interleave."""
+        opened = [(candidates[i], int(m)) for i, m in enumerate(counts.tolist()) if m > 0]
+        trees = [self.runner.new_tree(c.env, c.task_id) for c, _ in opened]
+        await asyncio.gather(*(self._grow(tree, m, budget, episodes, bar)
+                               for tree, (_, m) in zip(trees, opened)))
+        return trees
+
+    async def _grow(self, tree: RolloutTree, m: int, budget: Budget,
+                    episodes: list[Episode], bar: _StepProgress) -> None:
         """Bare rollouts of one prompt, then at once its Stage 2 continuations."""
-        tree = self.runner.new_tree(candidate.env, candidate.task_id)
         bare = await self.runner.rollouts(tree, tree.root, m)
         self._charge(bare, budget, continuation=False)
         episodes += bare
-        plan = [(node, k) for node, k in self.allocator.plan_continuations(tree) if k > 0]
+        planned = await self._plan(self.allocator.plan_continuations, tree)
+        plan = [(node, k) for node, k in planned if k > 0]
         plan = self._affordable_continuations(plan, budget)
         bar.planned(sum(k for _, k in plan))
         for batch in await asyncio.gather(*(self.runner.rollouts(tree, n, k) for n, k in plan)):
             self._charge(batch, budget, continuation=True)
             episodes += batch
-        return tree
 
     def _affordable_continuations(self, plan: list[tuple[Any, int]], budget: Budget) -> list[tuple[Any, int]]:
         """Trim a Stage 2 plan to what the remaining budget pays for at the planning price."""

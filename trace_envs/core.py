@@ -13,9 +13,11 @@ it changes anything (a refused snapshot raises ``ValueError`` and leaves the env
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 from collections.abc import Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self, SupportsFloat, TypeVar
 
@@ -180,6 +182,14 @@ class ToolEnv(gym.Env[str, str]):
         info = {"task_id": self.task.id, "turn": self.turn, **response.info}
         reward = 0.0 if truncated else float(response.reward)
         return self._clip(response.observation), reward, response.terminated, truncated, info
+
+    async def astep(
+        self, action: Any, executor: Executor | None = None
+    ) -> tuple[str, SupportsFloat, bool, bool, dict[str, Any]]:
+        """:meth:`step` without blocking the caller's event loop: run in ``executor`` (a bounded
+        worker pool; None: asyncio's default). Envs whose tools do I/O override it to await that
+        I/O and keep the pool for the rest."""
+        return await asyncio.get_running_loop().run_in_executor(executor, self.step, action)
 
     def respond(self, action: ParsedAction) -> Response:
         """Answer a well-formed action: grade a final answer, or run the tool calls."""

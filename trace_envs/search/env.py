@@ -11,10 +11,12 @@ and fork; the episode state is only the searches made so far (queries and retrie
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from concurrent.futures import Executor
+from typing import Annotated, Any, Literal, SupportsFloat
 
 import pydantic
 
@@ -24,6 +26,7 @@ from trace_envs.search.client import HttpRetriever
 from trace_envs.search.corpus import Corpus, cached_corpus
 from trace_envs.search.qa import QAGrader, generated_suite, generated_world, load_qa_file
 from trace_envs.search.retrievers import Hit, RetrievalError, Retriever, shared_retriever
+from trace_envs.structured import to_action
 from trace_envs.tasks.base import Task, TaskSuite
 from trace_envs.tools import Tool, ToolError, tool, with_answer_tool
 
@@ -122,6 +125,8 @@ class SearchEnv(ToolEnv):
         self.queries: list[str] = []
         self.retrieved: list[list[str]] = []
         self.answer_tool = answer_tool
+        self._fetched: dict[tuple[str, int], list[Hit] | RetrievalError] = {}
+        """Results :meth:`astep` awaited for the step it is running (never mutated: rebound)."""
 
     def available_tools(self) -> Mapping[str, Tool]:
         return with_answer_tool(self.tools, self.answer_tool)
@@ -156,6 +161,21 @@ class SearchEnv(ToolEnv):
             query: A few keywords to search for.
             topk: How many passages to return (optional).
         """
+        query, k = self._search_request(query, topk)
+        try:
+            hits = self._fetched.get((query, k))
+            if isinstance(hits, RetrievalError):
+                raise hits
+            if hits is None:
+                hits = self.retriever.search([query], k)[0]
+        except RetrievalError as exc:
+            raise ToolError(f"search is unavailable right now ({exc}); try again") from None
+        self.queries.append(query)
+        self.retrieved.append([h.passage.id for h in hits])
+        return render_hits(hits)
+
+    def _search_request(self, query: str, topk: int | None) -> tuple[str, int]:
+        """The query and k a search call sends, or the :class:`ToolError` the model reads."""
         k = self.topk if topk is None else topk
         if not 1 <= k <= self.max_topk:
             raise ToolError(f"search: topk must be between 1 and {self.max_topk}, got {k}")
@@ -165,13 +185,47 @@ class SearchEnv(ToolEnv):
         if len(query) > self.max_query_chars:
             raise ToolError(f"search: the query is {len(query)} characters long; keep it under "
                             f"{self.max_query_chars} (a few keywords work best)")
+        return query, k
+
+    async def astep(
+        self, action: Any, executor: Executor | None = None
+    ) -> tuple[str, SupportsFloat, bool, bool, dict[str, Any]]:
+        """With a retriever that has an async API (the HTTP client's ``asearch``, whose whole-call
+        deadline holds), the action's searches are awaited first, concurrently, and the step then
+        runs on their results: a slow retrieval server delays only this episode."""
+        asearch = getattr(self.retriever, "asearch", None)
+        requests = self._requested_searches(action) if asearch is not None else []
+        results = await asyncio.gather(*(self._afetch(asearch, q, k) for q, k in requests))
+        self._fetched = dict(zip(requests, results))
         try:
-            hits = self.retriever.search([query], k)[0]
+            return await super().astep(action, executor)
+        finally:
+            self._fetched = {}
+
+    def _requested_searches(self, action: Any) -> list[tuple[str, int]]:
+        """The (query, k) of each well-formed search call the action makes (as ``step`` would)."""
+        if self.task is None or self.done or "search" not in self.available_tools():
+            return []
+        parsed = to_action(action, max_chars=self.max_action_chars, env=self)
+        if parsed.error is not None or parsed.answer is not None:
+            return []
+        requests = []
+        for call in parsed.tool_calls[: self.max_calls_per_turn]:
+            if call.name != "search" or call.error is not None:
+                continue
+            try:
+                kwargs = self.tools["search"].validate(call.arguments)
+                requests.append(self._search_request(kwargs["query"], kwargs["topk"]))
+            except ToolError:
+                continue
+        return list(dict.fromkeys(requests))
+
+    @staticmethod
+    async def _afetch(asearch: Any, query: str, k: int) -> list[Hit] | RetrievalError:
+        try:
+            return (await asearch([query], k))[0]
         except RetrievalError as exc:
-            raise ToolError(f"search is unavailable right now ({exc}); try again") from None
-        self.queries.append(query)
-        self.retrieved.append([h.passage.id for h in hits])
-        return render_hits(hits)
+            return exc
 
     def respond(self, action: ParsedAction) -> Response:
         assert self.task is not None
