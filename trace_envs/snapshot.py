@@ -104,14 +104,23 @@ class Snapshot:
 
 
 def _inflate(body: bytes, max_bytes: int) -> bytes:
-    """zlib-decompress ``body``, refusing output beyond ``max_bytes`` (streamed, never whole)."""
+    """zlib-decompress ``body`` in 1 MiB steps, refusing output beyond ``max_bytes`` as soon as
+    it is reached (a bomb costs at most the cap in memory, never its full size)."""
     inflater = zlib.decompressobj()
+    chunks: list[bytes] = []
+    total, pending = 0, body
     try:
-        out = inflater.decompress(body, max_bytes + 1)
+        while not inflater.eof:
+            chunk = inflater.decompress(pending, 2**20)
+            pending = inflater.unconsumed_tail
+            if not chunk and not pending:
+                break
+            total += len(chunk)
+            if total > max_bytes:
+                raise ValueError(f"snapshot decompresses to more than {max_bytes} bytes")
+            chunks.append(chunk)
     except zlib.error as exc:
         raise ValueError(f"corrupt snapshot: {exc}") from None
-    if len(out) > max_bytes:
-        raise ValueError(f"snapshot decompresses to more than {max_bytes} bytes")
     if not inflater.eof or inflater.unused_data:
         raise ValueError("corrupt snapshot: truncated or trailing compressed data")
-    return out
+    return b"".join(chunks)

@@ -205,7 +205,7 @@ def test_zip_bomb_is_refused_with_bounded_memory():
         Snapshot.from_bytes(bomb)
     seconds, peak = time.perf_counter() - start, tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert peak < 2 * MAX_BYTES + 2**24 and seconds < 5, (peak, seconds)
+    assert peak < MAX_BYTES + 2**23 and seconds < 30, (peak, seconds)  # the cap + one step
 
 
 @pytest.mark.parametrize("data, message", [
