@@ -46,7 +46,7 @@ def build_allocator(name: str, seed: int):
     rng = np.random.default_rng(seed)
     if name == "grpo":
         return GrpoAllocator(4, rng=rng)
-    if name == "treepo":
+    if name == "random_branch":
         return TreeAllocator(None, roots="uniform", prefixes="uniform", group_size=4, rng=rng)
     return TreeAllocator(LexicalPredictor(2**14), continuations_per_root=2, m_max=8, rng=rng, name="trace")
 
@@ -109,7 +109,7 @@ def main() -> None:
     p.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
     p.add_argument("--backend", choices=["inprocess", "standin"], default="inprocess")
     p.add_argument("--env", choices=["calculator", "search", "bfcl"], default="calculator")
-    p.add_argument("--allocator", choices=["trace", "grpo", "treepo"], default="trace")
+    p.add_argument("--allocator", choices=["trace", "grpo", "random_branch"], default="trace")
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--budget", type=float, default=16)
     p.add_argument("--pool", type=int, default=8)

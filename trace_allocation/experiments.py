@@ -29,7 +29,6 @@ from trace_allocation.simulate import (
     true_value,
 )
 
-DAPO_BUDGET_MULTIPLE = 16.0  # DAPO may overspend by design; it reports what it needed
 PAPER_SHAPES = [(512, 2), (512, 6), (1024, 2)]
 ABLATION = [("uniform", "uniform"), ("active", "uniform"), ("uniform", "active"), ("active", "active")]
 
@@ -88,24 +87,30 @@ def allocators(sc: Scenario) -> dict[str, tuple[AllocatorFactory, float]]:
     return {
         "grpo": (lambda w, rng: GrpoAllocator(sc.grpo_group, rng=rng), 1.0),
         "pcl": (lambda w, rng: PclAllocator(lexical(), sc.grpo_group), 1.0),
-        "treepo": (tree(sc, "uniform", "uniform", None), 1.0),
+        "random_branch": (tree(sc, "uniform", "uniform", None), 1.0),
         "trace_beta": (tree(sc, "active", "active", lambda w: BetaBernoulliPredictor()), 1.0),
         "trace_bow": (tree(sc, "active", "active", lambda w: bag_of_words()), 1.0),
         "trace": (tree(sc, "active", "active", lambda w: lexical()), 1.0),
         "trace_oracle_roots": (tree(sc, "active", "active", lambda w: OraclePredictor(lambda t: w.truth[first_line(t)])), 1.0),
         "trace_oracle_seen": (tree(sc, "active", "active", SeenPromptOracle), 1.0),
         "trace_oracle": (tree(sc, "active", "active", lambda w: OraclePredictor(w.truth.__getitem__)), 1.0),
-        "dapo": (lambda w, rng: DapoAllocator(sc.grpo_group, batch_prompts=batch, rng=rng), DAPO_BUDGET_MULTIPLE),
+        "dapo": (
+            lambda w, rng: DapoAllocator(sc.grpo_group, batch_prompts=batch, rng=rng, budget_multiple=sc.dapo_budget_multiple),
+            sc.dapo_budget_multiple,
+        ),
     }
+
+
+HEADLINE = ("mixed_trees", "effective_ratio", "informative_share", "prompts_opened", "cost_trajectory", "cost_turns")
+"""The figures every table and plot leads with, in this order, for every method."""
 
 
 def _summary(report: RunReport) -> dict:
     return {
-        "effective_ratio": report.mean("effective_ratio"),
-        "cost": report.mean("spent"),
-        "active_prompts": report.mean("active_prompts"),
+        **{key: report.mean(key) for key in HEADLINE},
+        "trained_trees": report.mean("trained_trees"),
+        "starved": report.mean("starved"),
         "expected_mixed": report.mean("expected_mixed"),
-        "realized_mixed": report.mean("realized_mixed"),
         "brier": report.mean("brier"),
         "brier_root": report.mean("brier_root"),
         "pool_error": report.mean("pool_error"),
@@ -122,7 +127,7 @@ def compare(sc: Scenario, on_step: OnStep | None = None) -> dict[str, RunReport]
 
 def ablation(sc: Scenario, runs: dict[str, RunReport], on_step: OnStep | None = None) -> list[dict]:
     """(b) Table 1: Stage 1 / Stage 2 each active (learned predictor) or uniform."""
-    reuse = {("uniform", "uniform"): "treepo", ("active", "active"): "trace"}
+    reuse = {("uniform", "uniform"): "random_branch", ("active", "active"): "trace"}
     rows = []
     for roots, prefixes in ABLATION:
         name = f"{roots}/{prefixes}"
@@ -247,7 +252,7 @@ def run(
         runs = compare(sc, on_step)
         summaries = {name: _summary(r) for name, r in runs.items()}
         result["effective_ratio"] = {n: s["effective_ratio"] for n, s in summaries.items()}
-        result["cost"] = {n: s["cost"] for n, s in summaries.items()}
+        result["cost"] = {n: {"trajectory": s["cost_trajectory"], "turns": s["cost_turns"]} for n, s in summaries.items()}
         result["compare"] = summaries
         result["per_step"] = {n: [asdict(s) for s in r.steps] for n, r in runs.items()}
     if "b" in experiments:

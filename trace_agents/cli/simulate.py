@@ -73,7 +73,9 @@ def _fmt(value) -> str:
 def _print_tables(console, result: dict) -> None:
     from rich.table import Table
 
-    columns = ["effective_ratio", "cost", "active_prompts", "expected_mixed", "realized_mixed", "brier", "brier_root", "pool_error"]
+    from trace_allocation.experiments import HEADLINE
+
+    columns = [*HEADLINE, "trained_trees", "starved", "expected_mixed", "brier", "brier_root", "pool_error"]
     sections = [
         ("(a) allocators at equal budget", [{"method": n, **s} for n, s in result.get("compare", {}).items()], ["method"]),
         ("(b) ablation (Table 1)", result.get("ablation", []), ["stage1", "stage2"]),
