@@ -38,7 +38,7 @@ from trace_allocation.budget import Budget, BudgetExceeded, ExpectedCost
 from trace_allocation.contrast import contrast
 from trace_allocation.predictors import brier_score
 from trace_allocation.root import root_value
-from trace_allocation.tree import Node, RolloutTree, backup_targets
+from trace_allocation.tree import TURN_MARK, Node, RolloutTree, backup_targets
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,7 @@ class SyntheticTasks:
             cur, text = node, node.prefix_text
             for j in range(length):
                 turn = " ".join(self.good[w] if g else self.bad[w] for g, w in zip(good[r][j], words[r][j]))
-                text = f"{text}\n{turn} left{turns - t0 - j - 1}"
+                text = f"{text}{TURN_MARK}{turn} left{turns - t0 - j - 1}"
                 cur = cur.add_child(text, SimState(float(xs[r, j]), t0 + j + 1, turns), continuation=continuation and j == 0)
                 self.truth[text] = values[r][j]
             leaves.append(cur.finish(values[r][-1]))

@@ -14,6 +14,7 @@ from trace_allocation.predictors import (
     reliability_curve,
 )
 from trace_allocation.predictors.lexical import count_turns
+from trace_allocation.tree import prefix_text
 from trace_allocation.experiments import tree
 from trace_allocation.simulate import Scenario, simulate
 
@@ -50,8 +51,10 @@ def test_lexical_is_deterministic_and_respects_weights():
 
 def test_beta_bernoulli_tracks_prompts_not_prefixes():
     model = BetaBernoulliPredictor(discount=1.0)
-    model.update(["p1", "p1\nturn", "p2"], np.array([1.0, 0.0, 0.0]), np.array([3.0, 5.0, 2.0]))
-    assert model.predict(["p1", "p1\nanything", "p2", "new"]).tolist() == pytest.approx([0.8, 0.8, 0.25, 0.5])
+    p1 = "p1\nhas two lines"
+    model.update([p1, prefix_text(p1, ["turn"]), "p2"], np.array([1.0, 0.0, 0.0]), np.array([3.0, 5.0, 2.0]))
+    texts = [p1, prefix_text(p1, ["any\nthing"]), "p2", "new"]
+    assert model.predict(texts).tolist() == pytest.approx([0.8, 0.8, 0.25, 0.5])
 
 
 def test_oracle_and_protocol():
