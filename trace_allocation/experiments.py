@@ -14,7 +14,7 @@ from dataclasses import asdict
 import numpy as np
 
 from trace_allocation.allocators import DapoAllocator, GrpoAllocator, PclAllocator, TreeAllocator
-from trace_allocation.predictors import BetaBernoulliPredictor, LexicalPredictor, OraclePredictor
+from trace_allocation.predictors import BetaBernoulliPredictor, BlendedPredictor, LexicalPredictor, OraclePredictor
 from trace_allocation.prefix import allocate_prefixes, prefix_value, reproduce_probs
 from trace_allocation.root import allocate_roots, root_value
 from trace_allocation.tree import prompt_of
@@ -29,6 +29,8 @@ from trace_allocation.simulate import (
     true_value,
 )
 
+WORLDS = {"default": Scenario()}
+"""Named simulated worlds (see docs/allocation.md)."""
 PAPER_SHAPES = [(512, 2), (512, 6), (1024, 2)]
 ABLATION = [("uniform", "uniform"), ("active", "uniform"), ("uniform", "active"), ("active", "active")]
 
@@ -91,6 +93,7 @@ def allocators(sc: Scenario) -> dict[str, tuple[AllocatorFactory, float]]:
         "trace_beta": (tree(sc, "active", "active", lambda w: BetaBernoulliPredictor()), 1.0),
         "trace_bow": (tree(sc, "active", "active", lambda w: bag_of_words()), 1.0),
         "trace": (tree(sc, "active", "active", lambda w: lexical()), 1.0),
+        "trace_blend": (tree(sc, "active", "active", lambda w: BlendedPredictor(lexical())), 1.0),
         "trace_oracle_roots": (tree(sc, "active", "active", lambda w: OraclePredictor(lambda t: w.truth[prompt_of(t)])), 1.0),
         "trace_oracle_seen": (tree(sc, "active", "active", SeenPromptOracle), 1.0),
         "trace_oracle": (tree(sc, "active", "active", lambda w: OraclePredictor(w.truth.__getitem__)), 1.0),

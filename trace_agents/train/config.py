@@ -102,7 +102,8 @@ class OptimConfig(_Strict):
     """Sequences per forward/backward pass (memory)."""
     level: Literal["token", "sequence"] = "token"
     advantage: Literal["tree", "grpo"] = "tree"
-    shared_tokens: Literal["once", "average", "per_path"] = "once"
+    shared_tokens: Literal["once", "average", "per_path"] = "average"
+    """Credit of a turn shared by several leaves (``trace_agents.train.advantages``)."""
 
 
 class TrainConfig(_Strict):
