@@ -1,8 +1,9 @@
-"""The issue's experiments (a)-(d) on the simulator, returned as plain JSON-able data.
+"""The allocation experiments (a)-(e) on the simulator, returned as plain JSON-able data.
 
-(a) effective ratio of every allocator at equal budget; (b) the Table 1 ablation (each TRACE stage
-active or uniform); (c) Table 2 tree shapes (M, N), scaled by `shape_scale`; (d) numerical checks
-of Props 1-3. The CLI (`trace-rl simulate`) only formats and plots what these return.
+(a) every allocator at equal budget; (b) the Table 1 ablation (each TRACE stage active or
+uniform); (c) Table 2 tree shapes (M, N), scaled by `shape_scale`; (d) numerical checks of
+Props 1-3; (e) a sweep over how much of a prompt's difficulty its text reveals. Every table leads
+with the same figures (`HEADLINE`) for every method, costs in both units. The CLI (`trace-rl simulate`) only formats and plots what these return.
 """
 
 from __future__ import annotations
@@ -152,6 +153,29 @@ def shapes(sc: Scenario, shape_scale: float, on_step: OnStep | None = None) -> l
     return rows
 
 
+SWEEP_METHODS = ("grpo", "pcl", "random_branch", "trace", "trace_oracle_seen", "trace_oracle")
+SWEEP_SHARES = (0.0, 0.25, 0.5, 0.75, 0.9)
+
+
+def sweep(
+    sc: Scenario,
+    shares: tuple[float, ...] = SWEEP_SHARES,
+    methods: tuple[str, ...] = SWEEP_METHODS,
+    on_step: OnStep | None = None,
+) -> list[dict]:
+    """(e) How predictable prompts are: `topic_share`, the share of a prompt's difficulty its text
+    reveals before it is ever rolled out, against every method's headline figures. GRPO stays
+    calibrated to the same effective ratio at every point."""
+    rows = []
+    for share in shares:
+        world = sc.with_(topic_share=share)
+        for name in methods:
+            make, multiple = allocators(world)[name]
+            report = simulate(world, make, name=name, budget_multiple=multiple, on_step=_bind(on_step, f"{name}@{share:g}"))
+            rows.append({"topic_share": share, "method": name, **_summary(report)})
+    return rows
+
+
 def propositions(sc: Scenario, samples: int = 4000, continuations: int = 64) -> dict:
     """(d) Props 1-3 checked numerically on the simulator's ground truth."""
     world = SyntheticTasks(sc)
@@ -264,6 +288,8 @@ def run(
         result["shapes"] = shapes(sc, shape_scale, on_step)
     if "d" in experiments:
         result["propositions"] = propositions(sc)
+    if "e" in experiments:
+        result["sweep"] = sweep(sc, on_step=on_step)
     return result
 
 
@@ -276,6 +302,8 @@ def total_steps(sc: Scenario, experiments: str) -> int:
         n += 2 * sc.steps
     if "c" in experiments:
         n += len(PAPER_SHAPES) * sc.steps
+    if "e" in experiments:
+        n += len(SWEEP_SHARES) * len(SWEEP_METHODS) * sc.steps
     return n
 
 

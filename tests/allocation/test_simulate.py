@@ -116,3 +116,15 @@ def test_oracle_references_bracket_the_learned_predictor():
     assert runs["trace_oracle"].mean("pool_error") == 0.0
     assert 0.0 < runs["trace_oracle_seen"].mean("pool_error") < runs["trace"].mean("pool_error")
     assert runs["trace"].mean("effective_ratio") < runs["trace_oracle"].mean("effective_ratio")
+
+
+def test_sweep_keeps_grpo_calibrated_and_rows_lead_with_the_headline():
+    from trace_allocation.experiments import HEADLINE, sweep
+
+    rows = sweep(SMALL.with_(steps=3, warmup=0), shares=(0.0, 0.9), methods=("grpo", "trace_oracle"))
+    assert [(r["topic_share"], r["method"]) for r in rows] == [
+        (0.0, "grpo"), (0.0, "trace_oracle"), (0.9, "grpo"), (0.9, "trace_oracle")]
+    for share in (0.0, 0.9):
+        world = SyntheticTasks(SMALL.with_(topic_share=share))
+        assert mixed_rate(world.probit(np.arange(SMALL.n_prompts), 0), SMALL.grpo_group) == pytest.approx(0.27, abs=1e-6)
+    assert all(list(r)[2 : 2 + len(HEADLINE)] == list(HEADLINE) for r in rows)
