@@ -3,8 +3,8 @@ except E[V_0 | text] for prompts the run has not rolled out), on several seeds a
 units (run: python benchmarks/predictor_gap.py [--seeds 0 1 2] [--methods ...] [--world default]).
 
 Prints, per cost unit and method, the mean over seeds of the headline figures (mixed trees per
-step, effective ratio, informative share, pool error) and, for each learned method, the share of
-the text-only model's gap to `trace_oracle_seen` it closes. One JSON object.
+step, effective ratio, informative share, pool error) and, for each method, the share of the
+text-only model's (`trace`, lexical) gap to `trace_oracle_seen` it closes. One JSON object.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ FIGURES = ("mixed_trees", "effective_ratio", "informative_share", "pool_error")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=["trace_text", "trace", "trace_oracle_seen"])
-    parser.add_argument("--base", default="trace_text", help="the text-only method whose gap is measured")
+    parser.add_argument("--methods", nargs="+", default=["trace", "trace_blend", "trace_oracle_seen"])
+    parser.add_argument("--base", default="trace", help="the text-only method whose gap is measured")
     parser.add_argument("--units", nargs="+", default=["trajectory", "turns"])
     parser.add_argument("--world", choices=sorted(WORLDS), default="default")
     parser.add_argument("--steps", type=int, default=None)

@@ -43,11 +43,6 @@ def lexical() -> LexicalPredictor:
     return LexicalPredictor()
 
 
-def bag_of_words() -> LexicalPredictor:
-    """The earlier default, for comparison: no depth crossing, no replay, learning rate 0.3."""
-    return LexicalPredictor(depth_of=None, replay=0, learning_rate=0.3)
-
-
 class SeenPromptOracle:
     """Reference for the gap to the oracle: exact values, except that a prompt this run has never
     rolled out gets E[V_0 | its text] at the root. No predictor can know more about an unseen
@@ -92,7 +87,6 @@ def allocators(sc: Scenario) -> dict[str, tuple[AllocatorFactory, float]]:
         "pcl": (lambda w, rng: PclAllocator(lexical(), sc.grpo_group), 1.0),
         "random_branch": (tree(sc, "uniform", "uniform", None), 1.0),
         "trace_beta": (tree(sc, "active", "active", lambda w: BetaBernoulliPredictor()), 1.0),
-        "trace_bow": (tree(sc, "active", "active", lambda w: bag_of_words()), 1.0),
         "trace": (tree(sc, "active", "active", lambda w: lexical()), 1.0),
         "trace_blend": (tree(sc, "active", "active", lambda w: BlendedPredictor(lexical())), 1.0),
         "trace_oracle_roots": (tree(sc, "active", "active", lambda w: OraclePredictor(lambda t: w.truth[prompt_of(t)])), 1.0),
