@@ -1,6 +1,6 @@
 """A real learning curve: SmolLM2 trained on the calculator suite with TRACE, GRPO, PCL and DAPO.
 
-    python benchmarks/train_compare.py --out runs/train_compare            # the full run (~1 h, 2 cores)
+    python benchmarks/train_compare.py --out runs/train_compare            # the full run (~1 h?, 2 cores)
     python benchmarks/train_compare.py --steps 2 --eval 8 --seeds 0 --out /tmp/tc   # smoke test
 
 Per seed: one format warm-start (cached), then every method trains its own copy of the policy
@@ -16,6 +16,11 @@ training reward, mixed trees and effective ratio per step (mean over seeds) and 
 and end. At this scale (a 135M model, a few hundred rollouts per method) the accuracy change of
 any method is small next to its confidence interval; what the run can show reliably is the
 allocation figures (mixed trees, ratios, costs) on a real, learning policy.
+
+Sizing (an estimate, not yet measured on an idle machine): the demo's shape (12
+trajectory-equivalents per step) costs roughly 20 s per method-step for SmolLM2 on 2 cores, so
+2 seeds x 20 steps x (3 methods + DAPO at up to 2x) is about an hour, plus ~10 minutes of greedy
+evaluation (100 problems x 5 policies x 2 seeds).
 """
 
 from __future__ import annotations
@@ -135,15 +140,14 @@ def print_table(table: dict[str, dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    out = Table(title="train_compare: mean per step over seeds; accuracy over all seeds (95% CI)")
-    for col in ("method", "mixed", "ratio", "inform.", "traj-eq", "turns", "acc start", "acc end", "wall s"):
+    out = Table(title="per step, mean over seeds; accuracy ± 95% Wilson half-width")
+    for col in ("method", "mixed", "ratio", "inform", "traj", "turns", "acc 0", "acc end", "wall s"):
         out.add_column(col, justify="right")
     for name, r in table.items():
-        ci = lambda lo_hi: f"[{lo_hi[0]:.2f},{lo_hi[1]:.2f}]"  # noqa: E731
-        out.add_row(name, f"{r['mixed_trees']:.1f}", f"{r['effective_ratio']:.3f}",
-                    f"{r['informative_share']:.3f}", f"{r['cost_trajectory']:.1f}",
-                    f"{r['cost_turns']:.0f}", f"{r['acc_start']:.3f} {ci(r['acc_start_ci'])}",
-                    f"{r['acc_end']:.3f} {ci(r['acc_end_ci'])}", f"{r['wall_s']:.0f}")
+        acc = lambda key: f"{r[key]:.2f}±{(r[key + '_ci'][1] - r[key + '_ci'][0]) / 2:.2f}"  # noqa: E731
+        out.add_row(name, f"{r['mixed_trees']:.1f}", f"{r['effective_ratio']:.2f}",
+                    f"{r['informative_share']:.2f}", f"{r['cost_trajectory']:.0f}",
+                    f"{r['cost_turns']:.0f}", acc("acc_start"), acc("acc_end"), f"{r['wall_s']:.0f}")
     Console().print(out)
 
 
@@ -184,8 +188,9 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["trace", "grpo", "pcl", "dapo"])
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--pool", type=int, default=32, help="candidate prompts per step")
-    parser.add_argument("--roots", type=int, default=16, help="root rollouts M per step (N = 1)")
-    parser.add_argument("--dapo-multiple", type=float, default=3.0)
+    parser.add_argument("--roots", type=int, default=8,
+                        help="root rollouts M per step (N = 1): 12 trajectory-equivalents, 3 GRPO groups")
+    parser.add_argument("--dapo-multiple", type=float, default=2.0)
     parser.add_argument("--lr", type=float, default=2e-6)
     parser.add_argument("--suite-size", type=int, default=800)
     parser.add_argument("--out", type=Path, default=Path("runs/train_compare"))
