@@ -17,10 +17,11 @@ and end. At this scale (a 135M model, a few hundred rollouts per method) the acc
 any method is small next to its confidence interval; what the run can show reliably is the
 allocation figures (mixed trees, ratios, costs) on a real, learning policy.
 
-Sizing (an estimate, not yet measured on an idle machine): the demo's shape (12
-trajectory-equivalents per step) costs roughly 20 s per method-step for SmolLM2 on 2 cores, so
-2 seeds x 20 steps x (3 methods + DAPO at up to 2x) is about an hour, plus ~10 minutes of greedy
-evaluation (100 problems x 5 policies x 2 seeds).
+Sizing (an estimate, not yet measured): the default is the demo's shape (12 trajectory-equivalents
+per step), which the README's demo ran at 31-51 s per method-step for SmolLM2 on 2 idle cores, so
+2 seeds x 20 steps x (3 methods + DAPO at up to 2x) takes about 1.5-2 hours, plus ~10 minutes of
+greedy evaluation (100 problems x 5 policies x 2 seeds). `--max-tokens 32` or `--steps 20` with
+`--methods trace grpo dapo` brings it nearer an hour.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def make_config(args: argparse.Namespace, seed: int) -> TrainConfig:
         "model": {"name": args.model},
         "backend": {"kind": "hf", "max_concurrency": 32},
         "env": {"id": "trace/Calculator-v0", "split": "train", "kwargs": env_kwargs(args)},
-        "sampling": {"temperature": 1.0, "max_tokens": 48},
+        "sampling": {"temperature": 1.0, "max_tokens": args.max_tokens},
         "budget": {"pool": args.pool, "roots": args.roots, "continuations_per_root": 1,
                    "continuation_cost": 0.5, "group_size": 4, "m_min": 2, "m_max": 6,
                    "dapo_multiple": args.dapo_multiple},
@@ -72,7 +73,7 @@ def env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def accuracy(model, tokenizer, args: argparse.Namespace) -> dict[str, Any]:
     bench = Benchmark("calculator_test", "trace/Calculator-v0", {"split": "test", **env_kwargs(args)})
-    sampling = SamplingParams(temperature=0.0, max_tokens=48)
+    sampling = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
 
     async def measure() -> dict[str, Any]:
         backend = make_backend("hf", model, tokenizer, max_concurrency=32)
@@ -192,6 +193,7 @@ def main() -> None:
                         help="root rollouts M per step (N = 1): 12 trajectory-equivalents, 3 GRPO groups")
     parser.add_argument("--dapo-multiple", type=float, default=2.0)
     parser.add_argument("--lr", type=float, default=2e-6)
+    parser.add_argument("--max-tokens", type=int, default=48, help="per turn")
     parser.add_argument("--suite-size", type=int, default=800)
     parser.add_argument("--out", type=Path, default=Path("runs/train_compare"))
     parser.add_argument("--no-progress", action="store_true")
