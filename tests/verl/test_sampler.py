@@ -115,6 +115,10 @@ def test_one_trace_step_in_verl_terms():
         leaves = list(tree.leaves())
         assert sum(leaf.bare for leaf in leaves) == sum(ep.prompt_key == key for ep in roots)
         assert len(leaves) == sum(ep.prompt_key == key for ep in roots + conts)
+    figures = sampler.contrast()
+    assert figures.prompts_opened == len(sampler.trees)
+    assert figures.mixed_trees == sum(t.is_mixed for t in sampler.trees.values())
+    assert figures.trajectories == len(roots) + len(conts)
     sampler.update_predictor()
     texts, targets, weights = predictor.updates
     assert len(texts) == len(targets) == len(weights) > 0 and ((0 <= targets) & (targets <= 1)).all()

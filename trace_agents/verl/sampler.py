@@ -29,6 +29,7 @@ from trace_agents.verl.episode import Branch, Episode
 from trace_allocation import Budget, Node, RolloutTree
 from trace_allocation.tree import backup_targets
 from trace_allocation.allocators import Allocator
+from trace_allocation.contrast import Contrast, contrast
 
 EPISODE_KEY = "trace_episode"
 """``AgentLoopOutput.extra_fields`` key (hence a ``non_tensor_batch`` column) holding the `Episode`."""
@@ -97,6 +98,11 @@ class TraceSampler:
         column = np.empty(len(branches), dtype=object)
         column[:] = branches
         return np.asarray(rows, dtype=np.int64), column
+
+    def contrast(self) -> Contrast:
+        """This step's figures (mixed trees, effective ratio, informative share), measured like
+        every other driver's; log ``contrast().as_dict()`` and ``budget.usage``."""
+        return contrast(self.trees.values())
 
     def update_predictor(self) -> None:
         """Refit the allocator's predictor on this step's tree backup targets (weights: leaves)."""
