@@ -41,7 +41,7 @@ from trace_agents.react import (
     observation_role,
     turn_messages,
 )
-from trace_allocation.tree import Node, RolloutTree
+from trace_allocation.tree import Node, RolloutTree, prefix_text
 from trace_envs import Snapshot, ToolEnv
 
 Status = Literal["terminated", "truncated", "failed"]
@@ -167,13 +167,15 @@ def prefix_messages(node: Node) -> list[Message]:
 
 
 def transcript(node: Node) -> str:
-    """The prefix H_t as plain text for the predictor: task, then each action and observation."""
-    parts = [start_of(node).prompt]
+    """The prefix H_t as plain text for the predictor: the task, then each turn's action and
+    observation after a ``TURN_MARK`` (so predictors count turns, not lines)."""
+    turns = []
     for n in node.path()[1:]:
-        parts.append(n.handle.action)
+        turn = n.handle.action
         if n.handle.observation is not None:
-            parts.append(observation_message(n.handle.observation, n.handle.observation_role))
-    return "\n".join(parts)
+            turn += "\n" + observation_message(n.handle.observation, n.handle.observation_role)
+        turns.append(turn)
+    return prefix_text(start_of(node).prompt, turns)
 
 
 def resume_env(node: Node) -> ToolEnv:

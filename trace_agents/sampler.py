@@ -4,9 +4,11 @@ One step: the allocator scores the candidate pool and sets Stage 1 root counts; 
 prompt runs its bare rollouts and, **as soon as its own bare rollouts finish** (no barrier across
 prompts), the allocator plans its Stage 2 continuations, which are branched from the chosen
 prefixes. Allocators that refill (DAPO) get more groups while the budget lasts. The baselines
-(GRPO, PCL, TreePO-random, DAPO; ``trace_allocation.allocators``) run through this same code, so
-every comparison is at equal cost with the same rollouts machinery. Every rollout is charged to
-the :class:`~trace_allocation.Budget`, failed ones included (the compute was spent).
+(GRPO, PCL, random branching, DAPO; ``trace_allocation.allocators``) run through this same code,
+so every comparison is at equal cost with the same rollouts machinery. Every rollout is charged to
+the :class:`~trace_allocation.Budget`, failed ones included (the compute was spent), and every step
+reports the same figures for every method (``trace_allocation.contrast``) and its cost in
+trajectory-equivalents, turns and tokens.
 
 The allocator's work (scoring prompts and prefixes with the predictor, the solvers, the refit)
 runs in one planning thread, never on the event loop: other prompts' episodes keep stepping while
@@ -30,6 +32,7 @@ from trace_agents.rollout import Episode, RolloutRunner, episodes_summary
 from trace_agents.train.metrics import MetricsLog
 from trace_allocation.allocators import Allocator
 from trace_allocation.budget import Budget, BudgetExceeded
+from trace_allocation.contrast import contrast
 from trace_allocation.predictors import SuccessPredictor, brier_score
 from trace_allocation.tree import RolloutTree, backup_targets
 from trace_envs import ToolEnv
@@ -51,12 +54,15 @@ class Candidate:
 class StepResult:
     step: int
     trees: list[RolloutTree]
+    """Every tree the step paid for."""
+    training_trees: list[RolloutTree]
+    """The trees the policy update sees (DAPO: its quota of mixed groups; the others: all)."""
     episodes: list[Episode]
     root_counts: np.ndarray
     """Stage 1 counts over the candidate pool (refills added)."""
     budget: Budget
     effective_ratio: float
-    """Share of opened prompts whose tree has both a success and a failure leaf."""
+    """Mixed trees / prompts opened (``trace_allocation.contrast``)."""
     seconds: float
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -119,20 +125,22 @@ class TraceSampler:
         brier = await self._plan(self._fit_predictor, trees) if self.fit_predictor else None
         fit_s = time.perf_counter() - fit_started
         seconds = time.perf_counter() - started
-        effective = float(np.mean([t.is_mixed for t in trees])) if trees else 0.0
+        figures = contrast(trees)
+        training = self.allocator.training_trees(trees)
         summary = episodes_summary(episodes)
         metrics = {
-            "step": self.steps, "allocator": self.allocator.name, "prompts": len(trees),
+            "step": self.steps, "allocator": self.allocator.name, **figures.as_dict(),
+            "cost_trajectory": budget.usage["trajectory"], "cost_turns": budget.usage["turns"],
+            "cost_tokens": budget.usage["tokens"], "trained_trees": len(training),
             "roots": budget.roots, "continuations": budget.continuations,
-            "cost": budget.spent, "budget": budget.total, "unpaid": self.unpaid,
-            "effective_ratio": effective, **summary,
+            "cost": budget.spent, "budget": budget.total, "unpaid": self.unpaid, **summary,
             "cache_hit_rate": summary["cached_tokens"] / max(summary["prompt_tokens"], 1),
             "predictor_brier": brier, "plan_s": plan_s, "fit_s": fit_s, "seconds": seconds,
             "tokens_per_s": summary["generated_tokens"] / max(seconds, 1e-9),
         }
         if self.log is not None:
             self.log.append(metrics)
-        return StepResult(self.steps, trees, episodes, counts, budget, effective, seconds, metrics)
+        return StepResult(self.steps, trees, training, episodes, counts, budget, figures.ratio, seconds, metrics)
 
     async def _grow_all(self, candidates: Sequence[Candidate], counts: np.ndarray, budget: Budget,
                         episodes: list[Episode], bar: _StepProgress) -> list[RolloutTree]:

@@ -8,13 +8,16 @@ Per training step a driver does:
         ...  # run k continuations branched from node
     extra = allocator.plan_refill(trees, prompt_texts)     # DAPO asks for more; the others never do
     # ... repeat the rollouts (and refill) while extra.any() ...
+    batch = allocator.training_trees(trees)                # DAPO keeps its quota of mixed groups
 
-Planning only decides counts; the driver charges the `Budget` for what actually ran.
+Planning only decides counts; the driver charges the `Budget` for what actually ran. Stage 1
+prices each prompt with `budget.plan_prices` (its own expected length in the exact units), so
+every method fits the same budget in whichever unit it is charged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -33,21 +36,39 @@ class Allocator:
 
     name = "allocator"
     continuations_per_root = 0
+    budget_multiple = 1.0
+    """Multiple of the common budget the driver gives this allocator (only DAPO over-samples)."""
     predictor: SuccessPredictor | None = None
 
     def plan_roots(self, prompt_texts: Sequence[str], budget: Budget) -> np.ndarray:
         raise NotImplementedError
 
-    def plan_continuations(self, tree: RolloutTree, count: int | None = None) -> list[tuple[Node, int]]:
+    def plan_continuations(
+        self, tree: RolloutTree, count: int | None = None, *,
+        allowance: float | None = None, price_of: Callable[[Node], float] | None = None,
+    ) -> list[tuple[Node, int]]:
         return []
 
     def plan_refill(self, trees: Sequence[RolloutTree], prompt_texts: Sequence[str]) -> np.ndarray:
         return np.zeros(len(prompt_texts), dtype=np.int64)
 
+    def training_trees(self, trees: Sequence[RolloutTree]) -> list[RolloutTree]:
+        """The trees the policy update sees (all of them, except for DAPO)."""
+        return list(trees)
 
-def _groups(n_prompts: int, chosen: np.ndarray, group_size: int) -> np.ndarray:
-    counts = np.zeros(n_prompts, dtype=np.int64)
-    counts[chosen] = group_size
+
+def _groups(prompt_texts: Sequence[str], order: np.ndarray, group_size: int, budget: Budget,
+            continuations_per_root: float = 0.0) -> np.ndarray:
+    """Groups of `group_size` for the prompts in `order` while their expected cost fits the
+    budget (at each prompt's own price): uniform methods stop at the first that does not fit."""
+    counts = np.zeros(len(prompt_texts), dtype=np.int64)
+    prices = budget.plan_prices(prompt_texts, continuations_per_root) * group_size
+    left = budget.remaining + 1e-9
+    for i in order:
+        if prices[i] > left:
+            break
+        counts[i] = group_size
+        left -= prices[i]
     return counts
 
 
@@ -61,8 +82,7 @@ class GrpoAllocator(Allocator):
         self.rng = rng
 
     def plan_roots(self, prompt_texts: Sequence[str], budget: Budget) -> np.ndarray:
-        n = min(len(prompt_texts), budget.roots_affordable() // self.group_size)
-        return _groups(len(prompt_texts), self.rng.choice(len(prompt_texts), n, replace=False), self.group_size)
+        return _groups(prompt_texts, self.rng.permutation(len(prompt_texts)), self.group_size, budget)
 
 
 class PclAllocator(Allocator):
@@ -75,21 +95,25 @@ class PclAllocator(Allocator):
         self.group_size = group_size
 
     def plan_roots(self, prompt_texts: Sequence[str], budget: Budget) -> np.ndarray:
-        n = min(len(prompt_texts), budget.roots_affordable() // self.group_size)
         distance = np.abs(self.predictor.predict(prompt_texts) - 0.5)
-        return _groups(len(prompt_texts), np.argsort(distance, kind="stable")[:n], self.group_size)
+        return _groups(prompt_texts, np.argsort(distance, kind="stable"), self.group_size, budget)
 
 
 class DapoAllocator(Allocator):
     """Dynamic sampling: keep drawing groups of G until the batch holds its quota of mixed groups
-    (or the candidate pool runs out). Its extra cost is the point of comparison: give it a budget
-    larger than the others' and report what it spent."""
+    (or the candidate pool or its budget runs out), then train on that quota only. Its extra cost
+    is the point of comparison: the driver gives it a multiple of the common budget
+    (`budget_multiple`) and reports what it spent."""
 
     name = "dapo"
 
-    def __init__(self, group_size: int = 8, *, batch_prompts: int, rng: np.random.Generator) -> None:
+    def __init__(self, group_size: int = 8, *, batch_prompts: int, rng: np.random.Generator,
+                 budget_multiple: float = 4.0) -> None:
+        if budget_multiple < 1:
+            raise ValueError(f"DAPO's budget multiple must be >= 1, got {budget_multiple}")
         self.group_size = group_size
         self.batch_prompts = batch_prompts
+        self.budget_multiple = budget_multiple
         self.rng = rng
         self._order = np.zeros(0, dtype=np.int64)
         self._drawn = 0
@@ -103,17 +127,25 @@ class DapoAllocator(Allocator):
         missing = self.batch_prompts - sum(t.is_mixed for t in trees)
         return self._draw(len(prompt_texts), max(0, missing))
 
+    def training_trees(self, trees: Sequence[RolloutTree]) -> list[RolloutTree]:
+        """The first `batch_prompts` mixed groups, in the order they were drawn."""
+        return [t for t in trees if t.is_mixed][: self.batch_prompts]
+
     def _draw(self, n_prompts: int, n: int) -> np.ndarray:
         chosen = self._order[self._drawn : self._drawn + n]
         self._drawn += chosen.size
-        return _groups(n_prompts, chosen, self.group_size)
+        counts = np.zeros(n_prompts, dtype=np.int64)
+        counts[chosen] = self.group_size
+        return counts
 
 
 class TreeAllocator(Allocator):
     """TRACE: Stage 1 roots and Stage 2 continuations, each `active` (predictor-guided, exact
     solvers) or `uniform` (random prompts in groups of `group_size`; random eligible prefixes).
-    active/active is TRACE; uniform/uniform is TreePO-style random branching with the same tree
-    shape; the mixed pairs are the ablation of Table 1."""
+    active/active is TRACE; uniform/uniform is `random_branch`, the baseline the TRACE paper calls
+    "TreePO" (same tree shape, prefixes drawn uniformly at random; TreePO's own segment-level
+    heuristic branching, early stopping and sub-group advantages are not implemented); the mixed
+    pairs are the ablation of Table 1."""
 
     def __init__(
         self,
@@ -143,24 +175,50 @@ class TreeAllocator(Allocator):
         self.name = name or f"tree_{roots}_{prefixes}"
 
     def plan_roots(self, prompt_texts: Sequence[str], budget: Budget) -> np.ndarray:
-        n_roots = budget.roots_affordable(self.continuations_per_root)
-        if self.roots == "active":
-            values = self.predictor.predict(prompt_texts)
-            return allocate_roots(values, n_roots, m_min=self.m_min, m_max=self.m_max)
-        n = min(len(prompt_texts), n_roots // self.group_size)
-        return _groups(len(prompt_texts), self.rng.choice(len(prompt_texts), n, replace=False), self.group_size)
+        prices = budget.plan_prices(prompt_texts, self.continuations_per_root)
+        if self.roots == "uniform":
+            order = self.rng.permutation(len(prompt_texts))
+            return _groups(prompt_texts, order, self.group_size, budget, self.continuations_per_root)
+        values = self.predictor.predict(prompt_texts)
+        solve = lambda m: allocate_roots(values, m, m_min=self.m_min, m_max=self.m_max)  # noqa: E731
+        if not len(prices) or np.ptp(prices) == 0:
+            return solve(int(budget.remaining / prices[0] + 1e-9) if len(prices) else 0)
+        # prompts of different expected lengths: the most roots M whose plan fits the budget
+        lo, hi = 0, int(budget.remaining / prices.min() + 1e-9)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if float(solve(mid) @ prices) <= budget.remaining + 1e-9:
+                lo = mid
+            else:
+                hi = mid - 1
+        return solve(lo)
 
-    def plan_continuations(self, tree: RolloutTree, count: int | None = None) -> list[tuple[Node, int]]:
-        """Continuations per prefix of this prompt's bare rollouts; `count` defaults to
-        continuations_per_root x bare rollouts (m_i N)."""
+    def plan_continuations(
+        self, tree: RolloutTree, count: int | None = None, *,
+        allowance: float | None = None, price_of: Callable[[Node], float] | None = None,
+    ) -> list[tuple[Node, int]]:
+        """Continuations per prefix of this prompt's bare rollouts. By default `count` =
+        continuations_per_root x bare rollouts (m_i N); with `allowance` and `price_of` (an
+        exact cost unit) the continuations' total price must fit the allowance instead."""
         candidates = tree.prefix_candidates(include_final=self.include_final)
         count = self.continuations_per_root * tree.bare_rollouts if count is None else count
-        if not candidates or count <= 0:
+        priced = allowance is not None and price_of is not None
+        if not candidates or (allowance <= 0 if priced else count <= 0):
             return []
+        costs = np.array([price_of(c.node) for c in candidates], dtype=float) if priced else None
         if self.prefixes == "active":
             values = self.predictor.predict([c.node.prefix_text for c in candidates])
             q = reproduce_probs(values, np.array([c.reward for c in candidates]))
-            ks = allocate_prefixes(q, count)
+            ks = allocate_prefixes(q, allowance, costs) if priced else allocate_prefixes(q, count)
+        elif priced:
+            ks = np.zeros(len(candidates), dtype=np.int64)
+            left = allowance + 1e-9
+            while True:
+                j = int(self.rng.integers(len(candidates)))
+                if costs[j] > left:
+                    break
+                ks[j] += 1
+                left -= costs[j]
         else:
             ks = np.bincount(self.rng.integers(len(candidates), size=count), minlength=len(candidates))
         return [(c.node, int(k)) for c, k in zip(candidates, ks) if k]

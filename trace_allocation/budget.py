@@ -6,13 +6,21 @@ Two conventions (TRACE_METHOD.md, "Budget accounting"):
 * unit="turns" or "tokens": every rollout costs exactly what it generated.
 Planning needs a price before generation, so `root_price`/`continuation_price` are the fixed
 prices, or in the exact units the running mean of what was charged (seeded by `estimates`).
+`prices` (an `ExpectedCost`, or any callable) prices each prompt's bare rollout at its own expected
+length in the exact units, so Stage 1 plans per prompt; a continuation is planned at
+`continuation_cost` times its prompt's price (it starts, on average, mid-trajectory).
 A charge that would exceed the total is refused, so a budget can never be overspent.
+Whatever the unit, `usage` adds up every charged rollout in all three units (trajectory-equivalents,
+turns, tokens), so every comparison can report both conventions.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Literal
+
+import numpy as np
 
 Unit = Literal["trajectory", "turns", "tokens"]
 
@@ -29,6 +37,7 @@ class Budget:
         continuation_cost: float = 0.5,
         unit: Unit = "trajectory",
         estimates: tuple[float, float] | None = None,
+        prices: Callable[[Sequence[str]], np.ndarray] | None = None,
     ) -> None:
         if total < 0:
             raise ValueError(f"total must be >= 0, got {total}")
@@ -44,6 +53,9 @@ class Budget:
         self.continuations = 0
         self._estimates = estimates or (1.0, self.continuation_cost)
         self._charged = {"root": [0.0, 0], "continuation": [0.0, 0]}
+        self.prices = prices
+        self.usage = {"trajectory": 0.0, "turns": 0.0, "tokens": 0.0}
+        """Everything charged so far in every unit (turns/tokens only where they were given)."""
 
     @property
     def remaining(self) -> float:
@@ -70,6 +82,19 @@ class Budget:
             raise ValueError(f"a budget in {self.unit} needs the generated {self.unit} to charge")
         return float(amount)
 
+    def root_prices(self, texts: Sequence[str]) -> np.ndarray:
+        """Expected cost of one bare rollout of each prompt, in this budget's unit."""
+        if self.prices is None or self.unit == "trajectory":
+            return np.full(len(texts), self.root_price)
+        return np.asarray(self.prices(texts), dtype=float)
+
+    def plan_prices(self, texts: Sequence[str], continuations_per_root: float = 0.0) -> np.ndarray:
+        """Expected cost of one root rollout of each prompt with its planned continuations."""
+        prices = self.root_prices(texts)
+        if self.prices is None or self.unit == "trajectory":
+            return prices + continuations_per_root * self.continuation_price
+        return prices * (1.0 + continuations_per_root * self.continuation_cost)
+
     def can_afford(self, cost: float) -> bool:
         return self.spent + cost <= self.total + 1e-9
 
@@ -79,14 +104,19 @@ class Budget:
         return max(0, math.floor(self.remaining / per_root + 1e-9))
 
     def charge_root(self, *, turns: int | None = None, tokens: int | None = None) -> float:
-        return self._charge("root", self.cost(continuation=False, turns=turns, tokens=tokens))
+        cost = self.cost(continuation=False, turns=turns, tokens=tokens)
+        return self._charge("root", cost, 1.0, turns, tokens)
 
     def charge_continuation(self, *, turns: int | None = None, tokens: int | None = None) -> float:
-        return self._charge("continuation", self.cost(continuation=True, turns=turns, tokens=tokens))
+        cost = self.cost(continuation=True, turns=turns, tokens=tokens)
+        return self._charge("continuation", cost, self.continuation_cost, turns, tokens)
 
-    def _charge(self, kind: str, cost: float) -> float:
+    def _charge(self, kind: str, cost: float, trajectory: float, turns: int | None, tokens: int | None) -> float:
         if not self.can_afford(cost):
             raise BudgetExceeded(f"{kind} costing {cost:g} exceeds the remaining {self.remaining:g}")
+        self.usage["trajectory"] += trajectory
+        self.usage["turns"] += turns or 0
+        self.usage["tokens"] += tokens or 0
         self.spent += cost
         self._charged[kind][0] += cost
         self._charged[kind][1] += 1
@@ -101,3 +131,29 @@ class Budget:
             f"Budget(total={self.total:g}, spent={self.spent:g}, unit={self.unit!r}, "
             f"roots={self.roots}, continuations={self.continuations})"
         )
+
+
+class ExpectedCost:
+    """Each prompt's expected bare-rollout cost in an exact unit, from what the run has charged:
+    a prompt's own running mean once it has been rolled out, the mean over all prompts before
+    (or `initial` before anything ran). Pass it as `Budget(prices=...)`."""
+
+    def __init__(self, initial: float) -> None:
+        self.initial = float(initial)
+        self._per_prompt: dict[str, list[float]] = {}
+        self._total = [0.0, 0]
+
+    def observe(self, prompt: str, cost: float) -> None:
+        entry = self._per_prompt.setdefault(prompt, [0.0, 0])
+        entry[0] += cost
+        entry[1] += 1
+        self._total[0] += cost
+        self._total[1] += 1
+
+    def __call__(self, prompts: Sequence[str]) -> np.ndarray:
+        default = self._total[0] / self._total[1] if self._total[1] else self.initial
+        out = np.empty(len(prompts))
+        for i, p in enumerate(prompts):
+            amount, n = self._per_prompt.get(p, (0.0, 0))
+            out[i] = amount / n if n else default
+        return out

@@ -1,8 +1,9 @@
-"""The issue's experiments (a)-(d) on the simulator, returned as plain JSON-able data.
+"""The allocation experiments (a)-(e) on the simulator, returned as plain JSON-able data.
 
-(a) effective ratio of every allocator at equal budget; (b) the Table 1 ablation (each TRACE stage
-active or uniform); (c) Table 2 tree shapes (M, N), scaled by `shape_scale`; (d) numerical checks
-of Props 1-3. The CLI (`trace-rl simulate`) only formats and plots what these return.
+(a) every allocator at equal budget; (b) the Table 1 ablation (each TRACE stage active or
+uniform); (c) Table 2 tree shapes (M, N), scaled by `shape_scale`; (d) numerical checks of
+Props 1-3; (e) a sweep over how much of a prompt's difficulty its text reveals. Every table leads
+with the same figures (`HEADLINE`) for every method, costs in both units. The CLI (`trace-rl simulate`) only formats and plots what these return.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from dataclasses import asdict
 import numpy as np
 
 from trace_allocation.allocators import DapoAllocator, GrpoAllocator, PclAllocator, TreeAllocator
-from trace_allocation.predictors import BetaBernoulliPredictor, LexicalPredictor, OraclePredictor
-from trace_allocation.predictors.beta import first_line
+from trace_allocation.predictors import BetaBernoulliPredictor, BlendedPredictor, LexicalPredictor, OraclePredictor
 from trace_allocation.prefix import allocate_prefixes, prefix_value, reproduce_probs
 from trace_allocation.root import allocate_roots, root_value
+from trace_allocation.tree import prompt_of
 from trace_allocation.simulate import (
     AllocatorFactory,
     RunReport,
@@ -29,7 +30,15 @@ from trace_allocation.simulate import (
     true_value,
 )
 
-DAPO_BUDGET_MULTIPLE = 16.0  # DAPO may overspend by design; it reports what it needed
+WORLDS = {
+    "default": Scenario(),
+    "paper": Scenario(n_prompts=16384, grpo_effective_ratio=0.268, topic_share=0.9),
+}
+"""Named simulated worlds (docs/allocation.md). `default`: 1024 prompts that recur every few
+steps, so a text model learns each prompt's own difficulty from its identity token. `paper`: a
+16k-prompt training set, each prompt drawn about once in a run (like one epoch of a large
+dataset), so a prompt's text is all a predictor has; calibrated to the paper's GRPO (26.8%) and,
+through `topic_share`, towards its TRACE (60.6%): TRACE reaches 56.0% here (seed 0)."""
 PAPER_SHAPES = [(512, 2), (512, 6), (1024, 2)]
 ABLATION = [("uniform", "uniform"), ("active", "uniform"), ("uniform", "active"), ("active", "active")]
 
@@ -39,11 +48,6 @@ OnStep = Callable[[str, StepReport], None]
 def lexical() -> LexicalPredictor:
     """The CPU-default learned predictor used by every learned method in the experiments."""
     return LexicalPredictor()
-
-
-def bag_of_words() -> LexicalPredictor:
-    """The earlier default, for comparison: no depth crossing, no replay, learning rate 0.3."""
-    return LexicalPredictor(depth_of=None, replay=0, learning_rate=0.3)
 
 
 class SeenPromptOracle:
@@ -88,24 +92,30 @@ def allocators(sc: Scenario) -> dict[str, tuple[AllocatorFactory, float]]:
     return {
         "grpo": (lambda w, rng: GrpoAllocator(sc.grpo_group, rng=rng), 1.0),
         "pcl": (lambda w, rng: PclAllocator(lexical(), sc.grpo_group), 1.0),
-        "treepo": (tree(sc, "uniform", "uniform", None), 1.0),
+        "random_branch": (tree(sc, "uniform", "uniform", None), 1.0),
         "trace_beta": (tree(sc, "active", "active", lambda w: BetaBernoulliPredictor()), 1.0),
-        "trace_bow": (tree(sc, "active", "active", lambda w: bag_of_words()), 1.0),
         "trace": (tree(sc, "active", "active", lambda w: lexical()), 1.0),
-        "trace_oracle_roots": (tree(sc, "active", "active", lambda w: OraclePredictor(lambda t: w.truth[first_line(t)])), 1.0),
+        "trace_blend": (tree(sc, "active", "active", lambda w: BlendedPredictor(lexical())), 1.0),
+        "trace_oracle_roots": (tree(sc, "active", "active", lambda w: OraclePredictor(lambda t: w.truth[prompt_of(t)])), 1.0),
         "trace_oracle_seen": (tree(sc, "active", "active", SeenPromptOracle), 1.0),
         "trace_oracle": (tree(sc, "active", "active", lambda w: OraclePredictor(w.truth.__getitem__)), 1.0),
-        "dapo": (lambda w, rng: DapoAllocator(sc.grpo_group, batch_prompts=batch, rng=rng), DAPO_BUDGET_MULTIPLE),
+        "dapo": (
+            lambda w, rng: DapoAllocator(sc.grpo_group, batch_prompts=batch, rng=rng, budget_multiple=sc.dapo_budget_multiple),
+            sc.dapo_budget_multiple,
+        ),
     }
+
+
+HEADLINE = ("mixed_trees", "effective_ratio", "informative_share", "prompts_opened", "cost_trajectory", "cost_turns")
+"""The figures every table and plot leads with, in this order, for every method."""
 
 
 def _summary(report: RunReport) -> dict:
     return {
-        "effective_ratio": report.mean("effective_ratio"),
-        "cost": report.mean("spent"),
-        "active_prompts": report.mean("active_prompts"),
+        **{key: report.mean(key) for key in HEADLINE},
+        "trained_trees": report.mean("trained_trees"),
+        "starved": report.mean("starved"),
         "expected_mixed": report.mean("expected_mixed"),
-        "realized_mixed": report.mean("realized_mixed"),
         "brier": report.mean("brier"),
         "brier_root": report.mean("brier_root"),
         "pool_error": report.mean("pool_error"),
@@ -122,7 +132,7 @@ def compare(sc: Scenario, on_step: OnStep | None = None) -> dict[str, RunReport]
 
 def ablation(sc: Scenario, runs: dict[str, RunReport], on_step: OnStep | None = None) -> list[dict]:
     """(b) Table 1: Stage 1 / Stage 2 each active (learned predictor) or uniform."""
-    reuse = {("uniform", "uniform"): "treepo", ("active", "active"): "trace"}
+    reuse = {("uniform", "uniform"): "random_branch", ("active", "active"): "trace"}
     rows = []
     for roots, prefixes in ABLATION:
         name = f"{roots}/{prefixes}"
@@ -141,6 +151,29 @@ def shapes(sc: Scenario, shape_scale: float, on_step: OnStep | None = None) -> l
         name = f"shape({m},{n})"
         report = simulate(shaped, tree(shaped, "active", "active", lambda w: lexical()), name=name, on_step=_bind(on_step, name))
         rows.append({"paper_shape": [m, n], "roots": shaped.roots, "budget": shaped.budget, **_summary(report)})
+    return rows
+
+
+SWEEP_METHODS = ("grpo", "pcl", "random_branch", "trace", "trace_oracle_seen", "trace_oracle")
+SWEEP_SHARES = (0.0, 0.25, 0.5, 0.75, 0.9)
+
+
+def sweep(
+    sc: Scenario,
+    shares: tuple[float, ...] = SWEEP_SHARES,
+    methods: tuple[str, ...] = SWEEP_METHODS,
+    on_step: OnStep | None = None,
+) -> list[dict]:
+    """(e) How predictable prompts are: `topic_share`, the share of a prompt's difficulty its text
+    reveals before it is ever rolled out, against every method's headline figures. GRPO stays
+    calibrated to the same effective ratio at every point."""
+    rows = []
+    for share in shares:
+        world = sc.with_(topic_share=share)
+        for name in methods:
+            make, multiple = allocators(world)[name]
+            report = simulate(world, make, name=name, budget_multiple=multiple, on_step=_bind(on_step, f"{name}@{share:g}"))
+            rows.append({"topic_share": share, "method": name, **_summary(report)})
     return rows
 
 
@@ -247,7 +280,7 @@ def run(
         runs = compare(sc, on_step)
         summaries = {name: _summary(r) for name, r in runs.items()}
         result["effective_ratio"] = {n: s["effective_ratio"] for n, s in summaries.items()}
-        result["cost"] = {n: s["cost"] for n, s in summaries.items()}
+        result["cost"] = {n: {"trajectory": s["cost_trajectory"], "turns": s["cost_turns"]} for n, s in summaries.items()}
         result["compare"] = summaries
         result["per_step"] = {n: [asdict(s) for s in r.steps] for n, r in runs.items()}
     if "b" in experiments:
@@ -256,6 +289,8 @@ def run(
         result["shapes"] = shapes(sc, shape_scale, on_step)
     if "d" in experiments:
         result["propositions"] = propositions(sc)
+    if "e" in experiments:
+        result["sweep"] = sweep(sc, on_step=on_step)
     return result
 
 
@@ -268,6 +303,8 @@ def total_steps(sc: Scenario, experiments: str) -> int:
         n += 2 * sc.steps
     if "c" in experiments:
         n += len(PAPER_SHAPES) * sc.steps
+    if "e" in experiments:
+        n += len(SWEEP_SHARES) * len(SWEEP_METHODS) * sc.steps
     return n
 
 

@@ -15,6 +15,13 @@ The world (all knobs in `Scenario`):
 Every step a candidate pool of `pool_size` prompts is drawn uniformly; every prompt-selecting
 method (PCL, TRACE, DAPO) sees the same pool size. The allocator plans, the simulator rolls out,
 charges the budget, backs up targets and refits the allocator's predictor online.
+
+Cost: the budget is charged in `cost_unit` ("trajectory": 1 per root, `continuation_cost` per
+continuation; "turns": generated turns exactly, the total being the trajectory budget times the
+mean rollout length), and every step records its cost in both units. In turns, Stage 1 prices each
+prompt at its expected length (its own once seen, the run's mean before) and Stage 2 prices a
+continuation at the turns it will generate; every opened prompt runs its bare rollouts before any
+continuation is paid, so no opened prompt is starved by another prompt's branches.
 """
 
 from __future__ import annotations
@@ -27,10 +34,11 @@ from typing import NamedTuple
 import numpy as np
 
 from trace_allocation.allocators import Allocator
-from trace_allocation.budget import Budget, BudgetExceeded
+from trace_allocation.budget import Budget, BudgetExceeded, ExpectedCost
+from trace_allocation.contrast import contrast
 from trace_allocation.predictors import brier_score
 from trace_allocation.root import root_value
-from trace_allocation.tree import Node, RolloutTree, backup_targets
+from trace_allocation.tree import TURN_MARK, Node, RolloutTree, backup_targets
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,7 @@ class Scenario:
     topic_share: float = 0.9
     n_topics: int = 64
     topics_per_prompt: int = 3
+    dapo_budget_multiple: float = 16.0  # DAPO may over-sample up to this multiple of the budget
     drift: float = 0.02
     tokens_per_turn: int = 4
     turn_signal: float = 1.5
@@ -168,7 +177,7 @@ class SyntheticTasks:
             cur, text = node, node.prefix_text
             for j in range(length):
                 turn = " ".join(self.good[w] if g else self.bad[w] for g, w in zip(good[r][j], words[r][j]))
-                text = f"{text}\n{turn} left{turns - t0 - j - 1}"
+                text = f"{text}{TURN_MARK}{turn} left{turns - t0 - j - 1}"
                 cur = cur.add_child(text, SimState(float(xs[r, j]), t0 + j + 1, turns), continuation=continuation and j == 0)
                 self.truth[text] = values[r][j]
             leaves.append(cur.finish(values[r][-1]))
@@ -178,11 +187,15 @@ class SyntheticTasks:
 @dataclass(frozen=True)
 class StepReport:
     step: int
-    active_prompts: int
-    effective_ratio: float
-    expected_mixed: float  # sum over active prompts of V_root(true v, m): before Stage 2
-    realized_mixed: int  # trees with a success and a failure leaf: after Stage 2
-    spent: float
+    mixed_trees: int  # realized mixed trees (trace_allocation.contrast), after Stage 2
+    effective_ratio: float  # mixed trees / prompts opened
+    informative_share: float  # trajectories with a non-zero group-relative advantage
+    prompts_opened: int
+    trained_trees: int  # trees the policy update would see (DAPO: its quota of mixed groups)
+    cost_trajectory: float  # trajectory-equivalents (1 per root, continuation_cost per continuation)
+    cost_turns: float  # generated turns
+    starved: int  # prompts Stage 1 opened that the budget then left without a rollout
+    expected_mixed: float  # sum over opened prompts of V_root(true v, planned m): before Stage 2
     roots: int
     continuations: int
     brier: float | None  # predictor on bare prefixes vs their rollout's reward, before the update
@@ -223,26 +236,29 @@ def simulate(
     """
     world = SyntheticTasks(scenario)
     allocator = make_allocator(world, np.random.default_rng([scenario.seed, 1]))
+    lengths = ExpectedCost(float(world.turns.mean()))
     report = RunReport(name, scenario)
     for step in range(scenario.steps):
         pool = np.random.default_rng([scenario.seed, 2, step]).choice(scenario.n_prompts, scenario.pool_size, replace=False)
         rng = np.random.default_rng([scenario.seed, 3, step])
         world.truth.clear()
         world.text_truth.clear()
-        report.steps.append(_run_step(world, allocator, pool, step, rng, budget_multiple))
+        report.steps.append(_run_step(world, allocator, pool, step, rng, budget_multiple, lengths))
         if on_step is not None:
             on_step(report.steps[-1])
     return report
 
 
-def _make_budget(scenario: Scenario, world: SyntheticTasks, multiple: float) -> Budget:
+def _make_budget(scenario: Scenario, world: SyntheticTasks, multiple: float, lengths: ExpectedCost) -> Budget:
     if scenario.cost_unit == "trajectory":
         return Budget(scenario.budget * multiple, continuation_cost=scenario.continuation_cost)
     mean_turns = float(world.turns.mean())
     return Budget(
         scenario.budget * mean_turns * multiple,
         unit="turns",
+        continuation_cost=scenario.continuation_cost,
         estimates=(mean_turns, mean_turns * scenario.continuation_cost),
+        prices=lengths,
     )
 
 
@@ -253,51 +269,66 @@ def _run_step(
     step: int,
     rng: np.random.Generator,
     budget_multiple: float,
+    lengths: ExpectedCost,
 ) -> StepReport:
-    sc = world.scenario
-    budget = _make_budget(sc, world, budget_multiple)
+    budget = _make_budget(world.scenario, world, budget_multiple, lengths)
     trees = {int(p): world.root_tree(int(p), step) for p in pool}
     texts = [trees[int(p)].root.prefix_text for p in pool]
     true_v = normal_cdf(world.probit(pool, step))
     pool_error = None if allocator.predictor is None else float(np.mean((allocator.predictor.predict(texts) - true_v) ** 2))
     counts = allocator.plan_roots(texts, budget)
-    active = {int(p): int(c) for p, c in zip(pool, counts) if c}
     expected = float(root_value(true_v, counts).sum())
+    planned = {int(p) for p, c in zip(pool, counts) if c}
+    opened: list[int] = []
     while counts.any():
-        for p, c in zip(pool, counts):
-            if c:
-                _grow(world, allocator, trees[int(p)], int(c), budget, rng)
-                active[int(p)] = active.get(int(p), 0) + int(c)
-        counts = allocator.plan_refill([trees[p] for p in active], texts)
-    grown = [trees[p] for p in active]
+        round_ = [(int(p), int(c)) for p, c in zip(pool, counts) if c]
+        prices = dict(zip((p for p, _ in round_), budget.plan_prices([trees[p].root.prefix_text for p, _ in round_])))
+        roots = {p: _roots(world, trees[p], c, budget, rng, lengths) for p, c in round_}  # bare rollouts first
+        for p, m in roots.items():
+            if m:
+                opened.append(p)
+                _continue(world, allocator, trees[p], m * prices[p], budget, rng)
+        counts = allocator.plan_refill([trees[p] for p in opened], texts)
+    grown = [trees[p] for p in opened]
     brier, brier_root = _brier(allocator, grown)
     _refit(allocator, grown)
-    mixed = sum(t.is_mixed for t in grown)
-    if allocator.name == "dapo":
-        ratio = min(mixed, allocator.batch_prompts) / allocator.batch_prompts
-    else:
-        ratio = mixed / len(grown) if grown else 0.0
-    return StepReport(step, len(grown), ratio, expected, mixed, budget.spent, budget.roots, budget.continuations, brier, brier_root, pool_error)
+    figures = contrast(grown)
+    return StepReport(
+        step, figures.mixed_trees, figures.ratio, figures.informative_share, figures.prompts_opened,
+        len(allocator.training_trees(grown)), budget.usage["trajectory"], budget.usage["turns"],
+        len(planned.difference(opened)), expected, budget.roots, budget.continuations, brier, brier_root, pool_error,
+    )
 
 
-def _grow(world: SyntheticTasks, allocator: Allocator, tree: RolloutTree, n_roots: int, budget: Budget, rng) -> None:
-    """Bare rollouts, then this prompt's continuations (no wait for other prompts)."""
+def _roots(world: SyntheticTasks, tree: RolloutTree, n: int, budget: Budget, rng, lengths: ExpectedCost) -> int:
+    """Charge and run up to n bare rollouts (all a prompt's rollouts have its T turns)."""
     turns = tree.root.handle.turns
-    affordable = 0
-    for _ in range(n_roots):
+    paid = 0
+    for _ in range(n):
         try:
             budget.charge_root(turns=turns)
         except BudgetExceeded:
             break
-        affordable += 1
-    if not affordable:
-        return
-    world.roll(tree.root, affordable, rng, continuation=False)
-    for node, k in allocator.plan_continuations(tree):
+        paid += 1
+        lengths.observe(tree.root.prefix_text, turns)
+    if paid:
+        world.roll(tree.root, paid, rng, continuation=False)
+    return paid
+
+
+def _continue(world: SyntheticTasks, allocator: Allocator, tree: RolloutTree, root_price: float, budget: Budget, rng) -> None:
+    """This prompt's Stage 2 (no wait for other prompts). In turns, its allowance is its planned
+    continuations' share of the budget and each continuation is priced at the turns it generates."""
+    if budget.unit == "trajectory":
+        plan = allocator.plan_continuations(tree)
+    else:
+        allowance = min(budget.remaining, root_price * allocator.continuations_per_root * budget.continuation_cost)
+        plan = allocator.plan_continuations(tree, allowance=allowance, price_of=lambda n: n.handle.turns - n.handle.t)
+    for node, k in plan:
         paid = 0
         for _ in range(k):
             try:
-                budget.charge_continuation(turns=turns - node.handle.t)
+                budget.charge_continuation(turns=node.handle.turns - node.handle.t)
             except BudgetExceeded:
                 break
             paid += 1

@@ -15,6 +15,25 @@ import numpy as np
 
 Text = str | Callable[[], str]
 
+TURN_MARK = "\n<turn> "
+"""Opens every turn of a prefix text: H_t = prompt + t x (TURN_MARK + turn). Predictors count
+turns and find the prompt by it, whatever the number of lines in a prompt, action or observation."""
+
+
+def prefix_text(prompt: str, turns: Iterable[str]) -> str:
+    """The text of a prefix: the prompt, then each completed turn after a `TURN_MARK`."""
+    return prompt + "".join(TURN_MARK + turn for turn in turns)
+
+
+def turns_in(text: str) -> int:
+    """Turns completed in a prefix text (its depth)."""
+    return text.count(TURN_MARK)
+
+
+def prompt_of(text: str) -> str:
+    """The prompt a prefix text starts with."""
+    return text.split(TURN_MARK, 1)[0]
+
 
 @dataclass(eq=False)
 class Node:

@@ -70,6 +70,23 @@ def test_turns_record_token_segments_that_match_the_chat_template(tiny, calc):
     assert "<tool_response>\n5\n</tool_response>" in tree.root.children[0].prefix_text
 
 
+def test_predictor_depth_counts_turns_of_real_transcripts(tiny, calc):
+    """Multi-line observations (<tool_response>\n5\n</tool_response>) are still one turn each."""
+    from trace_allocation.predictors.lexical import LexicalPredictor
+    from trace_allocation.tree import prompt_of, turns_in
+
+    _, tok = tiny
+    runner = RolloutRunner(Recorder(chain_policy(_answers(calc), steps=3), tok), tokenizer=tok, seed=2)
+    tree = runner.new_tree(calc, calc.tasks[0].id)
+    asyncio.run(runner.rollouts(tree, tree.root, 2))
+    nodes = list(tree.nodes())
+    assert max(n.depth for n in nodes) >= 3
+    assert any(n.prefix_text.count("\n") > n.depth for n in nodes)  # more lines than turns
+    assert [turns_in(n.prefix_text) for n in nodes] == [n.depth for n in nodes]
+    assert {prompt_of(n.prefix_text) for n in nodes} == {calc.tasks[0].prompt}
+    assert LexicalPredictor().depth_of(nodes[-1].prefix_text) == nodes[-1].depth
+
+
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(depth=st.integers(1, 3), k=st.integers(1, 3))
 def test_branch_resumes_exact_env_state_and_token_prefix(tiny, calc, depth, k):

@@ -29,7 +29,7 @@ def _allocators(rng_seed: int = 0):
     rng = lambda: np.random.default_rng(rng_seed)  # noqa: E731
     return [
         TreeAllocator(LexicalPredictor(2**12), continuations_per_root=2, rng=rng(), name="trace"),
-        TreeAllocator(None, roots="uniform", prefixes="uniform", group_size=4, rng=rng(), name="treepo"),
+        TreeAllocator(None, roots="uniform", prefixes="uniform", group_size=4, rng=rng(), name="random_branch"),
         GrpoAllocator(4, rng=rng()),
         PclAllocator(LexicalPredictor(2**12), 4),
         DapoAllocator(4, batch_prompts=2, rng=rng()),
@@ -64,6 +64,14 @@ def test_one_step_per_allocator_is_accounted(tiny, calc, allocator, tmp_path):
     assert result.effective_ratio == np.mean([t.is_mixed for t in result.trees])
     record = json.loads(log.read_text().splitlines()[-1])
     assert record["allocator"] == allocator.name and record["cost"] == budget.spent
+    assert record["cost_trajectory"] == budget.spent
+    assert record["cost_turns"] == sum(e.turns for e in result.episodes)
+    assert record["cost_tokens"] == sum(e.generated_tokens for e in result.episodes)
+    assert record["mixed_trees"] == sum(t.is_mixed for t in result.trees)
+    if allocator.name == "dapo":
+        assert result.training_trees == [t for t in result.trees if t.is_mixed][: allocator.batch_prompts]
+    else:
+        assert result.training_trees == result.trees
     assert record["episodes"] == len(result.episodes)
 
 

@@ -4,6 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trace_allocation import Budget, RolloutTree
+from trace_allocation.budget import ExpectedCost
 from trace_allocation.allocators import DapoAllocator, GrpoAllocator, PclAllocator, TreeAllocator
 from trace_allocation.predictors import OraclePredictor
 
@@ -37,6 +38,37 @@ def test_root_plans_fit_the_budget(seed, pool, total, n, unit):
         assert counts.shape == (pool,) and counts.min(initial=0) >= 0
         planned = counts.sum() * (budget.root_price + planner.continuations_per_root * budget.continuation_price)
         assert planned <= total + 1e-9
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), pool=st.integers(1, 30), total=st.floats(0, 400), n=st.integers(0, 3))
+def test_root_plans_priced_per_prompt_fit_the_budget(seed, pool, total, n):
+    """In turns, each prompt is planned at its own expected length (with its continuations at
+    half of it): every method's plan fits the budget at those prices."""
+    rng = np.random.default_rng(seed)
+    texts = [f"p{i}" for i in range(pool)]
+    lengths = ExpectedCost(initial=5.0)
+    for text in texts[: pool // 2]:
+        lengths.observe(text, float(rng.integers(1, 12)))
+    predictor = _table_predictor(dict(zip(texts, rng.random(pool))))
+    for planner in (GrpoAllocator(4, rng=rng), PclAllocator(predictor, 4),
+                    TreeAllocator(predictor, continuations_per_root=n, rng=rng),
+                    TreeAllocator(None, roots="uniform", prefixes="uniform", continuations_per_root=n, rng=rng)):
+        budget = Budget(total, unit="turns", estimates=(5.0, 2.5), prices=lengths)
+        counts = planner.plan_roots(texts, budget)
+        per_root = lengths(texts) * (1 + 0.5 * planner.continuations_per_root)
+        assert float(counts @ per_root) <= total + 1e-9
+        assert set(np.unique(counts)) <= {0} | set(range(2, 17))
+
+
+def test_active_roots_with_prices_still_use_the_budget():
+    predictor = _table_predictor({"short": 0.5, "long": 0.5})
+    lengths = ExpectedCost(initial=5.0)
+    lengths.observe("short", 2.0)
+    lengths.observe("long", 8.0)
+    budget = Budget(40, unit="turns", estimates=(2.0, 1.0), prices=lengths)
+    counts = TreeAllocator(predictor, continuations_per_root=0, m_max=16, rng=np.random.default_rng(0)).plan_roots(["short", "long"], budget)
+    assert float(counts @ np.array([2.0, 8.0])) <= 40 and counts.sum() >= 8
 
 
 def _two_rollout_tree() -> RolloutTree:

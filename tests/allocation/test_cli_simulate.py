@@ -15,10 +15,10 @@ def _run(argv: list[str]) -> None:
 def test_simulate_json_last_line_and_outputs(capsys, tmp_path):
     _run(["simulate", "--quick", "--steps", "3", "--experiments", "a", "--json", "--out", str(tmp_path)])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    for key in ("grpo", "pcl", "treepo", "trace", "trace_oracle"):
+    for key in ("grpo", "pcl", "random_branch", "trace", "trace_oracle"):
         assert 0.0 <= result["effective_ratio"][key] <= 1.0
-        assert result["cost"][key] <= result["scenario"]["budget"]
-    assert result["cost"]["dapo"] > result["scenario"]["budget"]
+        assert result["cost"][key]["trajectory"] <= result["scenario"]["budget"]
+    assert result["cost"]["dapo"]["trajectory"] > result["scenario"]["budget"]
     assert (tmp_path / "simulate.png").stat().st_size > 0
     assert json.loads((tmp_path / "simulate.json").read_text())["per_step"]["trace"]
     assert COMMANDS["simulate"] == "trace_agents.cli.simulate"

@@ -14,6 +14,7 @@ from trace_allocation.predictors import (
     reliability_curve,
 )
 from trace_allocation.predictors.lexical import count_turns
+from trace_allocation.tree import prefix_text
 from trace_allocation.experiments import tree
 from trace_allocation.simulate import Scenario, simulate
 
@@ -50,8 +51,10 @@ def test_lexical_is_deterministic_and_respects_weights():
 
 def test_beta_bernoulli_tracks_prompts_not_prefixes():
     model = BetaBernoulliPredictor(discount=1.0)
-    model.update(["p1", "p1\nturn", "p2"], np.array([1.0, 0.0, 0.0]), np.array([3.0, 5.0, 2.0]))
-    assert model.predict(["p1", "p1\nanything", "p2", "new"]).tolist() == pytest.approx([0.8, 0.8, 0.25, 0.5])
+    p1 = "p1\nhas two lines"
+    model.update([p1, prefix_text(p1, ["turn"]), "p2"], np.array([1.0, 0.0, 0.0]), np.array([3.0, 5.0, 2.0]))
+    texts = [p1, prefix_text(p1, ["any\nthing"]), "p2", "new"]
+    assert model.predict(texts).tolist() == pytest.approx([0.8, 0.8, 0.25, 0.5])
 
 
 def test_oracle_and_protocol():
@@ -134,3 +137,32 @@ def test_replay_refits_recent_targets_within_its_window_only():
     assert plain == pytest.approx([plain[0]] * 4)  # "a" is never refit
     assert replayed[1] > replayed[0] > plain[0]  # refit on the two following updates
     assert replayed[3] == pytest.approx(replayed[2]) == pytest.approx(replayed[1])  # then out of the window
+
+
+def test_blend_is_the_beta_posterior_around_the_text_prediction():
+    from trace_allocation.predictors import BlendedPredictor
+
+    text = OraclePredictor(lambda t: 0.2 if t.startswith("hard") else 0.5)
+    model = BlendedPredictor(text, prior_strength=2.0, discount=0.5)
+    assert model.predict(["p"]).tolist() == [0.5]  # nothing seen: the text model
+    model.update(["p", prefix_text("p", ["t"])], np.array([1.0, 0.0]), np.array([2.0, 1.0]))
+    assert model.predict(["p"])[0] == pytest.approx((2 * 0.5 + 2) / (2 + 2))
+    assert model.predict([prefix_text("p", ["u"])])[0] == pytest.approx(0.75)  # shifted like its prompt
+    assert model.predict(["hard", "new"]).tolist() == [0.2, 0.5]  # unseen prompts untouched
+    model.update(["hard"], np.array([0.0]), np.array([4.0]))  # old evidence halves
+    assert model.predict(["p"])[0] == pytest.approx((2 * 0.5 + 1) / (2 + 1))
+    assert model.predict(["hard"])[0] == pytest.approx((2 * 0.2) / (2 + 4))
+
+
+def test_blend_prior_strength_by_empirical_bayes():
+    """Roots whose rates scatter far from the text prediction make the prior weak, and vice versa."""
+    from trace_allocation.predictors import BlendedPredictor
+
+    rng = np.random.default_rng(0)
+    texts = [f"p{i}" for i in range(400)]
+    for spread, expect_weak in ((0.45, True), (0.02, False)):
+        model = BlendedPredictor(OraclePredictor(lambda t: 0.5), smoothing=0.0)
+        rates = np.clip(0.5 + rng.uniform(-spread, spread, 400), 0, 1)
+        n = np.full(400, 64.0)
+        model.update(texts, rng.binomial(64, rates) / 64, n)
+        assert (model.strength < 3) == expect_weak and (model.strength > 50) == (not expect_weak)

@@ -30,16 +30,61 @@ def test_true_values_are_a_martingale():
 
 def test_runs_are_deterministic_and_never_overspend():
     factories = allocators(SMALL)
-    for name in ("grpo", "treepo", "trace"):
+    for name in ("grpo", "random_branch", "trace"):
         make, multiple = factories[name]
         one = simulate(SMALL, make, name=name)
         two = simulate(SMALL, make, name=name)
         assert one.steps == two.steps
-        assert all(s.spent <= SMALL.budget for s in one.steps)
+        assert all(s.cost_trajectory <= SMALL.budget for s in one.steps)
     turns = SMALL.with_(cost_unit="turns")
-    report = simulate(turns, allocators(turns)["trace"][0], name="trace")
     world = SyntheticTasks(turns)
-    assert all(0 < s.spent <= turns.budget * world.turns.mean() for s in report.steps)
+    for name in ("grpo", "random_branch", "trace"):
+        report = simulate(turns, allocators(turns)[name][0], name=name)
+        assert all(0 < s.cost_turns <= turns.budget * world.turns.mean() + 1e-9 for s in report.steps)
+
+
+@pytest.mark.parametrize("unit", ["trajectory", "turns"])
+def test_every_step_is_charged_in_both_units(unit):
+    """Whichever unit the budget is charged in, each step reports trajectory-equivalents and
+    turns, and they agree with the tree it grew: a root costs 1 / its T turns, a continuation from
+    turn t costs 1/2 / T - t turns."""
+    sc = SMALL.with_(cost_unit=unit, steps=2)
+    make, _ = allocators(sc)["trace"]
+    kept = []
+
+    def spy(world, rng):
+        allocator = make(world, rng)
+        original = allocator.training_trees
+        allocator.training_trees = lambda trees: kept.append(list(trees)) or original(trees)
+        return allocator
+
+    report = simulate(sc, spy, name="trace")
+    for step, trees in zip(report.steps, kept):
+        leaves = [leaf for t in trees for leaf in t.leaves()]
+        roots = [leaf for leaf in leaves if leaf.bare]
+        conts = [leaf for leaf in leaves if not leaf.bare]
+        assert step.roots == len(roots) and step.continuations == len(conts)
+        assert step.cost_trajectory == pytest.approx(len(roots) + 0.5 * len(conts))
+        branch_depth = lambda leaf: next(n for n in leaf.path() if not n.bare).depth - 1  # noqa: E731
+        turns = sum(leaf.depth for leaf in roots) + sum(leaf.depth - branch_depth(leaf) for leaf in conts)
+        assert step.cost_turns == pytest.approx(turns)
+        assert step.starved == 0 and step.prompts_opened == len(trees)
+
+
+def test_dapo_over_samples_trains_its_quota_and_reports_its_cost():
+    sc = SMALL.with_(dapo_budget_multiple=8.0)
+    make, multiple = allocators(sc)["dapo"]
+    report = simulate(sc, make, name="dapo", budget_multiple=multiple)
+    quota = int(sc.budget) // sc.grpo_group
+    for s in report.steps:
+        assert s.cost_trajectory > sc.budget  # it drew more groups than the common budget pays for
+        assert s.cost_trajectory <= sc.budget * 8.0
+        assert s.trained_trees == min(quota, s.mixed_trees) and s.mixed_trees >= quota
+        assert s.prompts_opened * sc.grpo_group == s.roots  # every group it paid for is counted
+        assert s.effective_ratio == pytest.approx(s.mixed_trees / s.prompts_opened)
+    capped = simulate(sc.with_(dapo_budget_multiple=1.0), allocators(sc.with_(dapo_budget_multiple=1.0))["dapo"][0], name="dapo")
+    grpo = simulate(sc, allocators(sc)["grpo"][0], name="grpo")
+    assert [s.cost_trajectory for s in capped.steps] == [s.cost_trajectory for s in grpo.steps]
 
 
 def test_oracle_trace_beats_uniform_grpo_by_a_wide_margin():
@@ -71,3 +116,15 @@ def test_oracle_references_bracket_the_learned_predictor():
     assert runs["trace_oracle"].mean("pool_error") == 0.0
     assert 0.0 < runs["trace_oracle_seen"].mean("pool_error") < runs["trace"].mean("pool_error")
     assert runs["trace"].mean("effective_ratio") < runs["trace_oracle"].mean("effective_ratio")
+
+
+def test_sweep_keeps_grpo_calibrated_and_rows_lead_with_the_headline():
+    from trace_allocation.experiments import HEADLINE, sweep
+
+    rows = sweep(SMALL.with_(steps=3, warmup=0), shares=(0.0, 0.9), methods=("grpo", "trace_oracle"))
+    assert [(r["topic_share"], r["method"]) for r in rows] == [
+        (0.0, "grpo"), (0.0, "trace_oracle"), (0.9, "grpo"), (0.9, "trace_oracle")]
+    for share in (0.0, 0.9):
+        world = SyntheticTasks(SMALL.with_(topic_share=share))
+        assert mixed_rate(world.probit(np.arange(SMALL.n_prompts), 0), SMALL.grpo_group) == pytest.approx(0.27, abs=1e-6)
+    assert all(list(r)[2 : 2 + len(HEADLINE)] == list(HEADLINE) for r in rows)

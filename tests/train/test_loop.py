@@ -66,8 +66,25 @@ def test_training_runs_and_logs(uninterrupted):
     assert any(r["samples"] > 0 and r["trained_tokens"] > 0 for r in records), "nothing trained"
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [0, 0, 1, 1]
-    for name in ("reward_mean", "effective_ratio", "cost"):
+    for name in ("mixed_trees", "effective_ratio", "cost_trajectory", "cost_turns"):
         assert (out / f"{name}.png").stat().st_size > 1000
+
+
+def test_dapo_over_samples_and_trains_only_its_quota(tmp_path):
+    """DAPO may spend up to dapo_multiple x the common budget; it trains on at most its quota of
+    mixed groups and its record shows what it really spent, in both units."""
+    cfg = config(steps=1, allocators=["grpo", "dapo"],
+                 budget={"pool": 8, "roots": 4, "continuations_per_root": 0, "group_size": 2,
+                         "m_min": 2, "m_max": 4, "dapo_multiple": 4.0})
+    records = {r["allocator"]: r for r in run(cfg, tmp_path, progress=False)}
+    grpo, dapo = records["grpo"], records["dapo"]
+    common, quota = cfg.budget.total, int(cfg.budget.total) // cfg.budget.group_size
+    assert grpo["cost_trajectory"] == common and grpo["prompts_opened"] == quota
+    assert dapo["budget"] == 4 * common and dapo["cost_trajectory"] <= 4 * common
+    assert dapo["trained_trees"] == min(quota, dapo["mixed_trees"])
+    if dapo["mixed_trees"] < quota:  # it kept drawing: more than the common budget
+        assert dapo["cost_trajectory"] > common
+    assert dapo["cost_turns"] >= dapo["cost_trajectory"]  # every rollout has at least one turn
 
 
 def test_training_changes_the_policy(uninterrupted):

@@ -21,12 +21,12 @@ def test_corrupt_line_is_reported(tmp_path):
 
 def test_plots_are_written(tmp_path):
     records = [
-        {"step": s, "allocator": a, "reward_mean": 0.1 * s, "effective_ratio": 0.5, "cost": 32.0,
-         "predictor_brier": 0.2, "calibration": {"predicted": [0.2, 0.8], "observed": [0.3, 0.7]}}
+        {"step": s, "allocator": a, "reward_mean": 0.1 * s, "effective_ratio": 0.5, "mixed_trees": 3,
+         "informative_share": 0.5, "cost_trajectory": 32.0, "cost_turns": 70.0, "predictor_brier": 0.2, "calibration": {"predicted": [0.2, 0.8], "observed": [0.3, 0.7]}}
         for s in range(3) for a in ("trace", "grpo")
     ]
     paths = plot_metrics(records, tmp_path)
     names = sorted(p.name for p in paths)
-    assert names == ["calibration.png", "cost.png", "effective_ratio.png", "predictor_brier.png",
-                     "reward_mean.png"]
+    assert names == ["calibration.png", "cost_trajectory.png", "cost_turns.png", "effective_ratio.png",
+                     "informative_share.png", "mixed_trees.png", "predictor_brier.png", "reward_mean.png"]
     assert all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths)

@@ -123,6 +123,10 @@ def test_one_trace_step_in_verl_terms():
     assert set(advantages) == {ep.id for ep in roots + conts}
     assert all(min(a, default=1) > ep.branch_turn for ep in conts for a in [advantages[ep.id]])  # own turns only
     assert sampler.update_predictor() is not None
+    figures = sampler.contrast()
+    assert figures.prompts_opened == len(sampler.trees)
+    assert figures.mixed_trees == sum(t.is_mixed for t in sampler.trees.values())
+    assert figures.trajectories == len(roots) + len(conts)
     texts, targets, weights = predictor.updates
     assert len(texts) == len(targets) == len(weights) > 0 and ((0 <= targets) & (targets <= 1)).all()
 

@@ -16,7 +16,8 @@ QUICK = {"steps": 6, "warmup": 2}
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("simulate", help="compare rollout allocators on synthetic rollout trees")
-    parser.add_argument("--experiments", default="abcd", help="any of a (allocators), b (ablation), c (shapes), d (props)")
+    parser.add_argument("--experiments", default="abcd", help="any of a (allocators), b (ablation), c (shapes), d (props), e (predictability sweep, slow)")
+    parser.add_argument("--world", choices=["default", "paper"], default="default", help="simulated world (docs/allocation.md)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per run (default: the scenario's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cost-unit", choices=["trajectory", "turns"], default="trajectory")
@@ -33,9 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from trace_allocation import experiments
-    from trace_allocation.simulate import Scenario
 
-    scenario = Scenario(seed=args.seed, cost_unit=args.cost_unit)
+    scenario = experiments.WORLDS[args.world].with_(seed=args.seed, cost_unit=args.cost_unit)
     if args.quick:
         scenario = scenario.with_(**QUICK)
     if args.steps is not None:
@@ -56,6 +56,11 @@ def run(args: argparse.Namespace) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "simulate.json").write_text(json.dumps(result, indent=1))
         console.print(f"saved {args.out / 'simulate.json'} and {plot_results(result, args.out / 'simulate.png')}")
+        if "sweep" in result:
+            from trace_allocation.plots import plot_sweep
+
+            marks = {name: world.topic_share for name, world in experiments.WORLDS.items()}
+            console.print(f"saved {plot_sweep(result['sweep'], args.out / 'sweep.png', marks=marks)}")
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "per_step"}))
         sys.stdout.flush()
@@ -73,11 +78,14 @@ def _fmt(value) -> str:
 def _print_tables(console, result: dict) -> None:
     from rich.table import Table
 
-    columns = ["effective_ratio", "cost", "active_prompts", "expected_mixed", "realized_mixed", "brier", "brier_root", "pool_error"]
+    from trace_allocation.experiments import HEADLINE
+
+    columns = [*HEADLINE, "trained_trees", "starved", "expected_mixed", "brier", "brier_root", "pool_error"]
     sections = [
         ("(a) allocators at equal budget", [{"method": n, **s} for n, s in result.get("compare", {}).items()], ["method"]),
         ("(b) ablation (Table 1)", result.get("ablation", []), ["stage1", "stage2"]),
         ("(c) tree shapes (Table 2)", result.get("shapes", []), ["paper_shape", "roots", "budget"]),
+        ("(e) predictability sweep", result.get("sweep", []), ["topic_share", "method"]),
     ]
     for title, rows, keys in sections:
         if not rows:

@@ -50,13 +50,16 @@ def _summary(console: Console, records: list[dict]) -> None:
     from rich.table import Table
 
     table = Table(title="mean over steps")
-    for col in ("allocator", "steps", "effective ratio", "reward", "cost / step"):
+    for col in ("allocator", "steps", "mixed trees", "effective ratio", "informative", "reward",
+                "traj-eq / step", "turns / step"):
         table.add_column(col, justify="right")
     by: dict[str, list[dict]] = {}
     for r in records:
         by.setdefault(r["allocator"], []).append(r)
     for name, rows in by.items():
         mean = lambda k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
-        table.add_row(name, str(len(rows)), f"{mean('effective_ratio'):.3f}",
-                      f"{mean('reward_mean'):.3f}", f"{mean('cost'):.1f}")
+        table.add_row(name, str(len(rows)), f"{mean('mixed_trees'):.1f}",
+                      f"{mean('effective_ratio'):.3f}", f"{mean('informative_share'):.3f}",
+                      f"{mean('reward_mean'):.3f}", f"{mean('cost_trajectory'):.1f}",
+                      f"{mean('cost_turns'):.1f}")
     console.print(table)

@@ -10,7 +10,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-AllocatorName = Literal["trace", "grpo", "pcl", "treepo", "dapo"]
+AllocatorName = Literal["trace", "grpo", "pcl", "random_branch", "dapo"]
 CONFIG_NAME = "config.yaml"
 """Where a run directory keeps its config, for ``--resume``."""
 
@@ -66,12 +66,16 @@ class BudgetConfig(_Strict):
     roots: int = Field(16, ge=2)
     """Root-rollout budget M per step."""
     continuations_per_root: int = Field(2, ge=0)
-    """N: continuations per root rollout on average (TRACE/TreePO); flat allocators spend the
-    same total cost on more root rollouts instead."""
+    """N: continuations per root rollout on average (TRACE, random branching); flat allocators
+    spend the same total cost on more root rollouts instead."""
     continuation_cost: float = Field(0.5, gt=0, le=1)
     group_size: int = Field(4, ge=2)
     m_min: int = Field(2, ge=2)
     m_max: int = Field(8, ge=2)
+    dapo_multiple: float = Field(4.0, ge=1)
+    """DAPO over-samples: it may spend up to this multiple of the common budget drawing groups
+    until it holds the quota the common budget pays for (total / group_size) of mixed groups;
+    its real cost is reported."""
 
     @pydantic.model_validator(mode="after")
     def _check_bounds(self) -> BudgetConfig:
@@ -112,7 +116,8 @@ class OptimConfig(_Strict):
     """Sequences per forward/backward pass (memory)."""
     level: Literal["token", "sequence"] = "token"
     advantage: Literal["tree", "grpo"] = "tree"
-    shared_tokens: Literal["once", "average", "per_path"] = "once"
+    shared_tokens: Literal["once", "average", "per_path"] = "average"
+    """Credit of a turn shared by several leaves (``trace_agents.train.advantages``)."""
 
 
 class TrackingConfig(_Strict):

@@ -67,17 +67,17 @@ def make_allocator(name: str, cfg: TrainConfig, rng: np.random.Generator) -> All
         return TreeAllocator(make_predictor(cfg), continuations_per_root=b.continuations_per_root,
                              m_min=b.m_min, m_max=b.m_max, group_size=b.group_size, rng=rng,
                              name="trace")
-    if name == "treepo":
+    if name == "random_branch":
         return TreeAllocator(None, continuations_per_root=b.continuations_per_root,
                              roots="uniform", prefixes="uniform", group_size=b.group_size,
-                             rng=rng, name="treepo")
+                             rng=rng, name="random_branch")
     if name == "grpo":
         return GrpoAllocator(b.group_size, rng=rng)
     if name == "pcl":
         return PclAllocator(make_predictor(cfg), b.group_size)
     if name == "dapo":
         batch = max(1, int(b.total) // b.group_size)
-        return DapoAllocator(b.group_size, batch_prompts=batch, rng=rng)
+        return DapoAllocator(b.group_size, batch_prompts=batch, rng=rng, budget_multiple=b.dapo_multiple)
     raise ValueError(f"unknown allocator {name!r}")
 
 
@@ -180,10 +180,11 @@ async def run_step(arm: Arm, step: int, cfg: TrainConfig, out_dir: Path) -> dict
     pool = min(cfg.budget.pool, len(arm.env.tasks))
     picks = arm.data_rng.choice(len(arm.env.tasks), pool, replace=False)
     candidates = [Candidate(arm.env, arm.env.tasks[int(i)].id) for i in picks]
-    budget = Budget(cfg.budget.total, continuation_cost=cfg.budget.continuation_cost)
+    budget = Budget(cfg.budget.total * arm.sampler.allocator.budget_multiple,
+                    continuation_cost=cfg.budget.continuation_cost)
     result = await arm.sampler.step(candidates, budget)
     started = time.perf_counter()
-    update = arm.updater.update(result.trees)
+    update = arm.updater.update(result.training_trees)
     update_s = time.perf_counter() - started
     sync = await sync_weights(arm.backend, arm.model, out_dir / "weights" / arm.name)
     record = {**result.metrics, "step": step, "allocator": arm.name, **update,
@@ -230,9 +231,10 @@ async def train(
                 for sink in sinks:
                     sink.log(record)
                 console.print(
-                    f"step {step} [bold]{arm.name:>6}[/]: effective ratio "
-                    f"{record['effective_ratio']:.2f}, reward {record['reward_mean']:.2f}, "
-                    f"cost {record['cost']:.1f}/{cfg.budget.total:g}, "
+                    f"step {step} [bold]{arm.name:>6}[/]: {record['mixed_trees']} mixed trees, "
+                    f"effective ratio {record['effective_ratio']:.2f}, reward {record['reward_mean']:.2f}, "
+                    f"cost {record['cost_trajectory']:.1f}/{cfg.budget.total:g} traj-eq "
+                    f"({record['cost_turns']:g} turns), "
                     f"{record['seconds'] + record['update_s']:.0f} s"
                 )
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:

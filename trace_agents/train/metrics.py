@@ -12,9 +12,12 @@ from typing import Any
 from trace_envs.jsonl import read_jsonl
 
 PLOTTED = {
+    "mixed_trees": "mixed trees per step",
+    "effective_ratio": "effective ratio (mixed trees / prompts opened)",
+    "informative_share": "trajectories with a non-zero advantage",
     "reward_mean": "mean reward of the step's rollouts",
-    "effective_ratio": "effective ratio (prompts with mixed outcomes)",
-    "cost": "budget spent (trajectory equivalents)",
+    "cost_trajectory": "cost (trajectory-equivalents)",
+    "cost_turns": "cost (generated turns)",
     "predictor_brier": "predictor Brier score on the step's backup targets",
 }
 

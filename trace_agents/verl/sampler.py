@@ -28,6 +28,7 @@ from trace_agents.train.advantages import AdvantageMode, SharedTokens, training_
 from trace_agents.verl.episode import Branch, Episode
 from trace_allocation import Budget, BudgetExceeded, Node, RolloutTree
 from trace_allocation.allocators import Allocator
+from trace_allocation.contrast import Contrast, contrast
 from trace_allocation.predictors import brier_score
 from trace_allocation.tree import backup_targets
 
@@ -122,7 +123,7 @@ class TraceSampler:
         return branches
 
     def advantages(
-        self, *, mode: AdvantageMode = "tree", shared: SharedTokens = "once"
+        self, *, mode: AdvantageMode = "tree", shared: SharedTokens = "average"
     ) -> dict[str, dict[int, float]]:
         """Per episode id, the advantage of each turn it trains (1-based; untrained turns absent),
         from `trace_agents.train.advantages.training_samples`, the native trainer's function."""
@@ -134,6 +135,11 @@ class TraceSampler:
                 out[episode_id][depth] = value
             assert last == len(ep.turns)
         return out
+
+    def contrast(self) -> Contrast:
+        """This step's figures (mixed trees, effective ratio, informative share), measured like
+        every other driver's; log ``contrast().as_dict()`` and ``budget.usage``."""
+        return contrast(self.trees.values())
 
     def update_predictor(self) -> float | None:
         """Refit the allocator's predictor on this step's tree backup targets; return its Brier

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 
 from trace_allocation.predictors.beta import BetaBernoulliPredictor
+from trace_allocation.predictors.blend import BlendedPredictor
 from trace_allocation.predictors.calibration import ReliabilityCurve, brier_score, reliability_curve
 from trace_allocation.predictors.lexical import LexicalPredictor
 from trace_allocation.predictors.oracle import OraclePredictor
@@ -38,6 +39,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "BetaBernoulliPredictor",
+    "BlendedPredictor",
     "EncoderPredictor",
     "LexicalPredictor",
     "OraclePredictor",

@@ -11,15 +11,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-
-def first_line(text: str) -> str:
-    return text.split("\n", 1)[0]
+from trace_allocation.tree import prompt_of as prompt_of_text
 
 
 class BetaBernoulliPredictor:
     def __init__(
         self,
-        prompt_of: Callable[[str], str] = first_line,
+        prompt_of: Callable[[str], str] = prompt_of_text,
         *,
         prior: tuple[float, float] = (1.0, 1.0),
         discount: float = 0.9,

@@ -5,7 +5,8 @@ sparse features and calibrated by construction, so it can be refit every step on
 prefixes in milliseconds. Token hashes use crc32 (stable across processes, unlike `hash`).
 
 Features: hashed unigrams and bigrams, plus every unigram crossed with a coarse *depth* bucket
-(turns completed, read from the text by `depth_of`). A value is "evidence so far scaled by the
+(turns completed, read from the text by `depth_of`: by default the `TURN_MARK`s of the prefix
+text, so a multi-line action or observation is still one turn). A value is "evidence so far scaled by the
 turns left" (a martingale's Phi(X_t / sqrt(remaining))), so the weight a token deserves depends on
 how deep the prefix is; a plain bag of words cannot express that, the depth-crossed copy can.
 Each update also replays the last few updates' targets: the policy drifts slowly, so recent trees
@@ -20,12 +21,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from trace_allocation.tree import turns_in
+
 DEPTH_EDGES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # depth buckets: exact while short, coarser later
 
 
-def count_turns(marker: str = "\n") -> Callable[[str], int]:
-    """Depth = occurrences of a turn marker ("\\n" between turns in the simulator; for chat
-    transcripts pass the assistant-turn header, e.g. "<|im_start|>assistant")."""
+def count_turns(marker: str) -> Callable[[str], int]:
+    """Depth = occurrences of another turn marker, for texts not built with `TURN_MARK` (e.g.
+    a raw chat transcript: the assistant-turn header "<|im_start|>assistant")."""
     return lambda text: text.count(marker)
 
 
@@ -38,7 +41,7 @@ class LexicalPredictor:
         l2: float = 1e-4,
         epochs: int = 1,
         batch_size: int = 256,
-        depth_of: Callable[[str], int] | None = count_turns("\n"),
+        depth_of: Callable[[str], int] | None = turns_in,
         replay: int = 3,
         seed: int = 0,
     ) -> None:

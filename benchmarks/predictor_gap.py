@@ -1,0 +1,67 @@
+"""The predictor gap: TRACE with a learned predictor against `trace_oracle_seen` (exact values,
+except E[V_0 | text] for prompts the run has not rolled out), on several seeds and in both cost
+units (run: python benchmarks/predictor_gap.py [--seeds 0 1 2] [--methods ...] [--world default]).
+
+Prints, per cost unit and method, the mean over seeds of the headline figures (mixed trees per
+step, effective ratio, informative share, pool error) and, for each method, the share of the
+text-only model's (`trace`, lexical) gap to `trace_oracle_seen` it closes. One JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from trace_allocation.experiments import WORLDS, allocators  # noqa: E402
+from trace_allocation.simulate import simulate  # noqa: E402
+
+FIGURES = ("mixed_trees", "effective_ratio", "informative_share", "pool_error")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=["trace", "trace_blend", "trace_oracle_seen"])
+    parser.add_argument("--base", default="trace", help="the text-only method whose gap is measured")
+    parser.add_argument("--units", nargs="+", default=["trajectory", "turns"])
+    parser.add_argument("--world", choices=sorted(WORLDS), default="default")
+    parser.add_argument("--steps", type=int, default=None)
+    args = parser.parse_args()
+    report: dict = {}
+    for unit in args.units:
+        rows: dict[str, dict] = {}
+        for method in args.methods:
+            per_seed = []
+            for seed in args.seeds:
+                sc = WORLDS[args.world].with_(seed=seed, cost_unit=unit)
+                if args.steps:
+                    sc = sc.with_(steps=args.steps)
+                make, multiple = allocators(sc)[method]
+                run = simulate(sc, make, name=method, budget_multiple=multiple)
+                per_seed.append({k: run.mean(k) for k in FIGURES})
+            rows[method] = {k: _mean([s[k] for s in per_seed]) for k in FIGURES}
+            rows[method]["effective_ratio_by_seed"] = [round(s["effective_ratio"], 4) for s in per_seed]
+            print(unit, method, json.dumps(rows[method]), file=sys.stderr)
+        reference, base = rows.get("trace_oracle_seen"), rows.get(args.base)
+        if reference and base:
+            for key in ("effective_ratio", "mixed_trees"):
+                gap = reference[key] - base[key]
+                for method, row in rows.items():
+                    row[f"gap_closed_{key}"] = (row[key] - base[key]) / gap if gap else None
+        report[unit] = rows
+    print(json.dumps(report, indent=1))
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+if __name__ == "__main__":
+    main()

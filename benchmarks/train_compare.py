@@ -1,0 +1,213 @@
+"""A real learning curve: SmolLM2 trained on the calculator suite with TRACE, GRPO, PCL and DAPO.
+
+    python benchmarks/train_compare.py --out runs/train_compare            # the full run (~1 h?, 2 cores)
+    python benchmarks/train_compare.py --steps 2 --eval 8 --seeds 0 --out /tmp/tc   # smoke test
+
+Per seed: one format warm-start (cached), then every method trains its own copy of the policy
+for `--steps` steps at equal cost (TRACE, GRPO and PCL spend the same trajectory-equivalents per
+step; DAPO over-samples up to `--dapo-multiple` x that budget and its real cost is reported), on
+the same candidate pools. Held-out accuracy (greedy, `--eval` test problems the policy never
+trains on) is measured on the warm-started policy and on each method's final policy.
+
+Prints a table per method (mean over seeds: mixed trees per step, effective ratio, informative
+share, cost in trajectory-equivalents and in turns, start and end accuracy with 95% Wilson
+intervals over all seeds' test episodes, wall time), writes `results.json`, and saves plots:
+training reward, mixed trees and effective ratio per step (mean over seeds) and accuracy at start
+and end. At this scale (a 135M model, a few hundred rollouts per method) the accuracy change of
+any method is small next to its confidence interval; what the run can show reliably is the
+allocation figures (mixed trees, ratios, costs) on a real, learning policy.
+
+Sizing (an estimate, not yet measured): the default is the demo's shape (12 trajectory-equivalents
+per step), which the README's demo ran at 31-51 s per method-step for SmolLM2 on 2 idle cores, so
+2 seeds x 20 steps x (3 methods + DAPO at up to 2x) takes about 1.5-2 hours, plus ~10 minutes of
+greedy evaluation (100 problems x 5 policies x 2 seeds). `--max-tokens 32` or `--steps 20` with
+`--methods trace grpo dapo` brings it nearer an hour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from trace_agents.backends import make_backend  # noqa: E402
+from trace_agents.backends.base import SamplingParams  # noqa: E402
+from trace_agents.evaluate import Benchmark, evaluate  # noqa: E402
+from trace_agents.models import load_model  # noqa: E402
+from trace_agents.train.config import TrainConfig  # noqa: E402
+from trace_agents.train.loop import run as train, warm_started  # noqa: E402
+
+HEADLINE = ("mixed_trees", "effective_ratio", "informative_share", "prompts_opened",
+            "cost_trajectory", "cost_turns", "reward_mean")
+
+
+def make_config(args: argparse.Namespace, seed: int) -> TrainConfig:
+    return TrainConfig.model_validate({
+        "seed": seed, "steps": args.steps, "allocators": args.methods,
+        "model": {"name": args.model},
+        "backend": {"kind": "hf", "max_concurrency": 32},
+        "env": {"id": "trace/Calculator-v0", "split": "train", "kwargs": env_kwargs(args)},
+        "sampling": {"temperature": 1.0, "max_tokens": args.max_tokens},
+        "budget": {"pool": args.pool, "roots": args.roots, "continuations_per_root": 1,
+                   "continuation_cost": 0.5, "group_size": 4, "m_min": 2, "m_max": 6,
+                   "dapo_multiple": args.dapo_multiple},
+        "predictor": {"kind": "lexical"},
+        "warmup": {"examples": 32, "epochs": 1, "lr": 5e-5},
+        "optim": {"lr": args.lr, "micro_batch": 8, "grad_accum": 1, "ppo_epochs": 1},
+        "checkpoint_every": args.steps,
+    })
+
+
+def env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {"max_turns": 3, "suite_options": {"steps": 2, "digits": 2, "size": args.suite_size}}
+
+
+def accuracy(model, tokenizer, args: argparse.Namespace) -> dict[str, Any]:
+    bench = Benchmark("calculator_test", "trace/Calculator-v0", {"split": "test", **env_kwargs(args)})
+    sampling = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
+
+    async def measure() -> dict[str, Any]:
+        backend = make_backend("hf", model, tokenizer, max_concurrency=32)
+        try:
+            return await evaluate(bench, backend, tokenizer, limit=args.eval, sampling=sampling,
+                                  max_concurrency=32)
+        finally:
+            await backend.aclose()
+
+    report = asyncio.run(measure())
+    if report["tasks"] < args.eval:
+        raise SystemExit(f"only {report['tasks']} test problems; raise --suite-size")
+    return report
+
+
+def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return (0.0, 0.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (centre - half, centre + half)
+
+
+def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    from rich.console import Console
+    from safetensors.torch import load_file
+
+    cfg = make_config(args, seed)
+    out = args.out / f"seed{seed}"
+    console = Console(stderr=True)
+    model, tokenizer = load_model(cfg.model.name, cfg.model.dtype)
+    warm_started(cfg, model, tokenizer, console)  # cached: train() loads the same weights
+    start = accuracy(model, tokenizer, args)
+    console.print(f"seed {seed}: held-out accuracy after warm-start {start['accuracy']:.3f}")
+    began = time.perf_counter()
+    records = train(cfg, out, progress=not args.no_progress, console=console)
+    seconds = time.perf_counter() - began
+    end = {}
+    for name in args.methods:
+        model.load_state_dict(load_file(str(out / "checkpoint" / f"model-{name}.safetensors")))
+        end[name] = accuracy(model, tokenizer, args)
+        console.print(f"seed {seed} {name}: held-out accuracy {end[name]['accuracy']:.3f}")
+    return {"seed": seed, "start": start, "end": end, "records": records, "train_seconds": seconds}
+
+
+def summarize(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    table = {}
+    n = args.eval * len(runs)
+    start_hits = sum(r["start"]["accuracy"] * args.eval for r in runs)
+    for name in args.methods:
+        rows = [rec for r in runs for rec in r["records"] if rec["allocator"] == name]
+        end_hits = sum(r["end"][name]["accuracy"] * args.eval for r in runs)
+        table[name] = {
+            **{k: float(np.mean([rec[k] for rec in rows])) for k in HEADLINE},
+            "acc_start": start_hits / n, "acc_start_ci": wilson(start_hits, n),
+            "acc_end": end_hits / n, "acc_end_ci": wilson(end_hits, n),
+            "acc_end_by_seed": [r["end"][name]["accuracy"] for r in runs],
+            "wall_s": float(sum(rec["seconds"] + rec["update_s"] for rec in rows)),
+        }
+    return table
+
+
+def print_table(table: dict[str, dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Table(title="per step, mean over seeds; accuracy ± 95% Wilson half-width")
+    for col in ("method", "mixed", "ratio", "inform", "traj", "turns", "acc 0", "acc end", "wall s"):
+        out.add_column(col, justify="right")
+    for name, r in table.items():
+        acc = lambda key: f"{r[key]:.2f}±{(r[key + '_ci'][1] - r[key + '_ci'][0]) / 2:.2f}"  # noqa: E731
+        out.add_row(name, f"{r['mixed_trees']:.1f}", f"{r['effective_ratio']:.2f}",
+                    f"{r['informative_share']:.2f}", f"{r['cost_trajectory']:.0f}",
+                    f"{r['cost_turns']:.0f}", acc("acc_start"), acc("acc_end"), f"{r['wall_s']:.0f}")
+    Console().print(out)
+
+
+def plot(runs: list[dict[str, Any]], table: dict[str, dict[str, Any]], args: argparse.Namespace) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
+    for name in args.methods:
+        for ax, key in zip(axes[:3], ("reward_mean", "mixed_trees", "effective_ratio")):
+            per_step = [[rec[key] for rec in r["records"] if rec["allocator"] == name] for r in runs]
+            ax.plot(np.mean(per_step, axis=0), marker="o", markersize=3, label=name)
+            ax.set(xlabel="step", title=key.replace("_", " "))
+    for i, (name, r) in enumerate(table.items()):
+        for x, key in ((0, "acc_start"), (1, "acc_end")):
+            lo, hi = r[f"{key}_ci"]
+            axes[3].errorbar(x + 0.06 * i, r[key], yerr=[[r[key] - lo], [hi - r[key]]], marker="o",
+                             capsize=3, color=f"C{i}", label=name if x else None)
+    axes[3].set(xticks=[0, 1], xticklabels=["warm-start", f"after {args.steps} steps"],
+                title="held-out accuracy (95% CI)", xlim=(-0.5, 1.7))
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = args.out / "train_compare.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--eval", type=int, default=100, help="held-out test problems")
+    parser.add_argument("--methods", nargs="+", default=["trace", "grpo", "pcl", "dapo"])
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--pool", type=int, default=32, help="candidate prompts per step")
+    parser.add_argument("--roots", type=int, default=8,
+                        help="root rollouts M per step (N = 1): 12 trajectory-equivalents, 3 GRPO groups")
+    parser.add_argument("--dapo-multiple", type=float, default=2.0)
+    parser.add_argument("--lr", type=float, default=2e-6)
+    parser.add_argument("--max-tokens", type=int, default=48, help="per turn")
+    parser.add_argument("--suite-size", type=int, default=800)
+    parser.add_argument("--out", type=Path, default=Path("runs/train_compare"))
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs = [run_seed(args, seed) for seed in args.seeds]
+    table = summarize(runs, args)
+    print_table(table)
+    (args.out / "results.json").write_text(json.dumps(
+        {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+         "table": table, "start": [r["start"] for r in runs],
+         "end": [r["end"] for r in runs]}, indent=1))
+    print(f"saved {args.out / 'results.json'} and {plot(runs, table, args)}")
+
+
+if __name__ == "__main__":
+    main()
