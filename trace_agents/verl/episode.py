@@ -24,6 +24,7 @@ from trace_envs import Snapshot, ToolEnv
 from trace_agents.react import (
     STOP_STRINGS, ChatFormat, ObservationRole, initial_messages, observation_message, observation_role,
 )
+from trace_allocation.tree import prefix_text
 
 
 def stop_params(engine: str) -> dict[str, Any]:
@@ -198,12 +199,13 @@ class Episode:
     def prefix_text(self, turn: int) -> str:
         """H_t as the predictor reads it: the task and the first ``turn`` turns (the same text as
         ``trace_agents.rollout.transcript`` on the in-process path)."""
-        parts = [self.task_prompt]
+        turns = []
         for t in self.turns[:turn]:
-            parts.append(t.action)
+            text = t.action
             if t.observation is not None:
-                parts.append(observation_message(t.observation, t.role))
-        return "\n".join(parts)
+                text += "\n" + observation_message(t.observation, t.role)
+            turns.append(text)
+        return prefix_text(self.task_prompt, turns)
 
     def branch(self, turn: int) -> Branch:
         """A continuation point after ``turn`` (1 <= turn < last) completed turns."""
