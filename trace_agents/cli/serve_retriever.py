@@ -6,6 +6,8 @@ import argparse
 import sys
 import time
 
+from trace_agents.cli import UserError
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -16,11 +18,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", required=True,
                    help="JSONL corpus ({id,title,text} or {id,contents}), or 'generated' for the "
                         "generated multi-hop world's corpus")
-    p.add_argument("--index", choices=("bm25", "dense"), default="bm25")
+    p.add_argument("--index", choices=("bm25", "dense"), default="bm25",
+                   help="bm25 (bm25s) or dense (MiniLM embeddings, exact inner product)")
     p.add_argument("--index-dir", default=None,
                    help="save the index here after building it; reuse it when the corpus matches")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--topk", type=int, default=3, help="results per query when a request omits topk")
     p.add_argument("--max-batch", type=int, default=256, help="most queries per retriever call")
     p.add_argument("--batch-wait-ms", type=float, default=2.0,
@@ -38,8 +41,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         corpus = generated_world().corpus if args.corpus == "generated" else load_corpus(args.corpus)
     except (OSError, ValueError) as exc:
-        print(f"error: cannot load corpus: {exc}", file=sys.stderr)
-        return 2
+        raise UserError(f"cannot load corpus: {exc}") from None
+    if not corpus:
+        raise UserError(f"{args.corpus} holds no passages: a corpus is JSONL of "
+                        '{"id", "title", "text"} or {"id", "contents"} lines')
     retriever = build_retriever(args.index, corpus, index_dir=args.index_dir)
     print(f"{args.index} index over {len(corpus)} passages ready in "
           f"{time.perf_counter() - started:.1f}s; serving http://{args.host}:{args.port}/retrieve",
