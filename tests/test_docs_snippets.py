@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 RUN = {"python", "bash"}
 FRAGMENT = re.compile(r"<!--\s*fragment\b.*-->")
-TIMEOUT_S = 300
+TIMEOUT_S = 600
 SMALL = {
     "train": ["--steps", "1", "--no-progress"],
     "eval": ["--limit", "1", "--max-tokens", "8", "--max-turns", "2", "--no-progress"],
@@ -83,6 +83,10 @@ def blocks(path: Path) -> list[Block]:
 
 
 ALL = [b for path in DOCS for b in blocks(path)]
+NOT_YET = {
+    "docs/verl.md": "being rewritten on the verl branch: at the merge, mark its GPU-cluster "
+                    "commands <!-- fragment --> and delete this entry",
+}
 
 WRAPPER = """#!{python}
 import sys
@@ -125,6 +129,7 @@ def make_sandbox(root: Path) -> Path:
                                                      small=SMALL))
     for exe in bin_dir.iterdir():
         exe.chmod(0o755)
+    (bin_dir / "activate").write_text(f'export PATH="{bin_dir}:$PATH"\n')
     return root
 
 
@@ -143,6 +148,8 @@ def sandboxes(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("block", ALL, ids=[b.id for b in ALL])
 def test_block_runs(block: Block, sandboxes):
+    if str(block.path.relative_to(REPO)) in NOT_YET:
+        pytest.skip(NOT_YET[str(block.path.relative_to(REPO))])
     cwd = sandboxes(block.path)
     env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{cwd / '.venv' / 'bin'}:{os.environ['PATH']}"}
     command = ([str(cwd / ".venv" / "bin" / "python"), "-c", block.code] if block.lang == "python"
