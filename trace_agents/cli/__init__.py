@@ -27,6 +27,16 @@ COMMANDS: dict[str, str] = {
 }
 
 
+DESCRIPTION = """Train tool-using LLM agents with RL: forkable tool envs, rollout trees, TRACE.
+
+first hour:
+  trace-rl demo                                              # env.fork() in one second
+  trace-rl train --config examples/tiny.yaml --out runs/tiny # the whole loop, ~1 min
+  trace-rl eval --model runs/tiny --bench examples/tiny.yaml --limit 5
+  trace-rl COMMAND --help                                    # options and defaults
+"""
+
+
 class UserError(Exception):
     """A problem the user can fix: the message says what and how, in one or two lines."""
 
@@ -51,7 +61,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trace-rl", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="trace-rl", description=DESCRIPTION,
                                      formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"trace-rl {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
