@@ -59,6 +59,12 @@ class Reporter:
         if self._bar is not None:
             self._bar.update(self._task, description=description)
 
+    def update(self, info: str) -> None:
+        """New status text, shown with the next line or redraw."""
+        self.info = info
+        if self._bar is not None:
+            self._bar.update(self._task, info=info)
+
     def advance(self, n: float = 1, info: str | None = None) -> None:
         self.done += n
         if info is not None:

@@ -188,17 +188,19 @@ class _StepProgress:
     def planned(self, n: int) -> None:
         self._reporter.add_total(n)
 
+    def _info(self) -> str:
+        info = f"{self.tokens} tok  budget {self.budget.spent:g}/{self.budget.total:g}"
+        return info + (f"  [red]{self.failed} failed[/]" if self.failed else "")
+
     def episode_done(self, episode: Episode) -> None:
         self.tokens += episode.generated_tokens
         self.failed += episode.status == "failed"
-        info = f"{self.tokens} tok  budget {self.budget.spent:g}/{self.budget.total:g}"
-        if self.failed:
-            info += f"  [red]{self.failed} failed[/]"
-        self._reporter.advance(info=info)
+        self._reporter.advance(info=self._info())
 
     def __enter__(self) -> _StepProgress:
         self._reporter.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._reporter.update(self._info())  # the budget is charged after the episode callback
         self._reporter.__exit__(*exc)

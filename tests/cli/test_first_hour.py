@@ -21,8 +21,12 @@ TINY = str(REPO / "examples" / "tiny.yaml")
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+    import transformers
+
     out = tmp_path_factory.mktemp("runs") / "tiny"
     assert main(["train", "--config", TINY, "--out", str(out), "--steps", "1", "--no-progress"]) == 0
+    assert not transformers.utils.logging.is_progress_bar_enabled()  # its loading bar too
+    transformers.utils.logging.enable_progress_bar()
     return out
 
 

@@ -70,6 +70,11 @@ def run(args: argparse.Namespace) -> int:
         transformers.utils.logging.disable_progress_bar()
     from trace_agents.train.loop import run as train
 
+    what = "resuming" if args.resume is not None else "new run"
+    console.print(f"{what} in {out}: {cfg.model.name}, {', '.join(cfg.allocators)} on {cfg.env.id}, "
+                  f"{cfg.steps} steps of {cfg.budget.total:g} trajectories each; loading the model",
+                  highlight=False)
+
     records = train(cfg, out, resume=args.resume is not None, overwrite=args.overwrite,
                     progress=not args.no_progress, console=console)
     _summary(console, records)
