@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     what = "resuming" if args.resume is not None else "new run"
     console.print(f"{what} in {out}: {cfg.model.name}, {', '.join(cfg.allocators)} on {cfg.env.id}, "
-                  f"{cfg.steps} steps of {cfg.budget.total:g} trajectories each; loading the model",
+                  f"{cfg.steps} step(s) of {cfg.budget.total:g} trajectories; loading the model",
                   highlight=False)
 
     records = train(cfg, out, resume=args.resume is not None, overwrite=args.overwrite,
