@@ -26,8 +26,8 @@ from trace_agents.cli import UserError
 KNOWN_ZERO = {
     "tiny-qwen3": "tiny-qwen3 is a random-init test model: it scores 0 on every benchmark",
 }
-CALCULATOR_ZERO = ("untrained SmolLM2-135M never writes a well-formed tool call (0 % measured), so "
-                   "expect 0 here;\nevaluate a trained run folder (trace-rl train --out DIR) instead")
+CALCULATOR_ZERO = ("untrained SmolLM2-135M never writes a well-formed tool call: expect 0\n"
+                   "(examples/demo.yaml teaches it the format first: a warm-start, then RL)")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
