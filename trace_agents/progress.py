@@ -1,12 +1,14 @@
 """Progress for long work, on a terminal or not.
 
 On a terminal it is a rich progress bar; anywhere else (a log file, CI, a pipe) rich would draw
-nothing, so the same calls print a plain line every ``every_s`` seconds and one at the end.
+nothing, so the same calls print a plain line every ``every_s`` seconds (from a heartbeat
+thread, so a slow first item still shows the command is alive) and one at the end.
 Every long command (train, eval, simulate) reports through this one class.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 
 from rich.console import Console
@@ -29,6 +31,8 @@ class Reporter:
         self.every_s = every_s
         self._bar: Progress | None = None
         self._started = self._last = time.monotonic()
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
 
     def __enter__(self) -> Reporter:
         self._started = self._last = time.monotonic()
@@ -40,13 +44,25 @@ class Reporter:
             )
             self._task = self._bar.add_task(self.description, total=self.total or None, info="")
             self._bar.start()
+        elif self.enabled:
+            self._heartbeat = threading.Thread(target=self._beat, daemon=True)
+            self._heartbeat.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.stop()
-        elif self.enabled and exc[0] is None:
-            self._line()
+        elif self.enabled:
+            self._stop.set()
+            if self._heartbeat is not None:
+                self._heartbeat.join()
+            if exc[0] is None:
+                self._line()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(max(self.every_s, 0.05)):
+            if time.monotonic() - self._last >= self.every_s:
+                self._line()
 
     def add_total(self, n: float) -> None:
         """More work became known (e.g. continuations planned after the first rollouts)."""
