@@ -83,6 +83,12 @@ def test_eval_rejects_bad_input_before_loading_a_model(case, capsys, monkeypatch
     assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2
 
 
+def test_eval_of_a_run_without_checkpoint(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(TINY))
+    code, err = run_cli(["eval", "--model", str(tmp_path), "--bench", "arithmetic"], capsys)
+    assert code == 2 and "without a checkpoint" in err
+
+
 def test_other_commands_reject_bad_input(tmp_path, capsys):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")

@@ -69,6 +69,11 @@ def _models(args: argparse.Namespace) -> list[tuple[str, Any]]:
 
         run_dir = run_dir_of(args.model)
     if run_dir is None:
+        from trace_agents.train.run_dir import holds_run
+
+        if holds_run(Path(args.model)):
+            raise UserError(f"{args.model} is a run without a checkpoint yet (none is saved before "
+                            f"its first step ends): continue it with trace-rl train --resume")
         if args.arm:
             raise UserError(f"--arm needs a trace-rl train run folder; {args.model} is not one")
         check_model(args.model)
