@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
                     progress=not args.no_progress, console=console)
     _summary(console, records)
     console.print(f"metrics: {out / 'metrics.jsonl'}; plots: {out}/*.png\n"
-                  f"evaluate it: trace-rl eval --model {out} --bench {config_path} --limit 20",
+                  f"evaluate it: trace-rl eval --model {out} --bench {config_path} --limit 20 "
+                  f"--max-tokens {cfg.sampling.max_tokens}",
                   highlight=False, soft_wrap=True)
     return 0
 
