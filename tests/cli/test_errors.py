@@ -104,16 +104,17 @@ def test_other_commands_reject_bad_input(tmp_path, capsys):
 
 
 def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
-    """A failure the checks cannot foresee (here an unreadable corpus line) prints one line and
-    exits 1; --debug prints the traceback."""
-    corpus = tmp_path / "corpus.jsonl"
-    corpus.write_bytes(b"\xff\xfe not utf-8\n")
-    command = [sys.executable, "-m", "trace_agents.cli", "serve-retriever", "--corpus", str(corpus)]
-    plain = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert plain.returncode != 0 and "Traceback" not in plain.stderr
-    assert len(plain.stderr.strip().splitlines()) <= 2
+    """A failure the checks do not foresee (here a run folder whose checkpoint was deleted, found
+    only after the model loads) prints one line and exits 1; --debug prints the traceback."""
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(TINY))
+    (tmp_path / "metrics.jsonl").write_text("")
+    command = [sys.executable, "-m", "trace_agents.cli", "train", "--resume", str(tmp_path),
+               "--no-progress"]
+    plain = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    assert "no checkpoint in" in plain.stderr and len(plain.stderr.strip().splitlines()) <= 2
     debug = subprocess.run(command + ["--debug"], cwd=REPO, capture_output=True, text=True,
-                           timeout=120)
+                           timeout=300)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
