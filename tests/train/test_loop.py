@@ -113,7 +113,7 @@ def test_cli_rejects_bad_config(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("steps: 2\nbudget: {roots: 1}\n")
     assert cli(["train", "--config", str(bad), "--out", str(tmp_path / "run")]) == 2
-    assert "budget.roots" in capsys.readouterr().out
+    assert "budget.roots" in capsys.readouterr().err
 
 
 CLI = """

@@ -20,11 +20,12 @@ import trace_envs  # noqa: F401  (registers the envs)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="scripted agent + env.fork() on the calculator suite")
+    p = subparsers.add_parser("demo", help="scripted agent + env.fork() on the calculator suite",
+                              description=__doc__)
     p.add_argument("--tasks", type=int, default=4, help="episodes to play")
     p.add_argument("--branches", type=int, default=4, help="forks per episode after turn 1")
     p.add_argument("--slip", type=float, default=0.4, help="chance a branch answers wrongly")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the tasks and the slips")
     p.set_defaults(run=run)
 
 

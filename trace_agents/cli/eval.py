@@ -1,72 +1,199 @@
-"""`trace-rl eval`: an agent on one or more benchmarks (accuracy, EM/F1, BFCL subsets)."""
+"""`trace-rl eval`: an agent on one or more benchmarks (accuracy, EM/F1, BFCL subsets).
+
+--model takes a built-in model, a Hugging Face model folder, or what `trace-rl train` saved
+(its run folder or the run's checkpoint folder: every trained allocator is evaluated, or the one
+named by --arm). Before and after training, on the same tasks:
+
+  trace-rl eval --model smollm2 --bench examples/demo.yaml --limit 20
+  trace-rl eval --model runs/demo --bench examples/demo.yaml --limit 20
+
+(a training config as --bench means its env on the test split: the tasks it trained for).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from trace_agents.cli import UserError
+
+KNOWN_ZERO = {
+    "tiny-qwen3": "tiny-qwen3 is a random-init test model: it scores 0 on every benchmark",
+}
+CALCULATOR_ZERO = ("untrained SmolLM2-135M never writes a well-formed tool call: expect 0\n"
+                   "(examples/demo.yaml teaches it the format first: a warm-start, then RL)")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from trace_agents.evaluate import BENCHMARKS
 
-    p = subparsers.add_parser("eval", help="evaluate an agent on benchmarks")
-    p.add_argument("--bench", action="append", required=True,
-                   help=f"{', '.join(sorted(BENCHMARKS))}, qa:<path> or a math file (repeatable)")
-    p.add_argument("--model", default="smollm2", help="smollm2, tiny-qwen3 or a local HF model dir")
+    p = subparsers.add_parser("eval", help="evaluate a model (or a trained run) on benchmarks",
+                              description=__doc__)
+    p.add_argument("--bench", action="append", required=True, metavar="NAME",
+                   help=f"{', '.join(sorted(BENCHMARKS))}, qa:<path>, a math file, or a training "
+                        "config .yaml (its env, test split); repeatable")
+    p.add_argument("--model", default="smollm2",
+                   help="smollm2, tiny-qwen3, a Hugging Face model folder, or a trace-rl train "
+                        "run folder (or its checkpoint folder)")
+    p.add_argument("--arm", action="append", metavar="ALLOCATOR",
+                   help="with a run folder: evaluate only this trained allocator (repeatable; "
+                        "default: every one in the checkpoint)")
+    p.add_argument("--backend", choices=["hf", "sglang", "vllm"], default="hf",
+                   help="hf runs the model in this process; sglang/vllm call a server at --url")
+    p.add_argument("--url", help="server address for --backend sglang or vllm")
+    p.add_argument("--limit", type=int, help="at most this many tasks per benchmark (default: all)")
     p.add_argument("--dialect", default="auto",
                    help="the model family's tool-call format (auto: from the chat template); "
                         "see docs/dialects.md")
-    p.add_argument("--backend", choices=["hf", "sglang", "vllm"], default="hf")
-    p.add_argument("--url", help="server address for sglang/vllm")
-    p.add_argument("--limit", type=int, help="at most this many tasks per benchmark")
     p.add_argument("--samples", type=int, default=1, help="episodes per task")
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--max-turns", type=int, help="override the env's turn limit")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
+    p.add_argument("--max-tokens", type=int, default=256, help="new tokens per model turn")
+    p.add_argument("--max-turns", type=int,
+                   help="turns per episode (default: the env's own limit)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument("--no-progress", action="store_true", help="no progress display")
     p.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from trace_agents.backends.base import SamplingParams
-    from trace_agents.evaluate import evaluate, resolve
-    from trace_agents.backends import make_backend
+def _models(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """(label, loader) per model to evaluate; checked without loading anything."""
+    from trace_agents.cli.checks import check_model
+    from trace_agents.train.config import CONFIG_NAME, ConfigError, load_config
+
+    run_dir = None
+    if Path(args.model).is_dir():
+        from trace_agents.train.checkpoint import run_dir_of
+
+        run_dir = run_dir_of(args.model)
+    if run_dir is None:
+        from trace_agents.train.run_dir import holds_run
+
+        if holds_run(Path(args.model)):
+            raise UserError(f"{args.model} is a run without a checkpoint yet (none is saved before "
+                            f"its first step ends): continue it with trace-rl train --resume")
+        if args.arm:
+            raise UserError(f"--arm needs a trace-rl train run folder; {args.model} is not one")
+        check_model(args.model)
+        return [(args.model, lambda: _load(args.model))]
+    from trace_agents.train.checkpoint import load_trained, trained_arms
+
+    try:
+        cfg = load_config(run_dir / CONFIG_NAME)
+    except ConfigError as exc:
+        raise UserError(f"cannot read the run's config: {exc}") from None
+    base = cfg.model
+    check_model(base.name)
+    saved = trained_arms(run_dir)
+    arms = [a for a in cfg.allocators if a in saved]
+    unknown = sorted(set(args.arm or []) - set(arms))
+    if unknown:
+        raise UserError(f"no trained {', '.join(unknown)} in {run_dir}: it holds {', '.join(arms)}")
+    return [(f"{run_dir}:{arm}", lambda arm=arm: load_trained(run_dir, arm, base.name, base.dtype))
+            for arm in arms if not args.arm or arm in args.arm]
+
+
+def _load(name: str) -> tuple[Any, Any]:
     from trace_agents.models import load_model
 
-    console = Console()
+    return load_model(name)
+
+
+def _warnings(model: str, benchmarks: list[Any]) -> list[str]:
+    if model in KNOWN_ZERO:
+        return [KNOWN_ZERO[model]]
+    if model == "smollm2" and any(b.env_id == "trace/Calculator-v0" for b in benchmarks):
+        return [CALCULATOR_ZERO]
+    return []
+
+
+def run(args: argparse.Namespace) -> int:
+    from trace_agents.backends import make_backend
+    from trace_agents.backends.base import SamplingParams
+    from trace_agents.cli.checks import check_backend, make_env
+    from trace_agents.evaluate import evaluate, resolve
+    from trace_agents.progress import Reporter
+
+    console, status = Console(), Console(stderr=True)
+    for name, value in (("--limit", args.limit), ("--samples", args.samples),
+                        ("--max-tokens", args.max_tokens), ("--max-turns", args.max_turns)):
+        if value is not None and value < 1:
+            raise UserError(f"{name} must be at least 1 (got {value})")
+    check_backend(args.backend, args.url)
     try:
         benchmarks = [resolve(b) for b in args.bench]
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/]")
-        return 2
-    model, tokenizer = load_model(args.model)
-    sampling = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
+    except ValueError as exc:  # ConfigError included
+        raise UserError(str(exc)) from None
     overrides = {"max_turns": args.max_turns} if args.max_turns else {}
+    envs = [make_env(b.env_id, {**b.kwargs, **overrides}, where=f"benchmark {b.name}")
+            for b in benchmarks]
+    models = _models(args)
+    if args.no_progress:
+        import transformers
 
-    async def all_reports() -> list[dict]:
+        transformers.utils.logging.disable_progress_bar()
+    for b, env in zip(benchmarks, envs):
+        tasks = min(len(env.tasks), args.limit or len(env.tasks))
+        status.print(f"{b.name}: {tasks} of {len(env.tasks)} tasks, {args.samples} episode(s) "
+                     f"each, <= {env.max_turns} turns of <= {args.max_tokens} tokens, "
+                     f"temperature {args.temperature:g}", highlight=False, soft_wrap=True)
+    for label, _ in models:
+        for warning in _warnings(label, benchmarks):
+            status.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    sampling = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
+
+    async def one_model(label: str, model: Any, tokenizer: Any) -> list[dict]:
         backend = make_backend(args.backend, model, tokenizer, url=args.url,
                                model_name=args.model, max_concurrency=16)
+        reports = []
         try:
-            return [await evaluate(b, backend, tokenizer, limit=args.limit, samples=args.samples,
-                                   sampling=sampling, env_overrides=overrides,
-                                   dialect=args.dialect)
-                    for b in benchmarks]
+            for b, env in zip(benchmarks, envs):
+                tasks = min(len(env.tasks), args.limit or len(env.tasks))
+                with Reporter(f"{label} {b.name}", total=tasks * args.samples, console=status,
+                              enabled=not args.no_progress) as bar:
+                    score = {"right": 0.0, "done": 0}
+
+                    def seen(episode: Any, bar: Reporter = bar, score: dict = score) -> None:
+                        score["done"] += 1
+                        score["right"] += episode.reward or 0.0
+                        bar.advance(info=f"accuracy {score['right'] / score['done']:.3f}")
+
+                    report = await evaluate(b, backend, tokenizer, limit=args.limit,
+                                            samples=args.samples, sampling=sampling, env=env,
+                                            on_episode=seen, dialect=args.dialect)
+                reports.append({"model": label, **report})
         finally:
             await backend.aclose()
+        return reports
 
-    reports = asyncio.run(all_reports())
-    table = Table(title=f"{args.model} ({args.backend})")
-    for col in ("benchmark", "tasks", "accuracy", "score", "EM", "F1", "turns", "failed"):
-        table.add_column(col, justify="right")
-    for r in reports:
-        table.add_row(r["benchmark"], str(r["tasks"]), f"{r['accuracy']:.3f}", f"{r['score']:.3f}",
-                      f"{r['em']:.3f}" if "em" in r else "-", f"{r['f1']:.3f}" if "f1" in r else "-",
-                      f"{r['turns']:.1f}", str(r["failed"]))
-    console.print(table)
+    reports = []
+    for label, load in models:
+        model, tokenizer = load()
+        reports += asyncio.run(one_model(label, model, tokenizer))
+    console.print(_table(reports, args))
     if args.json:
-        print(json.dumps({"benchmarks": reports}))
+        print(json.dumps({"benchmarks": reports}), flush=True)
     return 0
+
+
+def _table(reports: list[dict], args: argparse.Namespace) -> Table:
+    """At most 80 columns: the model goes in the title unless several were evaluated."""
+    several = len({r["model"] for r in reports}) > 1
+    qa = any("em" in r for r in reports)
+    table = Table(title=f"{args.model} ({args.backend})", title_justify="left")
+    columns = (["arm"] if several else []) + ["benchmark", "tasks", "accuracy", "score"]
+    columns += (["EM", "F1"] if qa else []) + ["turns", "failed"]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("arm", "benchmark") else "right")
+    for r in reports:
+        row = ([r["model"].rsplit(":", 1)[-1]] if several else [])
+        row += [r["benchmark"], str(r["tasks"]), f"{r['accuracy']:.3f}", f"{r['score']:.3f}"]
+        if qa:
+            row += [f"{r['em']:.3f}" if "em" in r else "-", f"{r['f1']:.3f}" if "f1" in r else "-"]
+        table.add_row(*row, f"{r['turns']:.1f}", str(r["failed"]))
+    return table

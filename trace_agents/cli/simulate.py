@@ -15,39 +15,50 @@ QUICK = {"steps": 6, "warmup": 2}
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("simulate", help="compare rollout allocators on synthetic rollout trees")
+    parser = subparsers.add_parser("simulate", help="compare rollout allocators on synthetic rollout trees",
+                                   description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiments", default="abcd", help="any of a (allocators), b (ablation), c (shapes), d (props), e (predictability sweep, slow)")
     parser.add_argument("--world", choices=["default", "paper"], default="default", help="simulated world (docs/allocation.md)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per run (default: the scenario's)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cost-unit", choices=["trajectory", "turns"], default="trajectory")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the scenario and every method")
+    parser.add_argument("--cost-unit", choices=["trajectory", "turns"], default="trajectory",
+                        help="charge a continuation half a trajectory, or charge exact turns")
     parser.add_argument("--shape-scale", type=float, default=0.25, help="scale of the paper's root counts M in (c)")
     parser.add_argument("--quick", action="store_true", help=f"short runs ({QUICK['steps']} steps) for smoke tests")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")
     parser.add_argument("--out", type=Path, default=None, help="directory for simulate.json and simulate.png")
+    parser.add_argument("--no-progress", action="store_true", help="no progress display")
     parser.set_defaults(run=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import Progress
 
+    from trace_agents.cli import UserError
+    from trace_agents.progress import Reporter
     from trace_allocation import experiments
+
+    unknown = sorted(set(args.experiments) - set("abcde"))
+    if unknown or not args.experiments:
+        raise UserError(f"--experiments {args.experiments!r}: use letters from abcde (a allocators, "
+                        "b ablation, c shapes, d propositions, e sweep), e.g. --experiments ab")
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps must be at least 1 (got {args.steps})")
 
     scenario = experiments.WORLDS[args.world].with_(seed=args.seed, cost_unit=args.cost_unit)
     if args.quick:
         scenario = scenario.with_(**QUICK)
     if args.steps is not None:
         scenario = scenario.with_(steps=args.steps, warmup=min(scenario.warmup, args.steps // 2))
-    console = Console(stderr=args.json, width=max(140, Console().width))
-    with Progress(console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task("simulating", total=experiments.total_steps(scenario, args.experiments))
+    console = Console(stderr=args.json)
+    total = experiments.total_steps(scenario, args.experiments)
+    with Reporter("simulate", total=total, enabled=not args.no_progress) as bar:
         result = experiments.run(
             scenario,
             args.experiments,
             shape_scale=args.shape_scale,
-            on_step=lambda name, step: progress.update(task, advance=1, description=f"{name} step {step.step}"),
+            on_step=lambda name, step: bar.advance(info=f"{name} step {step.step}"),
         )
     _print_tables(console, result)
     if args.out is not None:
@@ -67,15 +78,34 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fmt(value) -> str:
+HEADERS = {
+    "effective_ratio": "ratio", "cost": "cost", "active_prompts": "open",
+    "expected_mixed": "E mix", "realized_mixed": "mixed", "brier": "brier",
+    "brier_root": "b@root", "pool_error": "pool", "paper_shape": "paper",
+}
+LEGEND = ("paper: the paper's tree shape (M, N); ratio: effective ratio; open: prompts opened; E mix / mixed: expected / realized mixed "
+          "trees; brier, b@root: predictor Brier on prefixes / roots; pool: its squared error "
+          "against the true V0 on the candidate pool (per step means)")
+
+
+COUNTS = {"cost", "active_prompts", "expected_mixed", "realized_mixed", "roots", "budget"}
+
+
+def _fmt(value, column: str = "") -> str:
     if value is None:
         return "-"
+    if isinstance(value, list):
+        return "(" + ",".join(map(str, value)) + ")"
     if isinstance(value, float):
+        if column in COUNTS:
+            return f"{value:.0f}" if value.is_integer() else f"{value:.1f}"
         return f"{value:.3f}" if value == 0 or abs(value) >= 0.01 else f"{value:.1e}"
     return str(value)
 
 
 def _print_tables(console, result: dict) -> None:
+    """Tables that fit 80 columns: short headers (LEGEND explains them), no vertical rules."""
+    from rich import box
     from rich.table import Table
 
     from trace_allocation.experiments import HEADLINE
@@ -87,17 +117,25 @@ def _print_tables(console, result: dict) -> None:
         ("(c) tree shapes (Table 2)", result.get("shapes", []), ["paper_shape", "roots", "budget"]),
         ("(e) predictability sweep", result.get("sweep", []), ["topic_share", "method"]),
     ]
+    printed = False
     for title, rows, keys in sections:
         if not rows:
             continue
-        table = Table(title=title)
+        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+                      pad_edge=False, collapse_padding=True)
         for column in keys + columns:
-            table.add_column(column, justify="left" if column in keys else "right")
+            table.add_column(HEADERS.get(column, column), justify="left" if column in keys else "right",
+                             no_wrap=True)
         for row in rows:
-            table.add_row(*(_fmt(row[c]) for c in keys + columns))
+            table.add_row(*(_fmt(row.get(c), c) for c in keys + columns))
         console.print(table)
+        console.print()
+        printed = True
+    if printed:
+        console.print(LEGEND, style="dim", highlight=False)
     if "propositions" in result:
-        table = Table(title="(d) Props 1-3")
+        table = Table(title="(d) Props 1-3", title_justify="left", box=box.SIMPLE_HEAD,
+                      show_edge=False, pad_edge=False)
         table.add_column("check")
         table.add_column("holds")
         table.add_column("figures")

@@ -118,3 +118,28 @@ def load_checkpoint(
     meta = _join_arrays(meta, load_numpy(str(path / "states.safetensors")))
     set_rng_state(meta["rng"], load_file(str(path / "rng.safetensors"))["torch_rng"])
     return Loaded(int(meta["step"]), meta["states"])
+
+
+def run_dir_of(path: str | Path) -> Path | None:
+    """The run folder that ``path`` names (the run folder or its ``checkpoint`` folder), if it
+    holds a finished checkpoint; else None."""
+    path = Path(path)
+    for run_dir in (path, path.parent):
+        if (run_dir / NAME / "meta.json").is_file() and path.name in (run_dir.name, NAME):
+            return run_dir
+    return None
+
+
+def trained_arms(run_dir: Path) -> list[str]:
+    """The allocators ("arms") whose weights the run's checkpoint holds."""
+    return sorted(p.name[len("model-"):-len(".safetensors")]
+                  for p in (run_dir / NAME).glob("model-*.safetensors"))
+
+
+def load_trained(run_dir: Path, arm: str, base_model: str, dtype: str = "auto") -> tuple[Any, Any]:
+    """One arm's trained policy: the run's base model with the checkpoint's weights loaded."""
+    from trace_agents.models import load_model
+
+    model, tokenizer = load_model(base_model, dtype)
+    model.load_state_dict(load_file(str(run_dir / NAME / f"model-{arm}.safetensors")))
+    return model.eval(), tokenizer

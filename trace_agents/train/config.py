@@ -47,6 +47,12 @@ class BackendConfig(_Strict):
     max_concurrency: int = Field(8, ge=1)
     timeout_s: float = Field(120.0, gt=0)
 
+    @pydantic.model_validator(mode="after")
+    def _url_for_servers(self) -> BackendConfig:
+        if self.kind != "hf" and not self.url:
+            raise ValueError(f"backend {self.kind!r} needs url: the server's address (http://HOST:PORT)")
+        return self
+
 
 class EnvConfig(_Strict):
     id: str = "trace/Calculator-v0"

@@ -31,6 +31,7 @@ from trace_agents.backends.base import Backend, SamplingParams
 from trace_agents.models import load_model
 from trace_agents.rollout import RolloutRunner
 from trace_agents.sampler import Candidate, TraceSampler
+from trace_agents.train import run_dir
 from trace_agents.train.checkpoint import load_checkpoint, save_checkpoint
 from trace_agents.train.config import CONFIG_NAME, TrainConfig
 from trace_agents.train.metrics import MetricsLog, plot_metrics
@@ -182,7 +183,7 @@ async def run_step(arm: Arm, step: int, cfg: TrainConfig, out_dir: Path) -> dict
     candidates = [Candidate(arm.env, arm.env.tasks[int(i)].id) for i in picks]
     budget = Budget(cfg.budget.total * arm.sampler.allocator.budget_multiple,
                     continuation_cost=cfg.budget.continuation_cost)
-    result = await arm.sampler.step(candidates, budget)
+    result = await arm.sampler.step(candidates, budget, label=f"step {step} {arm.name}")
     started = time.perf_counter()
     update = arm.updater.update(result.training_trees)
     update_s = time.perf_counter() - started
@@ -200,11 +201,25 @@ def _seed_everything(seed: int) -> None:
 
 
 async def train(
-    cfg: TrainConfig, out_dir: Path, *, resume: bool = False, stop_after: int | None = None,
-    progress: bool = True, console: Console | None = None,
+    cfg: TrainConfig, out_dir: Path, *, resume: bool = False, overwrite: bool = False,
+    stop_after: int | None = None, progress: bool = True, console: Console | None = None,
 ) -> list[dict[str, Any]]:
-    """Run (or continue) training; returns every metrics record of the run so far."""
+    """Run (or continue) training; returns every metrics record of the run so far.
+
+    A new run refuses an ``out_dir`` that holds one unless ``overwrite``; if it fails before its
+    first checkpoint, it leaves nothing behind."""
     console = console or Console()
+    if resume:
+        return await _train(cfg, out_dir, resume=True, stop_after=stop_after,
+                            progress=progress, console=console)
+    run_dir.prepare(out_dir, overwrite=overwrite)
+    with run_dir.cleaned_on_failed_start(out_dir):
+        return await _train(cfg, out_dir, resume=False, stop_after=stop_after,
+                            progress=progress, console=console)
+
+
+async def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, stop_after: int | None,
+                 progress: bool, console: Console) -> list[dict[str, Any]]:
     out_dir.mkdir(parents=True, exist_ok=True)
     log = MetricsLog(out_dir / METRICS_NAME)
     _seed_everything(cfg.seed)
@@ -219,8 +234,6 @@ async def train(
         log.truncate_after(loaded.step)
         console.print(f"resumed {out_dir} after step {loaded.step}")
     else:
-        if log.path.exists():
-            log.path.unlink()
         (out_dir / CONFIG_NAME).write_text(yaml.safe_dump(cfg.model_dump()), encoding="utf-8")
     sinks = open_sinks(cfg.tracking, out_dir, config=cfg.model_dump(), first_step=start, resume=resume)
     try:

@@ -11,15 +11,17 @@ from typing import Any
 
 from trace_envs.jsonl import read_jsonl
 
-PLOTTED = {
-    "mixed_trees": "mixed trees per step",
-    "effective_ratio": "effective ratio (mixed trees / prompts opened)",
-    "informative_share": "trajectories with a non-zero advantage",
-    "reward_mean": "mean reward of the step's rollouts",
-    "cost_trajectory": "cost (trajectory-equivalents)",
-    "cost_turns": "cost (generated turns)",
-    "predictor_brier": "predictor Brier score on the step's backup targets",
+PLOTTED = {  # metric: (title, y-axis label)
+    "mixed_trees": ("mixed trees per step", "mixed trees"),
+    "effective_ratio": ("mixed trees / prompts opened", "effective ratio"),
+    "informative_share": ("trajectories with a non-zero advantage", "share of trajectories"),
+    "reward_mean": ("mean reward of the step's rollouts", "mean reward"),
+    "cost_trajectory": ("cost per step", "trajectory-equivalents"),
+    "cost_turns": ("cost per step", "generated turns"),
+    "predictor_brier": ("predictor on the step's backup targets", "Brier score"),
 }
+STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", (0, (5, 1, 1, 1)))]
+"""Marker and line style per allocator, so lines that coincide stay distinguishable."""
 
 
 class MetricsLog:
@@ -63,20 +65,25 @@ def plot_metrics(records: list[dict[str, Any]], out_dir: str | Path) -> list[Pat
     for r in records:
         by_allocator[r.get("allocator", "run")].append(r)
     written = []
-    for key, title in PLOTTED.items():
+    from matplotlib.ticker import MaxNLocator
+
+    for key, (title, ylabel) in PLOTTED.items():
         fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
         drawn = False
-        for name, rows in sorted(by_allocator.items()):
+        for i, (name, rows) in enumerate(sorted(by_allocator.items())):
             points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
             if points:
-                ax.plot(*zip(*points), marker="o", label=name)
+                marker, linestyle = STYLES[i % len(STYLES)]
+                ax.plot(*zip(*points), marker=marker, linestyle=linestyle, label=name,
+                        markersize=7 - 1.5 * (i % 3), alpha=0.85)
                 drawn = True
         if not drawn:
             plt.close(fig)
             continue
-        ax.set(xlabel="step", title=title)
+        ax.set(xlabel="step", ylabel=ylabel, title=title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
         fig.tight_layout()
         path = out / f"{key}.png"
         fig.savefig(path)
@@ -87,9 +94,12 @@ def plot_metrics(records: list[dict[str, Any]], out_dir: str | Path) -> list[Pat
     if curves:
         fig, ax = plt.subplots(figsize=(4, 4), dpi=120)
         ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
-        for name, cal in curves:
-            ax.plot(cal["predicted"], cal["observed"], marker="o", label=name)
-        ax.set(xlabel="predicted success", ylabel="observed success", title="predictor calibration")
+        for i, (name, cal) in enumerate(curves):
+            marker, linestyle = STYLES[i % len(STYLES)]
+            ax.plot(cal["predicted"], cal["observed"], marker=marker, linestyle=linestyle,
+                    label=name, alpha=0.85)
+        ax.set(xlabel="predicted success", ylabel="observed success", xlim=(0, 1), ylim=(0, 1),
+               title="predictor calibration (last step)")
         ax.legend()
         fig.tight_layout()
         path = out / "calibration.png"
