@@ -10,4 +10,5 @@ fi
 pip() { .venv-verl/bin/python -m pip "$@"; }
 pip install -q --upgrade pip
 pip install -q torch==2.13.0  # the CPU build; an unpinned torch would pull CUDA wheels
-pip install -q --no-warn-conflicts -e ".[torch,search,math,verl,dev]"
+# verl below 0.10: trace_agents.verl's worker follows 0.9's TransferQueue status protocol.
+pip install -q --no-warn-conflicts -e ".[torch,search,math,verl,dev]" "verl>=0.9.1,<0.10"

@@ -54,8 +54,9 @@ def test_self_references_name_known_extras() -> None:
 def test_every_extra_resolves_without_changing_installed_packages(tmp_path: Path) -> None:
     """``pip install --dry-run .[every extra]`` against this environment: it must resolve, and
     nothing already installed (torch above all) may change version. One resolution of the union
-    covers each extra, since a solution of the union satisfies every subset."""
-    extras = ",".join(sorted(set(EXTRAS) - {"all"}))
+    covers each extra, since a solution of the union satisfies every subset. ``verl`` is left out:
+    verl 0.9 pins an older transformers, so it has its own venv (scripts/install_verl.sh)."""
+    extras = ",".join(sorted(set(EXTRAS) - {"all", "verl"}))
     report = tmp_path / "report.json"
     cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--no-build-isolation",
            "--disable-pip-version-check", "--report", str(report), f"{ROOT}[{extras}]"]

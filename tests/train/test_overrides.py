@@ -61,5 +61,6 @@ def test_the_train_command_reports_a_bad_override(config_file: Path, tmp_path: P
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     code = cli(["train", "--config", str(config_file), "--out", str(tmp_path / "run"), "optim.lr=-1"])
     assert code == 2
-    assert "optim.lr" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "optim.lr" in printed.out + printed.err
     assert not (tmp_path / "run").exists()
