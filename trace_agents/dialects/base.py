@@ -56,6 +56,8 @@ class TemplateDialect:
     """Tags that must pair up inside a call: the library drops an unclosed XML argument silently."""
     stop: ClassVar[tuple[str, ...]] = ()
     """Stop strings for generation; the family's end-of-turn tokens end a turn by themselves."""
+    trl_template: ClassVar[str] = ""
+    """The name of the family's response template in ``trl.chat_template_utils``."""
 
     def __init__(self, tokenizer: Any, chat_template_kwargs: Mapping[str, Any] | None = None) -> None:
         if not getattr(tokenizer, "chat_template", None):
@@ -87,8 +89,14 @@ class TemplateDialect:
     # ----------------------------------------------------------------- family facts
     @classmethod
     def load_response_template(cls) -> dict[str, Any]:
-        """The family's response template (``transformers`` response-parsing spec)."""
-        raise NotImplementedError
+        """The family's response template (``transformers`` response-parsing spec): trl's
+        :attr:`trl_template` unless a family overrides this."""
+        try:
+            from trl import chat_template_utils
+        except ImportError as exc:  # pragma: no cover - the dialects extra installs it
+            raise ImportError("template dialects parse replies with trl's response templates: "
+                              "pip install 'trace-rl[dialects]' (or pip install trl)") from exc
+        return getattr(chat_template_utils, cls.trl_template)
 
     # --------------------------------------------------------------------- rendering
     def render(self, messages: Sequence[Message], *, tools: Sequence[Mapping[str, Any]] | None = None,

@@ -7,18 +7,7 @@ a marker in :func:`detect`, and a round-trip test with its real chat template
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 from trace_agents.dialects.base import TemplateDialect
-
-
-def _trl_response_template(name: str) -> dict[str, Any]:
-    try:
-        from trl import chat_template_utils
-    except ImportError as exc:  # pragma: no cover - the dialects extra installs it
-        raise ImportError("template dialects parse replies with trl's response templates: "
-                          "pip install 'trace-rl[dialects]' (or pip install trl)") from exc
-    return getattr(chat_template_utils, name)
 
 
 class Hermes(TemplateDialect):
@@ -27,10 +16,7 @@ class Hermes(TemplateDialect):
 
     name = "hermes"
     end_of_turn = ("<|im_end|>",)
-
-    @classmethod
-    def load_response_template(cls) -> dict[str, Any]:
-        return _trl_response_template("qwen3_template")
+    trl_template = "qwen3_template"
 
 
 class QwenXML(TemplateDialect):
@@ -40,10 +26,7 @@ class QwenXML(TemplateDialect):
     name = "qwen3_xml"
     end_of_turn = ("<|im_end|>",)
     paired_tags = (("<parameter=", "</parameter>"), ("<function=", "</function>"))
-
-    @classmethod
-    def load_response_template(cls) -> dict[str, Any]:
-        return _trl_response_template("qwen3_5_template")
+    trl_template = "qwen3_5_template"
 
 
 class Llama3JSON(TemplateDialect):
@@ -54,10 +37,7 @@ class Llama3JSON(TemplateDialect):
     end_of_turn = ("<|eot_id|>", "<|eom_id|>")
     parse_suffix = "<|eot_id|>"
     one_call_per_message = True
-
-    @classmethod
-    def load_response_template(cls) -> dict[str, Any]:
-        return _trl_response_template("llama3_template")
+    trl_template = "llama3_template"
 
 
 class Harmony(TemplateDialect):
@@ -69,10 +49,7 @@ class Harmony(TemplateDialect):
     end_of_turn = ("<|return|>", "<|call|>", "<|end|>")
     thinking_key = "thinking"
     one_call_per_message = True
-
-    @classmethod
-    def load_response_template(cls) -> dict[str, Any]:
-        return _trl_response_template("gptoss_template")
+    trl_template = "gptoss_template"
 
 
 class GLM4(TemplateDialect):
@@ -84,10 +61,7 @@ class GLM4(TemplateDialect):
     end_of_turn = ("<|observation|>", "<|user|>")
     opens_next = end_of_turn
     paired_tags = (("<arg_key>", "</arg_key>"), ("<arg_value>", "</arg_value>"))
-
-    @classmethod
-    def load_response_template(cls) -> dict[str, Any]:
-        return _trl_response_template("glm4moe_template")
+    trl_template = "glm4moe_template"
 
 
 class Gemma4(TemplateDialect):
@@ -97,10 +71,7 @@ class Gemma4(TemplateDialect):
     name = "gemma4"
     end_of_turn = ("<turn|>", "<|tool_response>")
     opens_next = ("<|tool_response>",)
-
-    @classmethod
-    def load_response_template(cls) -> dict[str, Any]:
-        return _trl_response_template("gemma4_template")
+    trl_template = "gemma4_template"
 
 
 FAMILIES: dict[str, type[TemplateDialect]] = {
