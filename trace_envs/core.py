@@ -32,6 +32,7 @@ from trace_envs.spaces import UnicodeText
 from trace_envs.structured import to_action
 from trace_envs.tasks.base import Task, TaskSuite
 from trace_envs.tools import Tool, ToolError
+from trace_envs.validation import validation_problems
 
 ERROR_PREFIX = "Error: "
 _log = logging.getLogger(__name__)
@@ -343,9 +344,7 @@ def _checked(model: type[M], value: Any, what: str) -> M:
 
 def _message(exc: Exception) -> str:
     if isinstance(exc, pydantic.ValidationError):
-        return "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()[:5]
-        )
+        return "; ".join(validation_problems(exc, top="value", limit=5))
     return f"{type(exc).__name__}: {exc}"[:500]
 
 

@@ -22,6 +22,8 @@ from typing import Annotated, Any
 
 import pydantic
 
+from trace_envs.validation import validation_problems
+
 
 class ToolError(Exception):
     """Raised by a tool for a problem the model should read and can fix (bad input, no result)."""
@@ -86,9 +88,7 @@ def _pydantic_validator(name: str, model: type[pydantic.BaseModel]) -> Validator
         try:
             parsed = model.model_validate(dict(arguments))
         except pydantic.ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors()
-            )
+            problems = "; ".join(validation_problems(exc, top="arguments"))
             raise ToolError(f"invalid arguments for {name}: {problems}") from None
         return {k: getattr(parsed, k) for k in fields}
 

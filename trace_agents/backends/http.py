@@ -29,6 +29,7 @@ from trace_agents.backends.base import (
 )
 from trace_envs import http
 from trace_envs.http import RetryPolicy
+from trace_envs.validation import validation_problems
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
@@ -100,8 +101,7 @@ class HTTPClient:
         try:
             return reply.model_validate(body)
         except pydantic.ValidationError as exc:
-            errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                               for e in exc.errors()[:5])
+            errors = "; ".join(validation_problems(exc, limit=5))
             raise BackendError(f"unexpected reply from {self.base_url}{path} ({errors}): "
                                f"{json.dumps(body)[:300]}") from None
 

@@ -10,6 +10,8 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from trace_envs.validation import validation_problems
+
 AllocatorName = Literal["trace", "grpo", "pcl", "random_branch", "dapo"]
 CONFIG_NAME = "config.yaml"
 """Where a run directory keeps its config, for ``--resume``."""
@@ -179,9 +181,7 @@ def load_config(
     try:
         return TrainConfig.model_validate(data)
     except pydantic.ValidationError as exc:
-        problems = "\n".join(
-            f"  {'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "\n".join(f"  {p}" for p in validation_problems(exc, top="(top level)"))
         source = f"{path} with overrides {' '.join(dotted)}" if dotted else str(path)
         raise ConfigError(f"{source}: invalid config\n{problems}") from None
 
