@@ -25,8 +25,8 @@ ANSWER_OPEN = "<answer>"
 ANSWER_CLOSE = "</answer>"
 
 _TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
-_ANSWER_RE = re.compile(r"<answer>(.*?)(?:</answer>|\Z)", re.DOTALL)
-_THINK_RE = re.compile(r"<think>(.*?)(?:</think>|\Z)", re.DOTALL)
+ANSWER_RE = re.compile(r"<answer>(.*?)(?:</answer>|\Z)", re.DOTALL)
+THINK_RE = re.compile(r"<think>(.*?)(?:</think>|\Z)", re.DOTALL)
 
 MAX_CALL_DEPTH = 32
 """How deeply a tool call's JSON may nest (no tool needs more; deep JSON only costs)."""
@@ -124,11 +124,11 @@ def parse_action(text: str, *, max_chars: int = 32_768) -> ParsedAction:
     # A lone surrogate cannot be encoded (to tokens, to a snapshot): read it as U+FFFD, as a
     # UTF-8 decoder does with a broken byte sequence.
     text = _LONE_SURROGATE_RE.sub("\ufffd", text)
-    visible = _THINK_RE.sub("", text)
+    visible = THINK_RE.sub("", text)
     calls = tuple(parse_tool_call(m) for m in _TOOL_CALL_RE.findall(visible))
-    answers = _ANSWER_RE.findall(visible)
-    thought_parts = [m.strip() for m in _THINK_RE.findall(text)]
-    thought_parts.append(_ANSWER_RE.sub("", _TOOL_CALL_RE.sub("", visible)).strip())
+    answers = ANSWER_RE.findall(visible)
+    thought_parts = [m.strip() for m in THINK_RE.findall(text)]
+    thought_parts.append(ANSWER_RE.sub("", _TOOL_CALL_RE.sub("", visible)).strip())
     thought = "\n".join(p for p in thought_parts if p)
     if calls and answers:
         return ParsedAction(

@@ -21,16 +21,15 @@ Like text parsing, this never raises: every problem becomes a message for the mo
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from trace_envs.actions import ParsedAction, ToolCall, call_with_arguments, parse_action
+from trace_envs.actions import (
+    ANSWER_RE, THINK_RE, ParsedAction, ToolCall, call_with_arguments, parse_action,
+)
 from trace_envs.tools import Tool, ToolError
 
-_ANSWER_RE = re.compile(r"<answer>(.*?)(?:</answer>|\Z)", re.DOTALL)
-_THINK_RE = re.compile(r"<think>(.*?)(?:</think>|\Z)", re.DOTALL)
 _REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
 EMPTY_REPLY = "empty reply: call a tool, or reply with the final answer"
 
@@ -68,11 +67,11 @@ def parse_message(message: Any, *, max_chars: int = 32_768) -> ParsedAction:
     )
     if size > max_chars:
         return ParsedAction("", error=f"action is {size} characters long; the limit is {max_chars}")
-    visible = _THINK_RE.sub("", message.content)
-    answers = _ANSWER_RE.findall(visible)
+    visible = THINK_RE.sub("", message.content)
+    answers = ANSWER_RE.findall(visible)
     thought = "\n".join(
-        p for p in (message.reasoning.strip(), *(t.strip() for t in _THINK_RE.findall(message.content)),
-                    _ANSWER_RE.sub("", visible).strip()) if p
+        p for p in (message.reasoning.strip(), *(t.strip() for t in THINK_RE.findall(message.content)),
+                    ANSWER_RE.sub("", visible).strip()) if p
     )
     calls = message.tool_calls
     if calls and answers:
