@@ -72,6 +72,12 @@ def observation_message(observation: str, role: ObservationRole = "tool") -> str
     return observation if role == "user" else observation_content(observation)
 
 
+def turn_text(action: str, observation: str | None, role: ObservationRole = "tool") -> str:
+    """One turn of a prefix text H_t as predictors read it (native rollouts and verl alike): the
+    action, then the observation unless the episode ended."""
+    return action if observation is None else action + "\n" + observation_message(observation, role)
+
+
 def turn_messages(action: str, observation: str | None, role: ObservationRole = "tool") -> list[Message]:
     """The messages one turn adds: the action, and the observation unless the episode ended."""
     messages = [{"role": "assistant", "content": action}]

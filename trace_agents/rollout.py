@@ -37,9 +37,9 @@ from trace_agents.react import (
     Message,
     ObservationRole,
     initial_messages,
-    observation_message,
     observation_role,
     turn_messages,
+    turn_text,
 )
 from trace_allocation.tree import Node, RolloutTree, prefix_text
 from trace_envs import Snapshot, ToolEnv
@@ -169,12 +169,8 @@ def prefix_messages(node: Node) -> list[Message]:
 def transcript(node: Node) -> str:
     """The prefix H_t as plain text for the predictor: the task, then each turn's action and
     observation after a ``TURN_MARK`` (so predictors count turns, not lines)."""
-    turns = []
-    for n in node.path()[1:]:
-        turn = n.handle.action
-        if n.handle.observation is not None:
-            turn += "\n" + observation_message(n.handle.observation, n.handle.observation_role)
-        turns.append(turn)
+    turns = [turn_text(n.handle.action, n.handle.observation, n.handle.observation_role)
+             for n in node.path()[1:]]
     return prefix_text(start_of(node).prompt, turns)
 
 

@@ -22,7 +22,7 @@ import gymnasium as gym
 import trace_envs  # noqa: F401  (registers the trace/* envs for gym.make)
 from trace_envs import Snapshot, ToolEnv
 from trace_agents.react import (
-    STOP_STRINGS, ChatFormat, ObservationRole, initial_messages, observation_message, observation_role,
+    STOP_STRINGS, ChatFormat, ObservationRole, initial_messages, observation_role, turn_text,
 )
 from trace_allocation.tree import prefix_text
 
@@ -199,13 +199,8 @@ class Episode:
     def prefix_text(self, turn: int) -> str:
         """H_t as the predictor reads it: the task and the first ``turn`` turns (the same text as
         ``trace_agents.rollout.transcript`` on the in-process path)."""
-        turns = []
-        for t in self.turns[:turn]:
-            text = t.action
-            if t.observation is not None:
-                text += "\n" + observation_message(t.observation, t.role)
-            turns.append(text)
-        return prefix_text(self.task_prompt, turns)
+        return prefix_text(self.task_prompt,
+                           [turn_text(t.action, t.observation, t.role) for t in self.turns[:turn]])
 
     def branch(self, turn: int) -> Branch:
         """A continuation point after ``turn`` (1 <= turn < last) completed turns."""
