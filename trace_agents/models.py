@@ -43,6 +43,13 @@ def cache_dir() -> Path:
     return path
 
 
+def cache_argument(model: Any) -> str:
+    """The forward keyword for a KV cache: transformers 5 renamed ``past_key_values`` to ``cache``."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 # ------------------------------------------------------------------------------ tiny Qwen3
 def _tokenizer_corpus() -> list[str]:
     """Deterministic local text: word problems plus the markup the agents exchange."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import inspect
 import random
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +36,7 @@ from trace_agents.backends.base import (
     SamplingParams,
     is_token_prompt,
 )
+from trace_agents.models import cache_argument
 
 Done = Callable[[Completion | BaseException], None]
 
@@ -150,9 +150,7 @@ class HFEngine:
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 1 << 30))
         self.lock = threading.Lock()
         """Held for each step: weights change only between steps."""
-        # transformers 5 renamed ``past_key_values`` to ``cache``; accept both generations
-        params = inspect.signature(model.forward).parameters
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._cache_arg = cache_argument(model)
         self._new_cache = lambda: DynamicCache(config=model.config)
         if any(self._new_cache().is_sliding):
             raise ValueError("sliding-window attention is not supported by the in-process engine")

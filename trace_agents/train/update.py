@@ -17,7 +17,8 @@ import torch
 from trace_agents.rollout import token_path
 from trace_agents.train.advantages import Sample, training_samples
 from trace_agents.train.config import OptimConfig
-from trace_agents.train.loss import policy_loss, sequence_logprobs
+from trace_agents.train.forward import token_logprobs
+from trace_agents.train.loss import policy_loss
 from trace_allocation.tree import RolloutTree
 
 
@@ -73,11 +74,7 @@ class PolicyUpdater:
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
 
     def _logprobs(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-        device = next(model.parameters()).device
-        logits = model(
-            input_ids=batch.tokens.to(device), attention_mask=batch.attention.to(device)
-        ).logits
-        return sequence_logprobs(logits, batch.tokens.to(device)).cpu()
+        return token_logprobs(model, batch.tokens, batch.attention).cpu()
 
     def update(self, trees: Sequence[RolloutTree]) -> dict[str, Any]:
         cfg = self.config

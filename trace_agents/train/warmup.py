@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from trace_agents.dialects import Dialect, make_dialect
-from trace_agents.train.loss import sequence_logprobs
+from trace_agents.train.forward import token_logprobs
 from trace_agents.train.update import collate
 from trace_envs import ToolEnv
 
@@ -73,10 +73,7 @@ def warm_start(
         for start in range(0, len(rows), micro_batch):
             chunk = [rows[int(i)] for i in rng.permutation(len(rows))[start : start + micro_batch]]
             batch = collate([(ids, mask, mask) for ids, mask in chunk], pad)
-            device = next(model.parameters()).device
-            logits = model(input_ids=batch.tokens.to(device),
-                           attention_mask=batch.attention.to(device)).logits
-            logp = sequence_logprobs(logits, batch.tokens.to(device)).cpu()
+            logp = token_logprobs(model, batch.tokens, batch.attention).cpu()
             loss = -(logp * batch.mask).sum() / batch.mask.sum().clamp_min(1.0)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

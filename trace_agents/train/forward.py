@@ -1,0 +1,53 @@
+"""Log-probabilities of a batch of token sequences, with the rows' common prefix run once.
+
+Every training row of a step starts with the same system prompt (the tools' schemas and the
+instructions: ~430 of SmolLM2's ~700 calculator tokens), and rows of one tree share their
+prompt and the turns before their branch point. A plain padded forward pays for that prefix once
+per row. Here the prefix runs once, its key/value cache is repeated across the rows, and only
+each row's own suffix is computed: the same function of the weights (the cache carries the
+gradient back to the prefix), at a fraction of the FLOPs on the long shared prompts of agent
+episodes. Rows are right-padded, so positions continue from the prefix for every row.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from trace_agents.models import cache_argument
+from trace_agents.train.loss import sequence_logprobs
+
+MIN_SHARED = 32
+"""Shorter common prefixes run the plain padded forward (the cache bookkeeping is not worth it)."""
+
+
+def common_prefix_length(tokens: torch.Tensor, attention: torch.Tensor) -> int:
+    """Tokens all rows share, leaving every row at least one token of its own (the logits at the
+    prefix's last position predict each row's first own token)."""
+    lengths = attention.sum(-1)
+    same = (tokens == tokens[:1]).all(0)
+    shared = int(same.long().cumprod(0).sum())
+    return max(0, min(shared, int(lengths.min()) - 1))
+
+
+def token_logprobs(model: torch.nn.Module, tokens: torch.Tensor, attention: torch.Tensor,
+                   *, min_shared: int = MIN_SHARED) -> torch.Tensor:
+    """``out[:, t] = log p(tokens[:, t] | tokens[:, :t])`` (position 0 is 0), ``[batch, time]``,
+    on the model's device; differentiable when grad is enabled."""
+    device = next(model.parameters()).device
+    tokens, attention = tokens.to(device), attention.to(device)
+    rows = tokens.shape[0]
+    shared = common_prefix_length(tokens, attention)
+    if rows < 2 or shared < min_shared:
+        return sequence_logprobs(model(input_ids=tokens, attention_mask=attention).logits, tokens)
+    from transformers import DynamicCache
+
+    cache, argument = DynamicCache(config=model.config), cache_argument(model)
+    head = model(input_ids=tokens[:1, :shared], use_cache=True, **{argument: cache})
+    cache.batch_repeat_interleave(rows)
+    tail = model(input_ids=tokens[:, shared:], attention_mask=attention, use_cache=True,
+                 **{argument: cache}).logits
+    head_logp = sequence_logprobs(head.logits, tokens[:1, :shared]).expand(rows, -1)
+    first = torch.log_softmax(head.logits[:, -1].float(), dim=-1).expand(rows, -1)
+    first = first.gather(-1, tokens[:, shared : shared + 1])
+    rest = sequence_logprobs(tail, tokens[:, shared:])[:, 1:]
+    return torch.cat([head_logp, first, rest], dim=1)
