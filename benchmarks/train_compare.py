@@ -63,7 +63,7 @@ def make_config(args: argparse.Namespace, seed: int) -> TrainConfig:
         "predictor": {"kind": "lexical"},
         "warmup": {"examples": 32, "epochs": 1, "lr": 5e-5},
         "optim": {"lr": args.lr, "micro_batch": 8, "grad_accum": 1, "ppo_epochs": 1},
-        "checkpoint_every": args.steps,
+        "checkpoint_every": args.checkpoint_every,
     })
 
 
@@ -99,25 +99,40 @@ def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """One seed, resumable: a finished seed is read back from ``seed<N>/result.json``, an
+    interrupted one continues from its last checkpoint (every ``--checkpoint-every`` steps)."""
     from rich.console import Console
     from safetensors.torch import load_file
 
+    from trace_agents.train.checkpoint import NAME as CHECKPOINT
+
     cfg = make_config(args, seed)
     out = args.out / f"seed{seed}"
+    done, start_file = out / "result.json", args.out / f"seed{seed}-start.json"
+    if done.is_file():
+        return json.loads(done.read_text())
     console = Console(stderr=True)
     model, tokenizer = load_model(cfg.model.name, cfg.model.dtype)
     warm_started(cfg, model, tokenizer, console)  # cached: train() loads the same weights
-    start = accuracy(model, tokenizer, args)
+    if start_file.is_file():
+        start = json.loads(start_file.read_text())
+    else:
+        start = accuracy(model, tokenizer, args)
+        start_file.write_text(json.dumps(start))
     console.print(f"seed {seed}: held-out accuracy after warm-start {start['accuracy']:.3f}")
     began = time.perf_counter()
-    records = train(cfg, out, progress=not args.no_progress, console=console)
+    resume = (out / CHECKPOINT / "meta.json").is_file()
+    records = train(cfg, out, resume=resume, overwrite=not resume,
+                    progress=not args.no_progress, console=console)
     seconds = time.perf_counter() - began
     end = {}
     for name in args.methods:
-        model.load_state_dict(load_file(str(out / "checkpoint" / f"model-{name}.safetensors")))
+        model.load_state_dict(load_file(str(out / CHECKPOINT / f"model-{name}.safetensors")))
         end[name] = accuracy(model, tokenizer, args)
         console.print(f"seed {seed} {name}: held-out accuracy {end[name]['accuracy']:.3f}")
-    return {"seed": seed, "start": start, "end": end, "records": records, "train_seconds": seconds}
+    result = {"seed": seed, "start": start, "end": end, "records": records, "train_seconds": seconds}
+    done.write_text(json.dumps(result))
+    return result
 
 
 def summarize(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -196,6 +211,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=48, help="per turn")
     parser.add_argument("--suite-size", type=int, default=800)
     parser.add_argument("--out", type=Path, default=Path("runs/train_compare"))
+    parser.add_argument("--checkpoint-every", type=int, default=5,
+                        help="steps between checkpoints (an interrupted run resumes from the last)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
