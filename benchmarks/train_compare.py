@@ -213,8 +213,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/train_compare"))
     parser.add_argument("--checkpoint-every", type=int, default=5,
                         help="steps between checkpoints (an interrupted run resumes from the last)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (0: torch's default); run seeds as parallel processes "
+                             "with --seeds N --threads 1 to use more cores")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     runs = [run_seed(args, seed) for seed in args.seeds]
     table = summarize(runs, args)
