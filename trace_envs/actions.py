@@ -100,6 +100,12 @@ def call_with_arguments(name: str, arguments: Any) -> ToolCall:
     return ToolCall(name, arguments)
 
 
+def readable(text: str) -> str:
+    """``text`` with each lone surrogate read as U+FFFD, as a UTF-8 decoder reads a broken byte
+    sequence: such a character cannot be encoded (to tokens, to a snapshot)."""
+    return _LONE_SURROGATE_RE.sub("\ufffd", text)
+
+
 def _load_json(text: str) -> Any:
     """Bounded JSON: at most :data:`MAX_CALL_DEPTH` levels and :data:`MAX_INT_DIGITS` digits."""
     if _LONG_INT_RE.search(_STRING_LITERAL_RE.sub('""', text)):
@@ -121,9 +127,7 @@ def parse_action(text: str, *, max_chars: int = 32_768) -> ParsedAction:
         return ParsedAction(
             "", error=f"action is {len(text)} characters long; the limit is {max_chars}"
         )
-    # A lone surrogate cannot be encoded (to tokens, to a snapshot): read it as U+FFFD, as a
-    # UTF-8 decoder does with a broken byte sequence.
-    text = _LONE_SURROGATE_RE.sub("\ufffd", text)
+    text = readable(text)
     visible = THINK_RE.sub("", text)
     calls = tuple(parse_tool_call(m) for m in _TOOL_CALL_RE.findall(visible))
     answers = ANSWER_RE.findall(visible)

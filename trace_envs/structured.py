@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trace_envs.actions import (
-    ANSWER_RE, THINK_RE, ParsedAction, ToolCall, call_with_arguments, parse_action,
+    ANSWER_RE, THINK_RE, ParsedAction, ToolCall, call_with_arguments, parse_action, readable,
 )
 from trace_envs.tools import Tool, ToolError
 
@@ -56,12 +56,14 @@ def parse_message(message: Any, *, max_chars: int = 32_768) -> ParsedAction:
     """An :class:`AssistantMessage` or an OpenAI-shaped dict as a :class:`ParsedAction`."""
     if isinstance(message, Mapping):
         message = _from_mapping(message)
-    if isinstance(message, ParsedAction):  # a mapping that could not be read
-        return message
-    if not isinstance(message, AssistantMessage):
+    elif isinstance(message, AssistantMessage):
+        message = _checked(message)
+    else:
         return ParsedAction(
             "", error=f"action must be a string or an assistant message, got {type(message).__name__}"
         )
+    if isinstance(message, ParsedAction):  # a message that could not be read
+        return message
     size = len(message.content) + len(message.reasoning) + sum(
         len(c.name) + _json_size(c.arguments) for c in message.tool_calls
     )
@@ -92,21 +94,34 @@ def parse_message(message: Any, *, max_chars: int = 32_768) -> ParsedAction:
 def _from_mapping(message: Mapping[str, Any]) -> AssistantMessage | ParsedAction:
     content = message.get("content") or ""
     if isinstance(content, Sequence) and not isinstance(content, str):  # OpenAI content parts
-        content = "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
-    if not isinstance(content, str):
-        return ParsedAction("", error=f"message content must be text, got {type(content).__name__}")
+        content = "".join(p.get("text", "") for p in content if isinstance(p, Mapping)
+                          and isinstance(p.get("text", ""), str))
     reasoning = next((message[k] for k in _REASONING_KEYS if isinstance(message.get(k), str)), "")
-    raw_calls = message.get("tool_calls") or []
-    if not isinstance(raw_calls, Sequence) or isinstance(raw_calls, str):
-        return ParsedAction(content, error="tool_calls must be a list of calls")
-    return AssistantMessage(content, tuple(tool_call_from(c) for c in raw_calls), reasoning)
+    return _checked(AssistantMessage(content, message.get("tool_calls") or (), reasoning))
+
+
+def _checked(message: AssistantMessage) -> AssistantMessage | ParsedAction:
+    """The caller's message as the env's own: text fields must be text (lone surrogates read as
+    U+FFFD, as in text actions), and every call is re-read by :func:`tool_call_from`, so a
+    hand-built :class:`ToolCall` gets the same bounds as one parsed from text."""
+    for name in ("content", "reasoning"):
+        value = getattr(message, name)
+        if not isinstance(value, str):
+            return ParsedAction("", error=f"message {name} must be text, got {type(value).__name__}")
+    calls = message.tool_calls
+    if not isinstance(calls, Sequence) or isinstance(calls, str):
+        return ParsedAction(readable(message.content), error="tool_calls must be a list of calls")
+    return AssistantMessage(readable(message.content), tuple(tool_call_from(c) for c in calls),
+                            readable(message.reasoning))
 
 
 def tool_call_from(call: Any) -> ToolCall:
     """One OpenAI ``{"type": "function", "function": {"name", "arguments"}}`` or flat
     ``{"name", "arguments"}`` call; ``arguments`` may be a JSON-encoded object."""
     if isinstance(call, ToolCall):
-        return call
+        if call.error is not None:
+            return ToolCall(readable(call.name) if isinstance(call.name, str) else "", error=str(call.error))
+        call = {"name": call.name, "arguments": call.arguments}
     if not isinstance(call, Mapping):
         return ToolCall("", error="a tool call must be an object with a name and arguments")
     function = call.get("function", call)
@@ -115,6 +130,7 @@ def tool_call_from(call: Any) -> ToolCall:
     name = function.get("name")
     if not isinstance(name, str) or not name:
         return ToolCall("", error="tool call has no string 'name'")
+    name = readable(name)
     arguments = function.get("arguments", function.get("parameters"))
     if isinstance(arguments, Mapping):
         # Data from a caller gets the text path's bounds (depth, digits, surrogates) and becomes

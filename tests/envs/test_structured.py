@@ -9,6 +9,8 @@ import pydantic
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from tests import fuzz
+
 from trace_envs.actions import ToolCall
 from trace_envs.calculator.env import CalculatorEnv
 from trace_envs.search.env import SearchEnv
@@ -228,3 +230,26 @@ def test_structured_arguments_get_the_text_paths_bounds(env, arguments, problem)
     call = openai_call("calculator", arguments)
     _, _, terminated, _, info = env.step({"content": "", "tool_calls": [call]})
     assert problem in info["error"] and not terminated
+
+
+_ANY = st.none() | st.booleans() | st.integers() | st.text(max_size=6) | st.just("\ud800x\udfff")
+_CALLS = st.lists(
+    st.builds(ToolCall, name=st.sampled_from(["calculator", "calc\udc00"]) | _ANY,
+              arguments=st.dictionaries(st.text(max_size=4), _ANY, max_size=2) | _ANY,
+              error=st.none() | st.just("malformed")) | _ANY,
+    max_size=3,
+) | _ANY
+
+
+@fuzz.examples(120)
+@given(content=_ANY, reasoning=_ANY, calls=_CALLS)
+def test_a_hand_built_message_is_read_like_a_dict_and_stays_encodable(content, reasoning, calls):
+    """A typed message from the caller is checked as thoroughly as a dict: wrong field types are
+    errors for the model, never a failure of the env; what it returns can be tokenized and
+    snapshotted (no lone surrogate survives)."""
+    env = CalculatorEnv(suite_options={"size": 4, "seed": 1}, max_turns=2)
+    env.reset(seed=0)
+    obs, _, _, _, info = env.step(AssistantMessage(content, calls, reasoning))
+    assert "the environment failed" not in obs
+    obs.encode("utf-8")
+    env.snapshot().to_bytes()
