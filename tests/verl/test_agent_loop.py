@@ -143,9 +143,10 @@ def test_an_aborted_request_ends_the_episode_as_failed(tokenizer):
     assert budget.spent == 1.0 and next(sampler.trees["u1"].leaves()).reward is None  # charged, not scored
 
 
-def test_verls_chat_template_kwargs_reach_the_chat_format(tokenizer):
+def test_verls_chat_template_kwargs_reach_the_dialect(tokenizer):
     loop, _ = build(tokenizer, script("x"), "+data.apply_chat_template_kwargs.enable_thinking=False")
-    assert loop.runner.format.template_kwargs == {"enable_thinking": False}
+    assert loop.runner.dialect.template_kwargs == {"enable_thinking": False}
+    assert loop.runner.dialect.name == "react"  # auto: the tiny model's ChatML template renders no tools
 
 
 def test_a_row_without_env_id_is_a_clear_error(tokenizer):

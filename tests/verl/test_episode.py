@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.verl.conftest import ChatMLTokenizer, ScriptedServer, answer, calc, script, spec
-from trace_agents.react import ChatFormat, initial_messages, system_prompt
+from trace_agents.dialects import TextDialect
+from trace_agents.react import initial_messages, system_prompt
 from trace_agents.verl import Branch, EnvSpec, Episode, EpisodeRunner, stop_params
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 
@@ -18,7 +19,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 def make_runner(policy, *, response_length: int = 4096, logprobs: bool = False, **kw) -> tuple[EpisodeRunner, ScriptedServer]:
     tok = ChatMLTokenizer()
     server = ScriptedServer(tok, policy, logprobs)
-    return EpisodeRunner(server.generate, ChatFormat(tok), response_length=response_length, **kw), server
+    return EpisodeRunner(server.generate, TextDialect(tok), response_length=response_length, **kw), server
 
 
 def play(runner: EpisodeRunner, env: EnvSpec, params: dict | None = None) -> Episode:
@@ -92,12 +93,14 @@ def test_verls_response_length_caps_the_trajectory():
 
 def test_sampling_params_carry_the_engines_stop_params_and_are_not_mutated():
     params = {"temperature": 0.7, "logprobs": True}
-    runner, server = make_runner(script(f"<answer>{answer()}</answer>"), stop=stop_params("vllm"))
+    react = TextDialect(ChatMLTokenizer())
+    runner, server = make_runner(script(f"<answer>{answer()}</answer>"), stop=stop_params("vllm", react))
     play(runner, spec(), params)
     sent = server.calls[0]["sampling_params"]
     assert sent["stop"] == ["</tool_call>", "</answer>"] and sent["include_stop_str_in_output"]
+    assert sent["stop_token_ids"] == [ChatMLTokenizer.eos_token_id]
     assert sent["temperature"] == 0.7 and params == {"temperature": 0.7, "logprobs": True}
-    assert stop_params("sglang")["no_stop_trim"] and stop_params("trtllm") == {}
+    assert stop_params("sglang", react)["no_stop_trim"] and stop_params("trtllm", react) == {}
 
 
 def test_log_probs_stay_aligned_with_the_response():
@@ -160,7 +163,7 @@ def test_the_prompt_is_the_rollout_paths_system_prompt_and_task():
     env = spec().make()
     task_prompt, _ = env.reset(options={"task_id": spec().task_id})
     assert ep.task_prompt == task_prompt
-    assert ep.prompt_ids == runner.format.prompt_ids(initial_messages(env, task_prompt))
+    assert ep.prompt_ids == runner.dialect.prompt_ids(initial_messages(env, task_prompt))
     assert system_prompt(env) in ChatMLTokenizer().decode(ep.prompt_ids)
 
 

@@ -230,10 +230,6 @@ class TemplateDialect:
         return ids
 
     # ---------------------------------------------------------------------- parsing
-    def action(self, completion: Any, env: ToolEnv | None = None) -> AssistantMessage:
-        """What ``env.step`` receives for a generation: its tokens parsed by the family's rules."""
-        return self.parse(self.action_text(completion.token_ids), env)
-
     def parse(self, text: str, env: ToolEnv | None = None) -> AssistantMessage:
         """The reply as a structured action. Arguments are typed by the env's tool schemas (a
         string argument stays a string in XML dialects); a malformed call becomes a

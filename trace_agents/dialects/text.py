@@ -34,11 +34,8 @@ class TextDialect(ChatFormat):
     def initial_ids(self, env: ToolEnv, task_prompt: str) -> list[int]:
         return self.prompt_ids(initial_messages(env, task_prompt))
 
-    def action(self, completion: Any, env: ToolEnv | None = None) -> str:
-        """The reply text as the server sent it: the env parses it."""
-        return completion.text
-
     def parse(self, text: str, env: ToolEnv | None = None) -> str:
+        """The reply text itself: the env parses it."""
         return text
 
     def turn_messages(self, action: str, observation: str | None, info: Mapping[str, Any]) -> list[Message]:
