@@ -8,7 +8,6 @@ in ``<answer>``, and results come back as a user ``<tool_response>`` message.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
