@@ -8,9 +8,10 @@ Every dialect offers the same calls, used by rollouts, the warm-start and the ve
 ``initial_messages``/``initial_ids(env, task_prompt)`` (the prompt, tools included),
 ``action_text(action_ids)`` and ``parse(text, env)`` (what ``env.step`` receives),
 ``after_action_ids(action_ids, action, observation, info)`` (the masked tokens after an
-action), ``turn_messages`` (the same turn as chat messages), ``render_action(message)`` (a structured message as the model would write it) and
-``stop`` (stop strings). :func:`play_turn` plays one turn with them, for the native rollouts and
-verl's agent loop alike. See ``docs/dialects.md``.
+action), ``turn_messages`` (the same turn as chat messages), ``render_action(message)`` (a
+structured message as the model would write it) and ``stop`` (stop strings). :func:`play_turn`
+plays one turn with them, for the native rollouts and verl's agent loop alike. See
+``docs/dialects.md``.
 """
 
 from __future__ import annotations
