@@ -12,3 +12,7 @@ pip install -q --upgrade pip
 pip install -q torch==2.13.0  # the CPU build; an unpinned torch would pull CUDA wheels
 # verl below 0.10: trace_agents.verl's worker follows 0.9's TransferQueue status protocol.
 pip install -q --no-warn-conflicts -e ".[torch,search,math,verl,dev]" "verl>=0.9.1,<0.10"
+# The model-family dialects (trace_agents.dialects): trl's chat and response templates. verl's
+# transformers (<5.11) has only the legacy regex response parser, which needs jmespath; there the
+# dialects parse with trl's legacy response schemas (docs/dialects.md: which families run there).
+pip install -q --no-warn-conflicts "trl>=1.16" "jmespath>=1.0"

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import numpy as np
 
 from trace_agents.backends.base import Backend, BackendError, Completion, SamplingParams
-from trace_agents.dialects import Dialect, make_dialect
+from trace_agents.dialects import Dialect, TurnOutcome, make_dialect, play_turn
 from trace_agents.react import (
     STOP_STRINGS,
     Message,
@@ -69,6 +69,8 @@ class Turn:
     """Handle of a turn node: what the model did, what the env answered, and the state after."""
 
     action: str
+    """The reply text: the model's tokens as the dialect reads them (chat messages: the server's
+    text); the turn's action in transcripts."""
     observation: str | None
     """None when the episode ended at this turn."""
     action_ids: tuple[int, ...]
@@ -283,33 +285,32 @@ class RolloutRunner:
                     episode.reward = node.finish(0.0).reward
                 return
             out = await self.backend.generate(ids if self.format else messages, params)
-            action = self.format.action(out, env) if self.format else out.text
-            obs, reward, terminated, truncated, info = await self._step(env, action)
-            ended = terminated or truncated
-            action_ids = out.token_ids
+            step = functools.partial(self._step, env)
             if self.format:
-                tail = self.format.after_action_ids(action_ids, action, None if ended else obs, info)
-            else:
-                tail = []
-                messages += turn_messages(out.text, None if ended else obs, observation_role(info))
+                played = await play_turn(self.format, env, out.token_ids, step)
+            else:  # chat messages: the server's text is the action, no token segments
+                obs, reward, terminated, truncated, info = await step(out.text)
+                shown = None if terminated or truncated else obs
+                played = TurnOutcome(out.text, out.text, shown, float(reward), terminated, truncated, info, [])
+                messages += turn_messages(out.text, shown, observation_role(info))
             turn = Turn(
-                action=out.text, observation=None if ended else obs,
-                action_ids=tuple(action_ids),
+                action=played.text, observation=played.observation,
+                action_ids=tuple(out.token_ids),
                 action_logprobs=None if out.logprobs is None else tuple(out.logprobs),
-                env_ids=tuple(tail), reward=float(reward), terminated=terminated,
-                truncated=truncated, info=info, finish_reason=out.finish_reason,
+                env_ids=tuple(played.tail_ids), reward=played.reward, terminated=played.terminated,
+                truncated=played.truncated, info=played.info, finish_reason=out.finish_reason,
                 prompt_tokens=out.prompt_tokens, cached_tokens=out.cached_tokens,
-                snapshot=env.snapshot(), env_action=action,
+                snapshot=env.snapshot(), env_action=played.action,
             )
             node = node.add_child("", handle=turn, continuation=first and episode.continuation)
             node.text = functools.partial(transcript, node)  # rendered only if a predictor asks
             first = False
-            ids += list(action_ids) + list(tail)
+            ids += list(out.token_ids) + played.tail_ids
             self._count(episode, out)
-            if ended:
-                node.finish(float(reward))
-                episode.status = "terminated" if terminated else "truncated"
-                episode.leaf, episode.reward = node, float(reward)
+            if played.ended:
+                node.finish(played.reward)
+                episode.status = "terminated" if played.terminated else "truncated"
+                episode.leaf, episode.reward = node, played.reward
                 return
             episode.leaf = node
 

@@ -19,13 +19,17 @@ pytest.importorskip("trl")
 from tests.agents.family_tokenizers import EXTRA_TEMPLATES, TEMPLATES, family_tokenizer, template_text
 from trace_agents.backends import SamplingParams, ScriptedBackend
 from trace_agents.dialects import TextDialect, detect, make_dialect
+from trace_agents.dialects.base import template_parser
+from trace_agents.dialects.families import FAMILIES as FAMILY_CLASSES
 from trace_agents.rollout import RolloutRunner, prefix_ids, prefix_messages, token_path
 from trace_envs.actions import ToolCall, parse_action
 from trace_envs.calculator.env import CalculatorEnv
 from trace_envs.search.env import SearchEnv
 from trace_envs.structured import AssistantMessage
 
-FAMILIES = list(TEMPLATES)
+FAMILIES = [f for f in TEMPLATES if template_parser() or FAMILY_CLASSES[f].trl_schema]
+"""Families this transformers parses: all from 5.15 on; before it (verl's venv), those with a
+legacy response schema in trl."""
 MULTI_CALL = {"hermes", "qwen3_xml", "glm4", "gemma4"}
 """Families whose format holds several calls in one reply (Llama 3.x and harmony: one)."""
 ENDS = {"harmony": ("<|call|>", "<|return|>"), "glm4": ("<|observation|>", "<|user|>"),
@@ -68,6 +72,13 @@ def test_a_dialect_can_be_named_in_the_config():
     assert TrainConfig.model_validate({"model": {"dialect": "harmony"}}).model.dialect == "harmony"
     with pytest.raises(ValueError, match="unknown dialect"):
         TrainConfig.model_validate({"model": {"dialect": "klingon"}})
+
+
+@pytest.mark.skipif(template_parser(), reason="transformers parses every family's template")
+@pytest.mark.parametrize("family", sorted(set(TEMPLATES) - set(FAMILIES)))
+def test_a_family_this_transformers_cannot_parse_is_a_clear_error(family):
+    with pytest.raises(RuntimeError, match="needs transformers>=5.15"):
+        make_dialect(family_tokenizer(family))
 
 
 # ------------------------------------------------------------------------- round trips
@@ -130,7 +141,7 @@ def test_a_malformed_call_is_an_error_observation(dialects, family, search_env):
     assert obs in tail and tail.endswith(d.generation_prompt)  # the model reads it next turn
 
 
-@pytest.mark.parametrize("family", sorted(MULTI_CALL))
+@pytest.mark.parametrize("family", sorted(MULTI_CALL & set(FAMILIES)))
 def test_a_good_call_beside_a_malformed_one_still_runs(dialects, family, search_env):
     d = dialects[family]
     good = d.render_action(AssistantMessage(tool_calls=(ToolCall("search", {"query": "capital"}),)))
@@ -296,7 +307,7 @@ def test_trl_training_templates_make_the_record_exact(family, template):
         assert d.decode(prefix_ids(node)) == want
 
 
-@pytest.mark.parametrize("template, family", [(t, f) for t, f in EXTRA_TEMPLATES.items() if f != "react"])
+@pytest.mark.parametrize("template, family", [(t, f) for t, f in EXTRA_TEMPLATES.items() if f in FAMILIES])
 def test_other_templates_of_each_family_run_the_calculator_episode(template, family):
     d = make_dialect(family_tokenizer(family, template))
     assert d.name == family

@@ -60,13 +60,16 @@ class ChatMLTokenizer:
 
 class ScriptedServer:
     """A scripted policy behind ``LLMServerClient.generate``'s signature: ``policy(prompt_text,
-    n_call)`` gives the action text, returned as verl's ``TokenOutput`` (ids, then end-of-turn).
+    n_call)`` gives the action text, returned as verl's ``TokenOutput`` (ids, then the
+    ``end_of_turn`` ids).
     A plain class, like verl's ``LLMServerClient`` (hydra would turn a dataclass into a config)."""
 
-    def __init__(self, tokenizer: Any, policy: Callable[[str, int], str], logprobs: bool = False) -> None:
+    def __init__(self, tokenizer: Any, policy: Callable[[str, int], str], logprobs: bool = False,
+                 end_of_turn: Sequence[int] = (1,)) -> None:
         self.tokenizer = tokenizer
         self.policy = policy
         self.logprobs = logprobs
+        self.end_of_turn = list(end_of_turn)
         self.calls: list[dict[str, Any]] = []
         self.stop_reason = "completed"
         self.global_steps: int | None = None
@@ -76,7 +79,8 @@ class ScriptedServer:
         n = sum(c["request_id"] == request_id for c in self.calls)
         self.calls.append({"request_id": request_id, "prompt_ids": list(prompt_ids),
                            "sampling_params": dict(sampling_params)})
-        ids = self.tokenizer.encode(self.policy(self.tokenizer.decode(prompt_ids), n)) + [1]
+        text = self.policy(self.tokenizer.decode(prompt_ids, skip_special_tokens=False), n)
+        ids = self.tokenizer.encode(text, add_special_tokens=False) + self.end_of_turn
         ids = ids[: sampling_params["max_tokens"]]
         return TokenOutput(token_ids=ids, log_probs=[-0.5] * len(ids) if self.logprobs else None,
                            stop_reason=self.stop_reason, extra_fields={"global_steps": self.global_steps})

@@ -40,17 +40,19 @@ def tokenizer():
     return tiny_tokenizer()
 
 
-def build(tokenizer, policy, *overrides: str):
-    """What AgentLoopWorker does: load the agent-loop YAML into verl's registry, instantiate."""
+def build(tokenizer, policy, *overrides: str, end_of_turn=(1,), **options):
+    """What AgentLoopWorker does: load the agent-loop YAML into verl's registry, instantiate
+    (``options`` stand in for the YAML entry's keys)."""
     config = verl_config("actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.rollout.prompt_length=2048",
                          "actor_rollout_ref.rollout.response_length=1024", *overrides)
     import trace_agents.verl.agent_loop  # noqa: F401  (the @register decorator)
 
     for entry in OmegaConf.load(AGENT_LOOP_YAML):
         _agent_loop_registry[entry.name] = entry
-    server = ScriptedServer(tokenizer, policy)
+    server = ScriptedServer(tokenizer, policy, end_of_turn=end_of_turn)
     loop = hydra.utils.instantiate(
-        config=_agent_loop_registry["trace_env"], trainer_config=DictConfigWrap(config=config),
+        config=OmegaConf.merge(_agent_loop_registry["trace_env"], options),
+        trainer_config=DictConfigWrap(config=config),
         server_manager=server, tokenizer=tokenizer, processor=None, hf_model_type="qwen3",
         dataset_cls=None, data_config=DictConfigWrap(config.data), tools=ToolListWrap([]),
     )
@@ -143,9 +145,10 @@ def test_an_aborted_request_ends_the_episode_as_failed(tokenizer):
     assert budget.spent == 1.0 and next(sampler.trees["u1"].leaves()).reward is None  # charged, not scored
 
 
-def test_verls_chat_template_kwargs_reach_the_chat_format(tokenizer):
+def test_verls_chat_template_kwargs_reach_the_dialect(tokenizer):
     loop, _ = build(tokenizer, script("x"), "+data.apply_chat_template_kwargs.enable_thinking=False")
-    assert loop.runner.format.template_kwargs == {"enable_thinking": False}
+    assert loop.runner.dialect.template_kwargs == {"enable_thinking": False}
+    assert loop.runner.dialect.name == "react"  # auto: the tiny model's ChatML template renders no tools
 
 
 def test_a_row_without_env_id_is_a_clear_error(tokenizer):
@@ -192,3 +195,71 @@ def test_the_yaml_entry_keeps_its_options_once_the_module_is_imported():
     importlib.reload(module)
     assert _agent_loop_registry["trace_env"]["max_tokens_per_turn"] is None
     assert _agent_loop_registry["trace_env"]["stop_at_action_end"] is True
+
+
+# ------------------------------------------------------------------------------------ dialects
+XML_MALFORMED = "<tool_call>\n<function=calculator>\n<parameter=expression>\n2+3\n</function>\n</tool_call>"
+
+
+@pytest.fixture(scope="module")
+def qwen_xml():
+    """Qwen3.5's chat template from the trl wheel on the offline tokenizer (its XML tool calls)."""
+    from tests.agents.family_tokenizers import family_tokenizer
+    from trace_agents.dialects import make_dialect
+
+    tok = family_tokenizer("qwen3_xml")
+    return tok, make_dialect(tok)
+
+
+def xml_script(dialect, *messages):
+    """The replies written as Qwen3.5 writes them; which one follows from the turns in the context."""
+    texts = [m if isinstance(m, str) else dialect.render_action(m) for m in messages]
+    return lambda context, _n=0: texts[min(context.count("<|im_start|>assistant") - 1, len(texts) - 1)]
+
+
+def test_a_family_dialect_plays_through_the_agent_loop_with_its_own_tokens(qwen_xml):
+    """Qwen3.5 XML through TraceEnvAgentLoop (dialect auto-detected): a malformed call becomes an
+    error observation, the token record is the native rollout's to the token, the predictor reads
+    the same H_t on both paths, and a continuation resends its parent's exact prefix."""
+    from trace_agents.backends import SamplingParams, ScriptedBackend
+    from trace_agents.rollout import RolloutRunner, token_path
+    from trace_envs.actions import ToolCall
+    from trace_envs.structured import AssistantMessage
+
+    tok, dialect = qwen_xml
+    policy = xml_script(dialect, XML_MALFORMED,
+                        AssistantMessage(tool_calls=(ToolCall("calculator", {"expression": "2+3"}),)),
+                        AssistantMessage(f"<answer>{answer()}</answer>"))
+    loop, server = build(tok, policy, end_of_turn=[tok.eos_token_id])
+    assert loop.runner.dialect.name == "qwen3_xml"
+    out = asyncio.run(loop.run({}, **row()))
+    ep = out.extra_fields[EPISODE_KEY]
+    assert (ep.reward, len(ep.turns), ep.stop_reason) == (1.0, 3, "answer")
+    error, result = ep.turns[0].observation, ep.turns[1].observation
+    assert error.startswith("Error: ") and "malformed tool call" in error and result == "5"
+    sent = server.calls[0]["sampling_params"]
+    assert sent["stop_token_ids"] == sorted(dialect.end_ids) and "stop" not in sent
+
+    native = RolloutRunner(ScriptedBackend(lambda ctx, _p: policy(ctx) + "<|im_end|>", tok), tokenizer=tok,
+                           sampling=SamplingParams(max_tokens=1024))
+    tree = native.new_tree(spec().make(), spec().task_id)
+    (episode,) = asyncio.run(native.rollouts(tree, tree.root, 1))
+    path = token_path(episode.leaf)
+    closer = len(episode.leaf.handle.env_ids)  # native closes the last turn; verl's response ends at the model
+    assert out.prompt_ids + out.response_ids == path.ids[: len(path.ids) - closer]
+    assert out.response_mask == path.loss_mask[len(out.prompt_ids): len(path.ids) - closer]
+    nodes = episode.leaf.path()
+    assert [ep.prefix_text(k) for k in range(4)] == [n.prefix_text for n in nodes]
+
+    server.calls.clear()
+    cont = asyncio.run(loop.run({}, **row(), **{BRANCH_KEY: ep.branch(2)})).extra_fields[EPISODE_KEY]
+    assert server.calls[0]["prompt_ids"] == ep.prompt_ids + ep.response_ids[: ep.turns[1].offset]
+    assert cont.reward == 1.0 and cont.parent == (ep.id, 2) and len(cont.turns) == 3
+
+
+def test_the_dialect_is_named_in_the_agent_loop_yaml(qwen_xml):
+    tok, _ = qwen_xml
+    loop, _ = build(tok, script("x"), dialect="react")
+    assert loop.runner.dialect.name == "react"
+    with pytest.raises(Exception, match="unknown dialect 'klingon'"):  # hydra wraps the ValueError
+        build(tok, script("x"), dialect="klingon")

@@ -13,7 +13,8 @@ tokenizers = pytest.importorskip("tokenizers")
 transformers = pytest.importorskip("transformers")
 
 from tests.verl.conftest import ScriptedServer, answer, calc, script, spec  # noqa: E402
-from trace_agents.react import ChatFormat, initial_messages, observation_content  # noqa: E402
+from trace_agents.dialects import TextDialect  # noqa: E402
+from trace_agents.react import initial_messages, observation_content  # noqa: E402
 from trace_agents.verl import EpisodeRunner  # noqa: E402
 
 TEMPLATE = (
@@ -51,7 +52,7 @@ def test_every_branch_prefix_is_the_templates_rendering_of_the_history(hf_tokeni
         out.token_ids[-1] = server_eos
         return out
 
-    runner = EpisodeRunner(generate, ChatFormat(hf_tokenizer), response_length=4096)
+    runner = EpisodeRunner(generate, TextDialect(hf_tokenizer), response_length=4096)
     ep = asyncio.run(runner.run(spec(), {}, prompt_key="p"))
     assert ep.reward == 1.0 and len(ep.turns) == 3
 

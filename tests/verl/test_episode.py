@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.verl.conftest import ChatMLTokenizer, ScriptedServer, answer, calc, script, spec
-from trace_agents.react import ChatFormat, initial_messages, system_prompt
+from trace_agents.dialects import TextDialect
+from trace_agents.react import initial_messages, system_prompt
 from trace_agents.verl import Branch, EnvSpec, Episode, EpisodeRunner, stop_params
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 
@@ -18,7 +19,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 def make_runner(policy, *, response_length: int = 4096, logprobs: bool = False, **kw) -> tuple[EpisodeRunner, ScriptedServer]:
     tok = ChatMLTokenizer()
     server = ScriptedServer(tok, policy, logprobs)
-    return EpisodeRunner(server.generate, ChatFormat(tok), response_length=response_length, **kw), server
+    return EpisodeRunner(server.generate, TextDialect(tok), response_length=response_length, **kw), server
 
 
 def play(runner: EpisodeRunner, env: EnvSpec, params: dict | None = None) -> Episode:
@@ -92,12 +93,14 @@ def test_verls_response_length_caps_the_trajectory():
 
 def test_sampling_params_carry_the_engines_stop_params_and_are_not_mutated():
     params = {"temperature": 0.7, "logprobs": True}
-    runner, server = make_runner(script(f"<answer>{answer()}</answer>"), stop=stop_params("vllm"))
+    react = TextDialect(ChatMLTokenizer())
+    runner, server = make_runner(script(f"<answer>{answer()}</answer>"), stop=stop_params("vllm", react))
     play(runner, spec(), params)
     sent = server.calls[0]["sampling_params"]
     assert sent["stop"] == ["</tool_call>", "</answer>"] and sent["include_stop_str_in_output"]
+    assert sent["stop_token_ids"] == [ChatMLTokenizer.eos_token_id]
     assert sent["temperature"] == 0.7 and params == {"temperature": 0.7, "logprobs": True}
-    assert stop_params("sglang")["no_stop_trim"] and stop_params("trtllm") == {}
+    assert stop_params("sglang", react)["no_stop_trim"] and stop_params("trtllm", react) == {}
 
 
 def test_log_probs_stay_aligned_with_the_response():
@@ -160,7 +163,7 @@ def test_the_prompt_is_the_rollout_paths_system_prompt_and_task():
     env = spec().make()
     task_prompt, _ = env.reset(options={"task_id": spec().task_id})
     assert ep.task_prompt == task_prompt
-    assert ep.prompt_ids == runner.format.prompt_ids(initial_messages(env, task_prompt))
+    assert ep.prompt_ids == runner.dialect.prompt_ids(initial_messages(env, task_prompt))
     assert system_prompt(env) in ChatMLTokenizer().decode(ep.prompt_ids)
 
 
@@ -198,3 +201,47 @@ def test_max_tokens_per_turn_caps_each_generation_and_the_trajectory_cap_still_h
     assert actions and max(actions) <= 30
     with pytest.raises(ValueError, match="max_tokens_per_turn"):
         make_runner(script("x"), max_tokens_per_turn=0)
+
+
+@pytest.fixture(scope="module")
+def xml_dialect():
+    """Qwen3.5's chat template from the trl wheel on the offline tokenizer."""
+    from tests.agents.family_tokenizers import family_tokenizer
+    from trace_agents.dialects import make_dialect
+
+    return make_dialect(family_tokenizer("qwen3_xml"))
+
+
+def xml_actions(dialect) -> list[str]:
+    from trace_envs.actions import ToolCall
+    from trace_envs.structured import AssistantMessage
+
+    def call(*exprs: str) -> str:
+        calls = tuple(ToolCall("calculator", {"expression": e}) for e in exprs)
+        return dialect.render_action(AssistantMessage(tool_calls=calls))
+
+    broken = "<tool_call>\n<function=calculator>\n<parameter=expression>\n2+3\n</function>\n</tool_call>"
+    return [call("1+2"), call("ans*3", "ans+1"), call("nope("), broken, call("4") + "\n" + broken, "hmm", "",
+            "<tool_call>\n<function=calculator>", dialect.render_action(AssistantMessage("<answer>9</answer>"))]
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data(), max_turns=st.integers(1, 4), response_length=st.integers(60, 1500))
+def test_any_script_in_a_family_dialect_gives_a_consistent_trajectory(xml_dialect, data, max_turns, response_length):
+    """Qwen3.5 XML replies, well-formed or not: every turn's tokens are the model's then the
+    template's, every branch point ends at the next generation prompt, malformed calls are answered."""
+    tok = xml_dialect.tokenizer
+    actions = data.draw(st.lists(st.sampled_from(xml_actions(xml_dialect)), min_size=1, max_size=5))
+    server = ScriptedServer(tok, script(*actions), end_of_turn=[tok.eos_token_id])
+    runner = EpisodeRunner(server.generate, xml_dialect, response_length=response_length)
+    ep = play(runner, spec(max_turns=max_turns))
+    assert len(ep.response_ids) == len(ep.response_mask) <= response_length
+    assert 1 <= len(ep.turns) <= max_turns and ep.reward in (0.0, 1.0)
+    for turn in ep.turns[:-1]:
+        prefix = tok.decode(ep.prompt_ids + ep.response_ids[: turn.offset], skip_special_tokens=False)
+        assert prefix.endswith(xml_dialect.generation_prompt)
+        assert all(result in prefix for result in turn.observation.split("\n\n"))  # one message per call
+        if turn.action.count("<parameter=") != turn.action.count("</parameter>"):
+            assert "Error: malformed tool call" in turn.observation
+    for call, turn in zip(server.calls[1:], ep.turns):  # each turn resent the exact running prefix
+        assert call["prompt_ids"] == ep.prompt_ids + ep.response_ids[: turn.offset]

@@ -28,7 +28,7 @@ from verl.workers.rollout.replica import TokenOutput
 
 from tests.verl.conftest import calc
 from trace_agents.backends import ScriptedBackend, SamplingParams
-from trace_agents.react import ChatFormat
+from trace_agents.dialects import TextDialect
 from trace_agents.rollout import RolloutRunner
 from trace_agents.sampler import Candidate
 from trace_agents.sampler import TraceSampler as NativeSampler
@@ -130,7 +130,7 @@ def verl_step(tokenizer):
     counts, caps = list(batch["__rollout_n__"]), list(batch[CONTINUATIONS_KEY])
     allocator = cloudpickle.loads(trainer.agent_loop_manager.shipped)  # the worker's copy
 
-    runner = EpisodeRunner(generate, ChatFormat(tokenizer), response_length=4096)
+    runner = EpisodeRunner(generate, TextDialect(tokenizer), response_length=4096)
     spec = lambda t: EnvSpec("trace/Calculator-v0", {"suite_options": SUITE}, t.id)  # noqa: E731
 
     async def prompt_sessions(i, task):  # TraceAgentLoopWorker._run_prompt, one session at a time

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.verl.conftest import SUITE, ChatMLTokenizer, ScriptedServer, answer, calc, spec
-from trace_agents.react import ChatFormat
+from trace_agents.dialects import TextDialect
 from trace_agents.verl import BRANCH_KEY, EnvSpec, Episode, EpisodeRunner, TraceSampler, plan_prompt
 from trace_allocation import Budget
 from trace_allocation.allocators import GrpoAllocator, TreeAllocator
@@ -77,7 +77,7 @@ def generate_sequences(runner: EpisodeRunner, rows: Sequence[dict]) -> list[Epis
 
 def make_runner() -> EpisodeRunner:
     tok = ChatMLTokenizer()
-    return EpisodeRunner(ScriptedServer(tok, Policy()).generate, ChatFormat(tok), response_length=4096)
+    return EpisodeRunner(ScriptedServer(tok, Policy()).generate, TextDialect(tok), response_length=4096)
 
 
 def trace_step(sampler: TraceSampler, budget: Budget, runner: EpisodeRunner):

@@ -6,10 +6,12 @@
 
 Every dialect offers the same calls, used by rollouts, the warm-start and the verl adapter:
 ``initial_messages``/``initial_ids(env, task_prompt)`` (the prompt, tools included),
-``action(completion, env)`` (what ``env.step`` receives), ``after_action_ids(action_ids, action,
-observation, info)`` (the masked tokens after an action), ``turn_messages`` (the same turn as chat
-messages), ``render_action(message)`` (a structured message as the model would write it) and
-``stop`` (stop strings). See ``docs/dialects.md``.
+``action_text(action_ids)`` and ``parse(text, env)`` (what ``env.step`` receives),
+``after_action_ids(action_ids, action, observation, info)`` (the masked tokens after an
+action), ``turn_messages`` (the same turn as chat messages), ``render_action(message)`` (a
+structured message as the model would write it) and ``stop`` (stop strings). :func:`play_turn`
+plays one turn with them, for the native rollouts and verl's agent loop alike. See
+``docs/dialects.md``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from trace_agents.dialects.base import TemplateDialect
 from trace_agents.dialects.families import FAMILIES, detect
 from trace_agents.dialects.text import TextDialect
+from trace_agents.dialects.turn import TurnOutcome, play_turn
 
 Dialect = TextDialect | TemplateDialect
 DIALECTS = ("react", *FAMILIES)
@@ -40,4 +43,5 @@ def make_dialect(tokenizer: Any, name: str | Dialect = "auto",
     return FAMILIES[name](tokenizer, chat_template_kwargs)
 
 
-__all__ = ["DIALECTS", "Dialect", "TemplateDialect", "TextDialect", "detect", "make_dialect"]
+__all__ = ["DIALECTS", "Dialect", "TemplateDialect", "TextDialect", "TurnOutcome", "detect", "make_dialect",
+           "play_turn"]

@@ -9,6 +9,12 @@ the library, and results are rendered as the family's tool messages. Only what n
 written here: finding the end of an assistant turn in a rendering, and turning a malformed reply
 into error observations instead of silently dropping it.
 
+The response-template parser with argument typing is transformers 5.15's. Older releases (verl
+0.9 pins ``transformers<5.11``) have only the legacy regex parser: there a family parses with
+trl's legacy response *schema* for it (Hermes, Qwen3.5 XML, Llama 3.x, GLM-4), its argument values
+typed here from the tool schemas; harmony and Gemma 4, for which trl has no legacy schema that
+reads them right, refuse to start with a clear error.
+
 Rollouts stay token-exact: the model's tokens are kept as generated, and the tokens after an
 action (turn end, tool results, next generation prompt) are cut from the template's rendering of
 a conversation in which that turn is followed by the results, so a continuation's prefix is the
@@ -17,6 +23,9 @@ plain concatenation of its path's segments.
 
 from __future__ import annotations
 
+import copy
+import functools
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -58,6 +67,9 @@ class TemplateDialect:
     """Stop strings for generation; the family's end-of-turn tokens end a turn by themselves."""
     trl_template: ClassVar[str] = ""
     """The name of the family's response template in ``trl.chat_template_utils``."""
+    trl_schema: ClassVar[str] = ""
+    """The name of trl's legacy response schema for the family: what parses its replies on
+    transformers < 5.15; empty where trl has none that reads the family right."""
 
     def __init__(self, tokenizer: Any, chat_template_kwargs: Mapping[str, Any] | None = None) -> None:
         if not getattr(tokenizer, "chat_template", None):
@@ -82,6 +94,8 @@ class TemplateDialect:
         self.generation_prompt = with_prompt[len(without):]
         """What the template writes to open the assistant's turn (the parser's ``prefix``)."""
         self.response_template = self.load_response_template()
+        self.response_schema = None if template_parser() else self.load_response_schema()
+        """The legacy schema that parses replies where transformers has no template parser."""
         fields = self.response_template["fields"]["tool_calls"]
         self._call_open = re.compile(fields.get("open_pattern") or re.escape(fields["open"]))
         self._call_close = re.compile(fields.get("close_pattern") or re.escape(fields["close"]))
@@ -97,6 +111,25 @@ class TemplateDialect:
             raise ImportError("template dialects parse replies with trl's response templates: "
                               "pip install 'trace-rl[dialects]' (or pip install trl)") from exc
         return getattr(chat_template_utils, cls.trl_template)
+
+    @classmethod
+    def load_response_schema(cls) -> dict[str, Any]:
+        """trl's legacy response schema for the family, its XML argument values kept as text
+        (typed from the tool schemas by :func:`_typed`, as transformers >= 5.15 types them)."""
+        import transformers
+        from trl import chat_template_utils
+
+        if not cls.trl_schema:
+            raise RuntimeError(
+                f"the {cls.name} dialect parses replies with trl's {cls.trl_template}, which needs "
+                f"transformers>=5.15 (installed: {transformers.__version__}); on this release use "
+                f"hermes, qwen3_xml, llama3_json or glm4, or react")
+        schema = copy.deepcopy(getattr(chat_template_utils, cls.trl_schema))
+        function = schema["properties"]["tool_calls"]["items"]["properties"].get("function", {})
+        arguments = function.get("properties", {}).get("arguments", {})
+        if "x-regex-key-value" in arguments:  # XML formats write values raw: do not guess a type
+            arguments["additionalProperties"] = {}
+        return schema
 
     # --------------------------------------------------------------------- rendering
     def render(self, messages: Sequence[Message], *, tools: Sequence[Mapping[str, Any]] | None = None,
@@ -230,10 +263,6 @@ class TemplateDialect:
         return ids
 
     # ---------------------------------------------------------------------- parsing
-    def action(self, completion: Any, env: ToolEnv | None = None) -> AssistantMessage:
-        """What ``env.step`` receives for a generation: its tokens parsed by the family's rules."""
-        return self.parse(self.action_text(completion.token_ids), env)
-
     def parse(self, text: str, env: ToolEnv | None = None) -> AssistantMessage:
         """The reply as a structured action. Arguments are typed by the env's tool schemas (a
         string argument stays a string in XML dialects); a malformed call becomes a
@@ -251,6 +280,13 @@ class TemplateDialect:
                        in_reply: bool = True) -> dict[str, Any]:
         """``in_reply=False`` parses a lone call block, outside the state the generation prompt
         opens (Qwen3.5's ``<think>``)."""
+        if self.response_schema is not None:
+            from transformers.utils.chat_parsing_utils import recursive_parse
+
+            parsed = recursive_parse(text + self.parse_suffix, self.response_schema)
+            if not isinstance(parsed, dict):
+                raise ValueError(f"the reply does not match the {self.name} response schema")
+            return _typed(parsed, tools)
         from transformers.utils.chat_parsing import parse_response
 
         return parse_response(text + self.parse_suffix, self.response_template,
@@ -307,6 +343,48 @@ class TemplateDialect:
             calls.append(ToolCall("", error="the reply could not be parsed; write tool calls in "
                                             "the format the system prompt shows"))
         return AssistantMessage(base.content, tuple(calls), base.reasoning)
+
+
+@functools.cache
+def template_parser() -> bool:
+    """Whether transformers parses response templates with argument typing (5.15 on)."""
+    import transformers
+    from packaging.version import Version
+
+    return Version(transformers.__version__) >= Version("5.15.0")
+
+
+def _typed(parsed: dict[str, Any], tools: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """Argument values written as text, typed by the called tool's JSON schema (the legacy parser
+    does not): a value stays text where the parameter takes a string (or is unknown), else it is
+    read as JSON when it is JSON; the tool's own validation reports what still does not fit."""
+    params = {t["function"]["name"]: t["function"].get("parameters", {}).get("properties", {})
+              for t in tools or [] if isinstance(t, Mapping) and "function" in t}
+    for call in parsed.get("tool_calls") or []:
+        function = call.get("function") if isinstance(call, Mapping) else None
+        arguments = function.get("arguments") if isinstance(function, Mapping) else None
+        if not isinstance(arguments, dict) or function.get("name") not in params:
+            continue
+        known = params[function["name"]]
+        for key, value in arguments.items():
+            types = _types(known.get(key))
+            if isinstance(value, str) and types and "string" not in types:
+                try:
+                    arguments[key] = json.loads(value)
+                except ValueError:
+                    pass
+    return parsed
+
+
+def _types(schema: Any) -> list[str]:
+    """The JSON types a parameter schema allows (``anyOf``/``oneOf`` included)."""
+    if not isinstance(schema, Mapping):
+        return []
+    declared = schema.get("type")
+    types = [declared] if isinstance(declared, str) else list(declared or [])
+    for choice in [*(schema.get("anyOf") or []), *(schema.get("oneOf") or [])]:
+        types += _types(choice)
+    return types
 
 
 def _reason(exc: Exception) -> str:

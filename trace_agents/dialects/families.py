@@ -17,6 +17,7 @@ class Hermes(TemplateDialect):
     name = "hermes"
     end_of_turn = ("<|im_end|>",)
     trl_template = "qwen3_template"
+    trl_schema = "qwen3_schema"
 
 
 class QwenXML(TemplateDialect):
@@ -27,6 +28,7 @@ class QwenXML(TemplateDialect):
     end_of_turn = ("<|im_end|>",)
     paired_tags = (("<parameter=", "</parameter>"), ("<function=", "</function>"))
     trl_template = "qwen3_5_template"
+    trl_schema = "qwen3_5_schema"
 
 
 class Llama3JSON(TemplateDialect):
@@ -38,6 +40,7 @@ class Llama3JSON(TemplateDialect):
     parse_suffix = "<|eot_id|>"
     one_call_per_message = True
     trl_template = "llama3_template"
+    trl_schema = "llama3_schema"
 
 
 class Harmony(TemplateDialect):
@@ -62,6 +65,7 @@ class GLM4(TemplateDialect):
     opens_next = end_of_turn
     paired_tags = (("<arg_key>", "</arg_key>"), ("<arg_value>", "</arg_value>"))
     trl_template = "glm4moe_template"
+    trl_schema = "glm4moe_schema"
 
 
 class Gemma4(TemplateDialect):

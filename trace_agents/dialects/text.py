@@ -8,7 +8,6 @@ in ``<answer>``, and results come back as a user ``<tool_response>`` message.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,11 +33,8 @@ class TextDialect(ChatFormat):
     def initial_ids(self, env: ToolEnv, task_prompt: str) -> list[int]:
         return self.prompt_ids(initial_messages(env, task_prompt))
 
-    def action(self, completion: Any, env: ToolEnv | None = None) -> str:
-        """The reply text as the server sent it: the env parses it."""
-        return completion.text
-
     def parse(self, text: str, env: ToolEnv | None = None) -> str:
+        """The reply text itself: the env parses it."""
         return text
 
     def turn_messages(self, action: str, observation: str | None, info: Mapping[str, Any]) -> list[Message]:

@@ -9,8 +9,9 @@
 * `TraceSampler`, `plan_prompt`: TRACE's Stage 1 counts, per-prompt Stage 2 branches, trees,
   tree advantages and the predictor refit, in verl's batch terms.
 
-Prompts and token segments come from `trace_agents.react.ChatFormat`, the same format the
-in-process rollouts and trainer use.
+Prompts, parsing and token segments come from the model family's dialect
+(`trace_agents.dialects`): each turn is `trace_agents.dialects.play_turn`, as in the in-process
+rollouts.
 
 Everything exported here imports without verl. See docs/verl.md.
 """

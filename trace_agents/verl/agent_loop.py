@@ -15,7 +15,7 @@ from typing import Any
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, _agent_loop_registry, register
 
-from trace_agents.react import ChatFormat
+from trace_agents.dialects import make_dialect
 from trace_agents.verl.episode import EnvSpec, EpisodeRunner, stop_params
 from trace_agents.verl.sampler import BRANCH_KEY, EPISODE_KEY
 
@@ -25,24 +25,28 @@ AGENT_NAME = "trace_env"
 class TraceEnvAgentLoop(AgentLoopBase):
     """Options (keys next to ``_target_`` in the agent-loop YAML):
 
-    * ``stop_at_action_end`` (default true): stop generation at ``</tool_call>``/``</answer>``
-      with the engine's own stop parameters (vLLM and SGLang);
+    * ``dialect`` (default ``auto``: read from the tokenizer's chat template): the model family's
+      tool-call format, one of ``trace_agents.dialects.DIALECTS`` (docs/dialects.md);
+    * ``stop_at_action_end`` (default true): stop generation where the dialect ends a turn
+      (``react``: ``</tool_call>``/``</answer>``; the families' end-of-turn tokens) with the
+      engine's own stop parameters (vLLM and SGLang);
     * ``train_prefix`` (default false): also train a continuation's inherited prefix tokens;
     * ``max_tokens_per_turn`` (default none): cap each generation (``rollout.response_length``
       caps the whole trajectory).
     """
 
-    def __init__(self, *args: Any, stop_at_action_end: bool = True, train_prefix: bool = False,
-                 max_tokens_per_turn: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, dialect: str = "auto", stop_at_action_end: bool = True,
+                 train_prefix: bool = False, max_tokens_per_turn: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         rollout = self.config.actor_rollout_ref.rollout
         template_kwargs = self.config.data.get("apply_chat_template_kwargs", None) or {}
+        spoken = make_dialect(self.tokenizer, dialect, dict(template_kwargs))
         self.runner = EpisodeRunner(
             self.server_manager.generate,
-            ChatFormat(self.tokenizer, template_kwargs),
+            spoken,
             response_length=rollout.response_length,
             prompt_length=rollout.prompt_length,
-            stop=stop_params(rollout.name) if stop_at_action_end else None,
+            stop=stop_params(rollout.name, spoken) if stop_at_action_end else None,
             train_prefix=train_prefix,
             max_tokens_per_turn=max_tokens_per_turn,
         )

@@ -21,19 +21,22 @@ import gymnasium as gym
 
 import trace_envs  # noqa: F401  (registers the trace/* envs for gym.make)
 from trace_envs import Snapshot, ToolEnv
-from trace_agents.react import (
-    STOP_STRINGS, ChatFormat, ObservationRole, initial_messages, observation_role, turn_text,
-)
+from trace_agents.dialects import Dialect, play_turn
+from trace_agents.react import ObservationRole, observation_role, turn_text
 from trace_allocation.tree import prefix_text
 
 
-def stop_params(engine: str) -> dict[str, Any]:
-    """Sampling params that stop at the end of an action and keep the stop string in the output
-    (the names differ per engine; an unknown engine gets none and relies on end-of-turn)."""
+def stop_params(engine: str, dialect: Dialect) -> dict[str, Any]:
+    """Sampling params that end a turn where ``dialect`` ends it: its stop strings, kept in the
+    output (``react``: ``</tool_call>``, ``</answer>``), and its end-of-turn tokens (GLM's
+    ``<|observation|>``, harmony's ``<|call|>``: not every server's eos list holds them). The
+    names differ per engine; an unknown engine gets none and relies on the model's eos."""
+    stop = {"stop": list(dialect.stop)} if dialect.stop else {}
+    tokens = {"stop_token_ids": sorted(dialect.end_ids)} if dialect.end_ids else {}
     if engine == "vllm":
-        return {"stop": list(STOP_STRINGS), "include_stop_str_in_output": True}
+        return {**stop, **({"include_stop_str_in_output": True} if stop else {}), **tokens}
     if engine == "sglang":
-        return {"stop": list(STOP_STRINGS), "no_stop_trim": True}
+        return {**stop, **({"no_stop_trim": True} if stop else {}), **tokens}
     return {}
 
 
@@ -249,13 +252,15 @@ class EpisodeRunner:
     ``train_prefix=False`` (the TRACE default) masks a continuation's inherited prefix to 0, so its
     loss covers only its new tokens; the prefix still conditions the forward pass.
     ``max_tokens_per_turn`` caps each generation (the in-process rollouts' ``max_tokens``); verl's
-    ``response_length`` caps the whole trajectory.
+    ``response_length`` caps the whole trajectory. ``dialect`` is the model family's tool-call
+    format (``trace_agents.dialects.make_dialect``): each turn goes through
+    ``trace_agents.dialects.play_turn``, as in the native rollouts.
     """
 
     def __init__(
         self,
         generate: Generate,
-        chat_format: ChatFormat,
+        dialect: Dialect,
         *,
         response_length: int,
         prompt_length: int | None = None,
@@ -268,7 +273,7 @@ class EpisodeRunner:
         if max_tokens_per_turn is not None and max_tokens_per_turn < 1:
             raise ValueError("max_tokens_per_turn must be at least 1")
         self.generate = generate
-        self.format = chat_format
+        self.dialect = dialect
         self.response_length = response_length
         self.prompt_length = prompt_length
         self.stop = dict(stop or {})
@@ -279,7 +284,7 @@ class EpisodeRunner:
         env = await asyncio.to_thread(spec.make)
         options = None if spec.task_id is None else {"task_id": spec.task_id}
         task_prompt, _ = await asyncio.to_thread(env.reset, seed=spec.seed, options=options)
-        prompt_ids = self.format.prompt_ids(initial_messages(env, task_prompt))
+        prompt_ids = self.dialect.initial_ids(env, task_prompt)
         if self.prompt_length is not None and len(prompt_ids) > self.prompt_length:
             raise ValueError(
                 f"{spec.env_id} task {spec.task_id!r}: the prompt has {len(prompt_ids)} tokens, more "
@@ -319,26 +324,24 @@ class EpisodeRunner:
             action_ids = action_ids[:remaining]
             _append(ep, action_ids, 1, logprobs)
             if ep.engine_stop_reason in ("aborted", "abort"):  # a partial action: no outcome to learn from
-                ep.turns.append(Turn(self.format.action_text(action_ids), None, None, len(ep.response_ids)))
+                ep.turns.append(Turn(self.dialect.action_text(action_ids), None, None, len(ep.response_ids)))
                 ep.reward, ep.truncated, ep.stop_reason = 0.0, True, "aborted"
                 return ep
-            action = self.format.action_text(action_ids)
             started = time.perf_counter()
-            observation, reward, terminated, truncated, info = await asyncio.to_thread(env.step, action)
+            turn = await play_turn(self.dialect, env, action_ids)
             ep.env_seconds += time.perf_counter() - started
-            if terminated or truncated:
-                ep.turns.append(Turn(action, None, None, len(ep.response_ids)))
-                ep.reward, ep.terminated, ep.truncated = float(reward), terminated, truncated
-                ep.stop_reason = "answer" if terminated else "max_turns"
+            if turn.ended:  # the response ends with the model's tokens: no closer appended
+                ep.turns.append(Turn(turn.text, None, None, len(ep.response_ids)))
+                ep.reward, ep.terminated, ep.truncated = turn.reward, turn.terminated, turn.truncated
+                ep.stop_reason = "answer" if turn.terminated else "max_turns"
                 return ep
-            role = observation_role(info)
-            obs_ids = self.format.observation_ids(action_ids, observation, role)
-            if len(ep.response_ids) + len(obs_ids) >= self.response_length:
-                ep.turns.append(Turn(action, None, None, len(ep.response_ids)))
+            if len(ep.response_ids) + len(turn.tail_ids) >= self.response_length:
+                ep.turns.append(Turn(turn.text, None, None, len(ep.response_ids)))
                 return _stopped(ep, "response_length")
-            _append(ep, obs_ids, 0, None)
+            _append(ep, turn.tail_ids, 0, None)
             snapshot = env.snapshot().to_bytes()
-            ep.turns.append(Turn(action, observation, snapshot, len(ep.response_ids), role))
+            ep.turns.append(Turn(turn.text, turn.observation, snapshot, len(ep.response_ids),
+                                 observation_role(turn.info)))
 
 
 def _note_engine(ep: Episode, out: Any) -> None:
