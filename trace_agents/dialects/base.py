@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from trace_envs import ToolEnv
-from trace_envs.actions import ToolCall
+from trace_envs import ToolEnv, bounded_json
+from trace_envs.actions import MAX_CALL_DEPTH, ToolCall
 from trace_envs.structured import AssistantMessage, tool_call_from
 
 Message = dict[str, Any]
@@ -370,7 +369,7 @@ def _typed(parsed: dict[str, Any], tools: list[dict[str, Any]] | None) -> dict[s
             types = _types(known.get(key))
             if isinstance(value, str) and types and "string" not in types:
                 try:
-                    arguments[key] = json.loads(value)
+                    arguments[key] = bounded_json.loads(value, max_depth=MAX_CALL_DEPTH)
                 except ValueError:
                     pass
     return parsed
