@@ -206,7 +206,7 @@ class SearchEnv(ToolEnv):
         """The (query, k) of each well-formed search call the action makes (as ``step`` would)."""
         if self.task is None or self.done or "search" not in self.available_tools():
             return []
-        parsed = to_action(action, max_chars=self.max_action_chars, env=self)
+        parsed = to_action(action, max_chars=self.max_action_chars)  # no env: runs no final tool
         if parsed.error is not None or parsed.answer is not None:
             return []
         requests = []
