@@ -78,6 +78,10 @@ class Scenario:
         return replace(self, **changes)
 
 
+MIN_GROUP = 2
+"""Root rollouts every opened prompt gets before any prompt gets more (the fewest that can be mixed)."""
+
+
 class SimState(NamedTuple):
     """Resume handle of a simulated prefix: the latent walk X_t after t of T turns."""
 
@@ -283,7 +287,9 @@ def _run_step(
     while counts.any():
         round_ = [(int(p), int(c)) for p, c in zip(pool, counts) if c]
         prices = dict(zip((p for p, _ in round_), budget.plan_prices([trees[p].root.prefix_text for p, _ in round_])))
-        roots = {p: _roots(world, trees[p], c, budget, rng, lengths) for p, c in round_}  # bare rollouts first
+        # bare rollouts first, each opened prompt's minimum (a pair) before anyone's third
+        first = {p: _roots(world, trees[p], min(c, MIN_GROUP), budget, rng, lengths, whole=True) for p, c in round_}
+        roots = {p: m and m + _roots(world, trees[p], c - m, budget, rng, lengths) for (p, c), m in zip(round_, first.values())}
         for p, m in roots.items():
             if m:
                 opened.append(p)
@@ -300,9 +306,13 @@ def _run_step(
     )
 
 
-def _roots(world: SyntheticTasks, tree: RolloutTree, n: int, budget: Budget, rng, lengths: ExpectedCost) -> int:
-    """Charge and run up to n bare rollouts (all a prompt's rollouts have its T turns)."""
+def _roots(world: SyntheticTasks, tree: RolloutTree, n: int, budget: Budget, rng, lengths: ExpectedCost,
+           *, whole: bool = False) -> int:
+    """Charge and run up to n bare rollouts (all a prompt's rollouts have its T turns); `whole`:
+    all n or none."""
     turns = tree.root.handle.turns
+    if whole and not budget.can_afford(n * budget.cost(continuation=False, turns=turns)):
+        return 0
     paid = 0
     for _ in range(n):
         try:
