@@ -20,8 +20,10 @@ Cost: the budget is charged in `cost_unit` ("trajectory": 1 per root, `continuat
 continuation; "turns": generated turns exactly, the total being the trajectory budget times the
 mean rollout length), and every step records its cost in both units. In turns, Stage 1 prices each
 prompt at its expected length (its own once seen, the run's mean before) and Stage 2 prices a
-continuation at the turns it will generate; every opened prompt runs its bare rollouts before any
-continuation is paid, so no opened prompt is starved by another prompt's branches.
+continuation at the turns it will generate. Every opened prompt runs its bare rollouts before any
+continuation is paid, and its first pair of them (`MIN_GROUP`, all or none) before any prompt gets
+a third, so a prompt whose length was underestimated at planning cannot starve the prompts after
+it: an opened prompt goes without rollouts only if the pairs alone overrun the budget.
 """
 
 from __future__ import annotations
