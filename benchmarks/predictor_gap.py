@@ -3,7 +3,8 @@ except E[V_0 | text] for prompts the run has not rolled out), on several seeds a
 units (run: python benchmarks/predictor_gap.py [--seeds 0 1 2] [--methods ...] [--world default]).
 
 Prints, per cost unit and method, each headline figure (mixed trees per step, effective ratio,
-informative share, pool error) per seed, its mean and its standard deviation over seeds, and, for
+informative share, prompts opened, cost in both units) and trees trained, prompts starved and pool
+error, per seed, its mean and its standard deviation over seeds, and, for
 each method, the share of the text-only model's (`trace`, lexical) gap to `trace_oracle_seen` it
 closes, on the means and per seed. One JSON object.
 """
@@ -19,10 +20,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trace_allocation.experiments import WORLDS, allocators  # noqa: E402
+from trace_allocation.experiments import HEADLINE, WORLDS, allocators  # noqa: E402
 from trace_allocation.simulate import simulate  # noqa: E402
 
-FIGURES = ("mixed_trees", "effective_ratio", "informative_share", "pool_error")
+FIGURES = (*HEADLINE, "trained_trees", "starved", "pool_error")
 
 
 def main() -> None:
