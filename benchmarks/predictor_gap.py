@@ -2,9 +2,11 @@
 except E[V_0 | text] for prompts the run has not rolled out), on several seeds and in both cost
 units (run: python benchmarks/predictor_gap.py [--seeds 0 1 2] [--methods ...] [--world default]).
 
-Prints, per cost unit and method, the mean over seeds of the headline figures (mixed trees per
-step, effective ratio, informative share, pool error) and, for each method, the share of the
-text-only model's (`trace`, lexical) gap to `trace_oracle_seen` it closes. One JSON object.
+Prints, per cost unit and method, each headline figure (mixed trees per step, effective ratio,
+informative share, prompts opened, cost in both units) and trees trained, prompts starved and pool
+error, per seed, its mean and its standard deviation over seeds, and, for
+each method, the share of the text-only model's (`trace`, lexical) gap to `trace_oracle_seen` it
+closes, on the means and per seed. One JSON object.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trace_allocation.experiments import WORLDS, allocators  # noqa: E402
+from trace_allocation.experiments import HEADLINE, WORLDS, allocators  # noqa: E402
 from trace_allocation.simulate import simulate  # noqa: E402
 
-FIGURES = ("mixed_trees", "effective_ratio", "informative_share", "pool_error")
+FIGURES = (*HEADLINE, "trained_trees", "starved", "pool_error")
 
 
 def main() -> None:
@@ -46,16 +48,27 @@ def main() -> None:
                 run = simulate(sc, make, name=method, budget_multiple=multiple)
                 per_seed.append({k: run.mean(k) for k in FIGURES})
             rows[method] = {k: _mean([s[k] for s in per_seed]) for k in FIGURES}
-            rows[method]["effective_ratio_by_seed"] = [round(s["effective_ratio"], 4) for s in per_seed]
+            for k in FIGURES:
+                rows[method][f"{k}_sd"] = _sd([s[k] for s in per_seed])
+                rows[method][f"{k}_by_seed"] = [None if s[k] is None else round(s[k], 4) for s in per_seed]
             print(unit, method, json.dumps(rows[method]), file=sys.stderr)
         reference, base = rows.get("trace_oracle_seen"), rows.get(args.base)
         if reference and base:
             for key in ("effective_ratio", "mixed_trees"):
                 gap = reference[key] - base[key]
+                by_seed = zip(reference[f"{key}_by_seed"], base[f"{key}_by_seed"])
+                gaps = [r - b for r, b in by_seed]
                 for method, row in rows.items():
                     row[f"gap_closed_{key}"] = (row[key] - base[key]) / gap if gap else None
+                    row[f"gap_closed_{key}_by_seed"] = [
+                        (m - b) / g if g else None for m, b, g in zip(row[f"{key}_by_seed"], base[f"{key}_by_seed"], gaps)]
         report[unit] = rows
     print(json.dumps(report, indent=1))
+
+
+def _sd(values):
+    values = [v for v in values if v is not None]
+    return float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
 def _mean(values):

@@ -72,6 +72,22 @@ def _groups(prompt_texts: Sequence[str], order: np.ndarray, group_size: int, bud
     return counts
 
 
+def stage1_values(predictor: SuccessPredictor, prompt_texts: Sequence[str], *, uncertainty: bool = True) -> np.ndarray:
+    """The values Stage 1 plans with. A predictor that knows how sure it is (`root_moments(texts)
+    -> (mean, variance)`, e.g. `BlendedPredictor`) is scored by the posterior mean of v(1 - v),
+    the chance that two rollouts are mixed (E[v(1-v)] = mean(1 - mean) - variance), expressed as
+    the value on the mean's side with that v(1 - v): a prompt known to sit near 1/2 outranks one
+    merely guessed to. Exact for the opening pair; further rollouts are planned as if at that
+    value. Other predictors (or `uncertainty=False`) are scored by their prediction."""
+    moments = getattr(predictor, "root_moments", None)
+    if moments is None or not uncertainty:
+        return predictor.predict(prompt_texts)
+    mean, variance = moments(list(prompt_texts))
+    spread = np.clip(mean * (1 - mean) - variance, 0.0, 0.25)
+    half_gap = np.sqrt(0.25 - spread)
+    return np.clip(np.where(mean < 0.5, 0.5 - half_gap, 0.5 + half_gap), 0.0, 1.0)
+
+
 class GrpoAllocator(Allocator):
     """Uniform prompt sampling, flat groups of G."""
 
@@ -145,7 +161,8 @@ class TreeAllocator(Allocator):
     active/active is TRACE; uniform/uniform is `random_branch`, the baseline the TRACE paper calls
     "TreePO" (same tree shape, prefixes drawn uniformly at random; TreePO's own segment-level
     heuristic branching, early stopping and sub-group advantages are not implemented); the mixed
-    pairs are the ablation of Table 1."""
+    pairs are the ablation of Table 1. `uncertainty`: Stage 1 scores a predictor that reports
+    posterior variances (`root_moments`) by E[v(1-v)] rather than its mean (`stage1_values`)."""
 
     def __init__(
         self,
@@ -158,6 +175,7 @@ class TreeAllocator(Allocator):
         m_max: int = 16,
         group_size: int = 4,
         include_final: bool = True,
+        uncertainty: bool = True,
         rng: np.random.Generator,
         name: str | None = None,
     ) -> None:
@@ -171,6 +189,7 @@ class TreeAllocator(Allocator):
         self.m_max = m_max
         self.group_size = group_size
         self.include_final = include_final
+        self.uncertainty = uncertainty
         self.rng = rng
         self.name = name or f"tree_{roots}_{prefixes}"
 
@@ -179,7 +198,7 @@ class TreeAllocator(Allocator):
         if self.roots == "uniform":
             order = self.rng.permutation(len(prompt_texts))
             return _groups(prompt_texts, order, self.group_size, budget, self.continuations_per_root)
-        values = self.predictor.predict(prompt_texts)
+        values = stage1_values(self.predictor, prompt_texts, uncertainty=self.uncertainty)
         solve = lambda m: allocate_roots(values, m, m_min=self.m_min, m_max=self.m_max)  # noqa: E731
         if not len(prices) or np.ptp(prices) == 0:
             return solve(int(budget.remaining / prices[0] + 1e-9) if len(prices) else 0)

@@ -20,8 +20,10 @@ Cost: the budget is charged in `cost_unit` ("trajectory": 1 per root, `continuat
 continuation; "turns": generated turns exactly, the total being the trajectory budget times the
 mean rollout length), and every step records its cost in both units. In turns, Stage 1 prices each
 prompt at its expected length (its own once seen, the run's mean before) and Stage 2 prices a
-continuation at the turns it will generate; every opened prompt runs its bare rollouts before any
-continuation is paid, so no opened prompt is starved by another prompt's branches.
+continuation at the turns it will generate. Every opened prompt runs its bare rollouts before any
+continuation is paid, and its first pair of them (`MIN_GROUP`, all or none) before any prompt gets
+a third, so a prompt whose length was underestimated at planning cannot starve the prompts after
+it: an opened prompt goes without rollouts only if the pairs alone overrun the budget.
 """
 
 from __future__ import annotations
@@ -76,6 +78,10 @@ class Scenario:
 
     def with_(self, **changes) -> Scenario:
         return replace(self, **changes)
+
+
+MIN_GROUP = 2
+"""Root rollouts every opened prompt gets before any prompt gets more (the fewest that can be mixed)."""
 
 
 class SimState(NamedTuple):
@@ -283,7 +289,9 @@ def _run_step(
     while counts.any():
         round_ = [(int(p), int(c)) for p, c in zip(pool, counts) if c]
         prices = dict(zip((p for p, _ in round_), budget.plan_prices([trees[p].root.prefix_text for p, _ in round_])))
-        roots = {p: _roots(world, trees[p], c, budget, rng, lengths) for p, c in round_}  # bare rollouts first
+        # bare rollouts first, each opened prompt's minimum (a pair) before anyone's third
+        first = {p: _roots(world, trees[p], min(c, MIN_GROUP), budget, rng, lengths, whole=True) for p, c in round_}
+        roots = {p: m and m + _roots(world, trees[p], c - m, budget, rng, lengths) for (p, c), m in zip(round_, first.values())}
         for p, m in roots.items():
             if m:
                 opened.append(p)
@@ -300,9 +308,13 @@ def _run_step(
     )
 
 
-def _roots(world: SyntheticTasks, tree: RolloutTree, n: int, budget: Budget, rng, lengths: ExpectedCost) -> int:
-    """Charge and run up to n bare rollouts (all a prompt's rollouts have its T turns)."""
+def _roots(world: SyntheticTasks, tree: RolloutTree, n: int, budget: Budget, rng, lengths: ExpectedCost,
+           *, whole: bool = False) -> int:
+    """Charge and run up to n bare rollouts (all a prompt's rollouts have its T turns); `whole`:
+    all n or none."""
     turns = tree.root.handle.turns
+    if whole and not budget.can_afford(n * budget.cost(continuation=False, turns=turns)):
+        return 0
     paid = 0
     for _ in range(n):
         try:

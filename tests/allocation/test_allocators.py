@@ -120,3 +120,36 @@ def test_dapo_refills_until_its_batch_has_enough_mixed_groups():
     again = dapo.plan_refill([flat, mixed], texts)
     assert (again > 0).sum() == 1 and not np.any((again > 0) & (first > 0))
     assert not dapo.plan_refill([mixed, mixed], texts).any()
+
+
+class _Posterior:
+    """Fixed posterior means and variances per prompt."""
+
+    def __init__(self, moments: dict[str, tuple[float, float]]) -> None:
+        self.moments = moments
+
+    def predict(self, texts):
+        return np.array([self.moments[t][0] for t in texts])
+
+    def update(self, texts, targets, weights=None):
+        pass
+
+    def root_moments(self, texts):
+        return tuple(np.array([self.moments[t][i] for t in texts]) for i in (0, 1))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.floats(0.01, 0.99), st.floats(0, 1))
+def test_stage1_scores_a_posterior_by_its_mean_v_times_one_minus_v(mean, share):
+    """The value Stage 1 plans with keeps the mean's side and has v(1-v) = E[v(1-v)] =
+    mean(1-mean) - variance; a sure prompt outranks an equally centred unsure one."""
+    from trace_allocation.allocators import stage1_values
+
+    variance = share * mean * (1 - mean)
+    v = stage1_values(_Posterior({"a": (mean, variance)}), ["a"])[0]
+    assert v * (1 - v) == pytest.approx(mean * (1 - mean) - variance, abs=1e-9)
+    assert (v <= 0.5) == (mean <= 0.5) or mean == pytest.approx(0.5)
+    sure, unsure = stage1_values(_Posterior({"s": (0.5, 0.0), "u": (0.5, 0.05)}), ["s", "u"])
+    counts = TreeAllocator(_Posterior({"s": (0.5, 0.0), "u": (0.5, 0.05)}), rng=np.random.default_rng(0)).plan_roots(
+        ["u", "s"], Budget(2 * 2.0))
+    assert sure == 0.5 and abs(unsure - 0.5) > 0.2 and counts.tolist() == [0, 2]

@@ -4,6 +4,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trace_allocation.predictors import (
     BetaBernoulliPredictor,
@@ -139,19 +141,40 @@ def test_replay_refits_recent_targets_within_its_window_only():
     assert replayed[3] == pytest.approx(replayed[2]) == pytest.approx(replayed[1])  # then out of the window
 
 
-def test_blend_is_the_beta_posterior_around_the_text_prediction():
+class _Drifting:
+    """A text model that memorizes: after an update it predicts each text's last target."""
+
+    def __init__(self, initial: float) -> None:
+        self.initial = initial
+        self.seen: dict[str, float] = {}
+
+    def predict(self, texts):
+        return np.array([self.seen.get(t, self.initial) for t in texts])
+
+    def update(self, texts, targets, weights=None):
+        self.seen.update(zip(texts, np.asarray(targets, dtype=float)))
+
+
+def test_blend_is_the_beta_posterior_around_the_text_prediction_before_any_evidence():
     from trace_allocation.predictors import BlendedPredictor
 
-    text = OraclePredictor(lambda t: 0.2 if t.startswith("hard") else 0.5)
-    model = BlendedPredictor(text, prior_strength=2.0, discount=0.5)
+    model = BlendedPredictor(_Drifting(0.5), prior_strength=2.0, discount=0.5)
     assert model.predict(["p"]).tolist() == [0.5]  # nothing seen: the text model
     model.update(["p", prefix_text("p", ["t"])], np.array([1.0, 0.0]), np.array([2.0, 1.0]))
+    # the prior is the text model's 0.5 from before the update, not its memorized 1.0
+    assert model.text_model.predict(["p"])[0] == 1.0
     assert model.predict(["p"])[0] == pytest.approx((2 * 0.5 + 2) / (2 + 2))
-    assert model.predict([prefix_text("p", ["u"])])[0] == pytest.approx(0.75)  # shifted like its prompt
-    assert model.predict(["hard", "new"]).tolist() == [0.2, 0.5]  # unseen prompts untouched
+    # a prefix: the text model's own prediction, shifted in logit by the prompt's correction
+    # (posterior 0.75 against the text model's current 1.0 for the prompt, clipped to 1 - 1e-4)
+    shifted = model.predict([prefix_text("p", ["t"])])[0]
+    assert 0 < shifted < 0.01
+    assert model.predict(["new"]).tolist() == [0.5]  # unseen prompts untouched
     model.update(["hard"], np.array([0.0]), np.array([4.0]))  # old evidence halves
     assert model.predict(["p"])[0] == pytest.approx((2 * 0.5 + 1) / (2 + 1))
-    assert model.predict(["hard"])[0] == pytest.approx((2 * 0.2) / (2 + 4))
+    assert model.predict(["hard"])[0] == pytest.approx((2 * 0.5) / (2 + 4))
+    mean, variance = model.root_moments(["hard", "new"])
+    assert mean.tolist() == pytest.approx([1 / 6, 0.5])
+    assert variance.tolist() == pytest.approx([(1 * 5) / (6**2 * 7), 0.25 / 3])
 
 
 def test_blend_prior_strength_by_empirical_bayes():
@@ -161,8 +184,37 @@ def test_blend_prior_strength_by_empirical_bayes():
     rng = np.random.default_rng(0)
     texts = [f"p{i}" for i in range(400)]
     for spread, expect_weak in ((0.45, True), (0.02, False)):
-        model = BlendedPredictor(OraclePredictor(lambda t: 0.5), smoothing=0.0)
+        model = BlendedPredictor(OraclePredictor(lambda t: 0.5))
         rates = np.clip(0.5 + rng.uniform(-spread, spread, 400), 0, 1)
         n = np.full(400, 64.0)
         model.update(texts, rng.binomial(64, rates) / 64, n)
         assert (model.strength < 3) == expect_weak and (model.strength > 50) == (not expect_weak)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 5), st.floats(0, 1), st.floats(0.5, 20)), min_size=1, max_size=30),
+    st.floats(0.05, 0.95),
+    st.floats(0.5, 1.0),
+)
+def test_blend_posterior_is_a_probability_between_prior_and_evidence(updates, initial, discount):
+    """Invariants: means in [0, 1], variances in (0, 1/4], and a prompt's mean lies between its
+    prior and its (discounted) evidence's success rate."""
+    from trace_allocation.predictors import BlendedPredictor
+
+    model = BlendedPredictor(_Drifting(initial), discount=discount)
+    for prompt, target, weight in updates:
+        model.update([f"p{prompt}"], np.array([target]), np.array([weight]))
+    prompts = [f"p{i}" for i in range(6)]
+    mean, variance = model.root_moments(prompts)
+    assert np.all((mean >= 0) & (mean <= 1)) and np.all((variance > 0) & (variance <= 0.25))
+    for prompt, m in zip(prompts, mean):
+        if prompt in model._evidence:
+            s, f = model._evidence[prompt]
+            low, high = sorted((initial, s / (s + f)))
+            assert low - 1e-9 <= m <= high + 1e-9
+    state = model.state_dict()
+    restored = BlendedPredictor(_Drifting(initial), discount=discount)
+    restored.text_model.seen = dict(model.text_model.seen)
+    restored.load_state_dict(state)
+    assert restored.root_moments(prompts)[0].tolist() == pytest.approx(mean.tolist())

@@ -2,9 +2,11 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trace_allocation.experiments import allocators, propositions
-from trace_allocation.simulate import Scenario, SyntheticTasks, mixed_rate, normal_cdf, simulate
+from trace_allocation.simulate import MIN_GROUP, Scenario, SyntheticTasks, mixed_rate, normal_cdf, simulate
 
 SMALL = Scenario(n_prompts=512, pool_size=128, roots=64, steps=4, warmup=1)
 
@@ -128,3 +130,26 @@ def test_sweep_keeps_grpo_calibrated_and_rows_lead_with_the_headline():
         world = SyntheticTasks(SMALL.with_(topic_share=share))
         assert mixed_rate(world.probit(np.arange(SMALL.n_prompts), 0), SMALL.grpo_group) == pytest.approx(0.27, abs=1e-6)
     assert all(list(r)[2 : 2 + len(HEADLINE)] == list(HEADLINE) for r in rows)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    st.sampled_from(["grpo", "pcl", "trace", "trace_blend", "random_branch"]),
+    st.integers(1, 6),
+    st.integers(0, 10),
+    st.integers(0, 10_000),
+)
+def test_no_opened_prompt_is_starved_and_the_turns_budget_is_never_exceeded(name, min_turns, extra, seed):
+    """Charged in exact turns with prompts of very different lengths (unseen ones planned at the
+    run's mean), every opened prompt gets its first pair of rollouts before any prompt gets a third,
+    so none is starved while those pairs fit at the longest length; and no step overspends."""
+    sc = Scenario(n_prompts=48, pool_size=24, roots=12, steps=3, warmup=0, grpo_group=4, tree_group=4,
+                  min_turns=min_turns, max_turns=min_turns + extra, cost_unit="turns", seed=seed)
+    world = SyntheticTasks(sc)
+    total = sc.budget * world.turns.mean()
+    report = simulate(sc, allocators(sc)[name][0], name=name)
+    for step in report.steps:
+        assert step.cost_turns <= total + 1e-9
+        planned = step.prompts_opened + step.starved
+        if planned * MIN_GROUP * sc.max_turns <= total:
+            assert step.starved == 0
