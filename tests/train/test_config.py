@@ -37,3 +37,26 @@ def test_bad_configs_name_the_field(tmp_path, text, message):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "none.yaml")
+
+
+@pytest.mark.parametrize("kind", ["lexical", "beta", "blend"])
+def test_every_predictor_kind_learns_and_survives_a_checkpoint(kind, tmp_path):
+    """The predictor a config names plans, refits and resumes: its state after an update, saved
+    in a checkpoint and loaded into a fresh one, gives the same predictions."""
+    import numpy as np
+
+    from trace_agents.train.checkpoint import load_checkpoint, save_checkpoint
+    from trace_agents.train.loop import make_predictor
+    from trace_allocation.tree import TURN_MARK
+
+    cfg = TrainConfig.model_validate({"predictor": {"kind": kind}})
+    texts = [f"What is {a} + {b}?" for a, b in [(1, 2), (30, 4), (5, 600)]]
+    texts += [texts[0] + TURN_MARK + "<tool_call>...</tool_call>"]
+    predictor = make_predictor(cfg)
+    predictor.update(texts, np.array([1.0, 0.0, 0.5, 1.0]), np.ones(4))
+    fresh = make_predictor(cfg)
+    save_checkpoint(tmp_path, step=0, models={}, optimizers={},
+                    states={"trace": {"predictor": predictor.state_dict()}})
+    fresh.load_state_dict(load_checkpoint(tmp_path, models={}, optimizers={}).states["trace"]["predictor"])
+    np.testing.assert_allclose(fresh.predict(texts), predictor.predict(texts))
+    assert ((predictor.predict(texts) >= 0) & (predictor.predict(texts) <= 1)).all()

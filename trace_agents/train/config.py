@@ -98,7 +98,8 @@ class BudgetConfig(_Strict):
 
 
 class PredictorConfig(_Strict):
-    kind: Literal["lexical", "encoder", "beta"] = "lexical"
+    kind: Literal["lexical", "encoder", "beta", "blend"] = "lexical"
+    """``blend``: the lexical model as the prior of a per-prompt posterior (BlendedPredictor)."""
     options: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -43,7 +43,7 @@ from trace_allocation.allocators import (
 )
 from trace_allocation.budget import Budget
 from trace_allocation.predictors import (
-    BetaBernoulliPredictor, LexicalPredictor, SuccessPredictor, reliability_curve,
+    BetaBernoulliPredictor, BlendedPredictor, LexicalPredictor, SuccessPredictor, reliability_curve,
 )
 from trace_allocation.tree import backup_targets
 from trace_envs import ToolEnv
@@ -57,6 +57,8 @@ def make_predictor(cfg: TrainConfig) -> SuccessPredictor:
         return LexicalPredictor(seed=cfg.seed, **options)
     if kind == "beta":
         return BetaBernoulliPredictor(**options)
+    if kind == "blend":
+        return BlendedPredictor(LexicalPredictor(seed=cfg.seed), **options)
     from trace_allocation.predictors import EncoderPredictor
 
     return EncoderPredictor(**options)
