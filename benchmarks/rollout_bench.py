@@ -207,13 +207,14 @@ async def one_step(model: Any, tok: Any, allocator_name: str, args: argparse.Nam
     runner = Runner(backend, tokenizer=tok, seed=args.seed,
                     sampling=SamplingParams(temperature=1.0, max_tokens=args.max_tokens))
     sampler = TraceSampler(runner, allocator, progress=False)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     try:
         result = await sampler.step(pool_of(args), Budget(12, continuation_cost=0.5))
     finally:
         await backend.aclose()
         if server is not None:
             server.stop()
+    cpu_s = time.process_time() - cpu_started
     m = result.metrics
     conts = [e for e in result.episodes if e.continuation and e.leaf is not None]
     firsts = [e.leaf.path()[len(e.start.path())].handle for e in conts]  # each one's first turn
@@ -221,7 +222,7 @@ async def one_step(model: Any, tok: Any, allocator_name: str, args: argparse.Nam
     recomputed = sum(t.prompt_tokens - (t.cached_tokens or 0) for t in firsts)
     bare_done = max((t for t, c in ended if not c), default=started) - started
     out = {
-        "seconds": m["seconds"], "episodes": m["episodes"], "roots": m["roots"],
+        "seconds": m["seconds"], "cpu_s": cpu_s, "episodes": m["episodes"], "roots": m["roots"],
         "continuations": m["continuations"], "cost": m["cost"], "turns": m["turns"],
         "generated_tokens": m["generated_tokens"], "tokens_per_s": m["tokens_per_s"],
         "recomputed_per_generated": (m["prompt_tokens"] - m["cached_tokens"]) / max(m["generated_tokens"], 1),
@@ -233,6 +234,9 @@ async def one_step(model: Any, tok: Any, allocator_name: str, args: argparse.Nam
         "last_bare_episode_s": bare_done,
         "mean_batch_rows": engine.stats["row_steps"] / max(engine.stats["decode_steps"], 1),
         "decode_steps": engine.stats["decode_steps"],
+        "queued_steps": engine.stats["queued_steps"],
+        "ms_per_decode_step": 1e3 * engine.stats["busy_s"] / max(engine.stats["decode_steps"], 1),
+        "engine_idle_share": 1 - engine.stats["busy_s"] / m["seconds"],
     }
     if predictor is not None:
         out["predictor_s"] = predictor.seconds
@@ -259,18 +263,27 @@ def reuse_section(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def trace_vs_grpo(model_name: str, args: argparse.Namespace, backend_kind: str) -> dict[str, Any]:
-    """``--repeats`` interleaved GRPO/TRACE pairs (a shared CPU's load drifts); the ratio is the
-    median of the pairs' ratios, the figures are the median pair's."""
+    """``--repeats`` interleaved GRPO/TRACE pairs (a shared CPU's load drifts), after one
+    discarded warm-up step of each method (first-use costs: lazy imports, allocator pools); pairs alternate
+    which method goes first. The ratio is the median of the pairs' ratios, the figures are the
+    median pair's; ``cpu_ratios`` compare the process's CPU seconds, which other jobs on the
+    machine disturb less than wall time."""
     model, tok = load(model_name)
+    for name in ("grpo", "trace"):
+        asyncio.run(one_step(model, tok, name, args, backend_kind=backend_kind))
     pairs = []
-    for _ in range(args.repeats):
-        grpo = asyncio.run(one_step(model, tok, "grpo", args, backend_kind=backend_kind))
-        trace = asyncio.run(one_step(model, tok, "trace", args, backend_kind=backend_kind))
+    for i in range(args.repeats):
+        order = ("grpo", "trace") if i % 2 == 0 else ("trace", "grpo")
+        run = {name: asyncio.run(one_step(model, tok, name, args, backend_kind=backend_kind))
+               for name in order}
+        trace, grpo = run["trace"], run["grpo"]
         pairs.append((trace["seconds"] / grpo["seconds"], trace, grpo))
+    cpu = sorted(t["cpu_s"] / g["cpu_s"] for _, t, g in pairs)
     pairs.sort(key=lambda pair: pair[0])
     ratio, trace, grpo = pairs[len(pairs) // 2]
     out = {"trace": trace, "grpo": grpo, "trace_over_grpo": ratio,
            "ratios": [round(r, 3) for r, _, _ in pairs],
+           "cpu_ratio": cpu[len(cpu) // 2], "cpu_ratios": [round(r, 3) for r in cpu],
            "predictor_share": trace["predictor_share"], "solver_share": trace["solver_share"]}
     if backend_kind == "standin":
         out["continuation_cache_hit_rate"] = 1 - trace["continuation_recomputed_share"]
@@ -298,10 +311,11 @@ def print_report(report: dict[str, Any]) -> None:
     for section, label in (("trace_vs_grpo", "(c) in process"), ("standin", "(d) stand-in SGLang")):
         for model, c in report.get(section, {}).items():
             print(f"{label}, {model}: TRACE step / GRPO step at equal cost = {c['trace_over_grpo']:.2f} "
-                  f"(pairs: {c['ratios']})"
+                  f"(pairs: {c['ratios']}; CPU seconds {c['cpu_ratio']:.2f}, pairs {c['cpu_ratios']})"
                   f"  (predictor {c['predictor_share']:.1%}, solvers {c['solver_share']:.1%} of TRACE's step)")
-            for k in ("seconds", "episodes", "turns", "generated_tokens", "tokens_per_s",
-                      "last_bare_episode_s", "decode_steps", "mean_batch_rows", "cache_hit_rate"):
+            for k in ("seconds", "cpu_s", "episodes", "turns", "generated_tokens", "tokens_per_s",
+                      "last_bare_episode_s", "decode_steps", "queued_steps", "mean_batch_rows", "ms_per_decode_step",
+                      "engine_idle_share", "cache_hit_rate"):
                 print(f"    {k:24s} TRACE {_fmt(c['trace'][k]):>8}  GRPO {_fmt(c['grpo'][k]):>8}")
             if "continuation_cache_hit_rate" in c:
                 print(f"    prefix-cache hits on continuations: {c['continuation_cache_hit_rate']:.1%}")

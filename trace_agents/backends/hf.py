@@ -23,6 +23,7 @@ import concurrent.futures
 import inspect
 import random
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -167,8 +168,10 @@ class HFEngine:
         """Walked each step for their version counters (walking the module tree every step cost
         the tiny model ~1.4 ms a step); weights change in place, so the tensors stay the same."""
         self.stats = {"requests": 0, "prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0,
-                      "decode_steps": 0, "row_steps": 0}
-        """Totals; ``row_steps / decode_steps`` is the mean batch occupancy."""
+                      "decode_steps": 0, "row_steps": 0, "queued_steps": 0, "busy_s": 0.0}
+        """Totals; ``row_steps / decode_steps`` is the mean batch occupancy, ``queued_steps`` adds
+        up the requests left waiting for a slot at each step (0: the batch bounds never held any
+        request back), ``busy_s`` the seconds spent stepping (admission, prefill and decode)."""
 
     # ------------------------------------------------------------------ requests
     def submit(self, prompt: Sequence[int], params: SamplingParams, done: Done) -> None:
@@ -206,11 +209,14 @@ class HFEngine:
         """Admit what fits, then decode one token for every row of the batch."""
         import torch
 
+        started = time.perf_counter()
         with self.lock, torch.inference_mode():
             self._drop_stale_prefixes()
             self._admit()
+            self.stats["queued_steps"] += len(self._pending)
             if self._rows:
                 self._decode()
+        self.stats["busy_s"] += time.perf_counter() - started
 
     def _drop_stale_prefixes(self) -> None:
         version = sum(p._version for p in self._parameters)
