@@ -330,16 +330,16 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=1, help="TRACE/GRPO pairs per model in (c) and (d)")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (0: torch's default; on a shared CPU one avoids oversubscription)")
+                   help="torch threads (0: one fewer than the CPUs, as the CLI's default; on a "
+                        "shared CPU one avoids oversubscription)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    if args.threads:
-        import torch
+    from trace_agents.models import set_threads
 
-        torch.set_num_threads(args.threads)
+    threads = set_threads(args.threads)
     sections = set(args.sections.split(","))
     models = [m for m in args.models.split(",") if m]
-    report: dict[str, Any] = {"threads": args.threads or None, "max_tokens": args.max_tokens,
+    report: dict[str, Any] = {"threads": threads, "max_tokens": args.max_tokens,
                               "pool": args.pool, "seed": args.seed}
     runs: list[tuple[str, str, Any]] = []
     if "a" in sections:
