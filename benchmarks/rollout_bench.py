@@ -190,11 +190,11 @@ async def one_step(model: Any, tok: Any, allocator_name: str, args: argparse.Nam
 
     server = None
     if backend_kind == "standin":
-        server = StandinServer(model, tok, max_batch=16).start()
+        server = StandinServer(model, tok, max_batch=args.cap).start()
         backend: Any = SGLangBackend(server.url)
         engine = server.standin.backend.engine
     else:
-        backend = HFBackend(model, tok, max_batch=16, prefix_cache_bytes=(1 << 30) if reuse else 0)
+        backend = HFBackend(model, tok, max_batch=args.cap, prefix_cache_bytes=(1 << 30) if reuse else 0)
         engine = backend.engine
     allocator, predictor = allocator_of(allocator_name, args.seed)
     ended: list[tuple[float, bool]] = []  # (when, continuation) of each episode's end
@@ -204,7 +204,7 @@ async def one_step(model: Any, tok: Any, allocator_name: str, args: argparse.Nam
             ended.append((time.perf_counter(), episode.continuation))
             super()._account(episode)
 
-    runner = Runner(backend, tokenizer=tok, seed=args.seed,
+    runner = Runner(backend, tokenizer=tok, seed=args.seed, max_concurrency=args.cap,
                     sampling=SamplingParams(temperature=1.0, max_tokens=args.max_tokens))
     sampler = TraceSampler(runner, allocator, progress=False)
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -269,8 +269,9 @@ def trace_vs_grpo(model_name: str, args: argparse.Namespace, backend_kind: str) 
     median pair's; ``cpu_ratios`` compare the process's CPU seconds, which other jobs on the
     machine disturb less than wall time."""
     model, tok = load(model_name)
-    for name in ("grpo", "trace"):
-        asyncio.run(one_step(model, tok, name, args, backend_kind=backend_kind))
+    warm = argparse.Namespace(**{**vars(args), "max_tokens": min(args.max_tokens, 4)})
+    for name in ("grpo", "trace"):  # every code path once, at a few tokens a turn
+        asyncio.run(one_step(model, tok, name, warm, backend_kind=backend_kind))
     pairs = []
     for i in range(args.repeats):
         order = ("grpo", "trace") if i % 2 == 0 else ("trace", "grpo")
@@ -327,6 +328,9 @@ def main() -> None:
     p.add_argument("--models", default="tiny,smollm2", help="tiny and/or smollm2, for (b)-(d)")
     p.add_argument("--pool", type=int, default=16, help="candidate prompts per step")
     p.add_argument("--max-tokens", type=int, default=48)
+    p.add_argument("--cap", type=int, default=16,
+                   help="episodes in flight and engine batch rows, the same for every method (the "
+                        "demo's backend.max_concurrency)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=1, help="TRACE/GRPO pairs per model in (c) and (d)")
     p.add_argument("--threads", type=int, default=1,
@@ -339,7 +343,7 @@ def main() -> None:
     threads = set_threads(args.threads)
     sections = set(args.sections.split(","))
     models = [m for m in args.models.split(",") if m]
-    report: dict[str, Any] = {"threads": threads, "max_tokens": args.max_tokens,
+    report: dict[str, Any] = {"threads": threads, "max_tokens": args.max_tokens, "cap": args.cap,
                               "pool": args.pool, "seed": args.seed}
     runs: list[tuple[str, str, Any]] = []
     if "a" in sections:
