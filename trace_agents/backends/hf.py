@@ -462,7 +462,7 @@ class HFBackend:
 
     def _steps(self) -> None:
         """Step the engine back to back while it has work (in its thread): a round trip through
-        the event loop per decode step idled the engine ~1.5 ms a step on a shared CPU. Requests
+        the event loop per decode step idled the engine 1.5-2.5 ms a step on a shared CPU. Requests
         submitted meanwhile are admitted at the next step; the worker waits again once idle."""
         while self.engine.busy:
             try:

@@ -31,8 +31,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="delete the run already in --out and start again")
     p.add_argument("--steps", type=int, help="override the config's number of steps")
     p.add_argument("--threads", type=int, metavar="N",
-                   help="torch CPU threads, overriding the config's `threads` (0, the default: "
-                        "one fewer than the CPUs; on a shared machine 1)")
+                   help="torch CPU threads, overriding the config's `threads` (0, its default: "
+                        "one fewer than the CPUs)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars (the per-step lines are still printed)")
     p.add_argument("overrides", nargs="*", metavar="FIELD=VALUE",
