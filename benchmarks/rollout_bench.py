@@ -315,8 +315,8 @@ def print_report(report: dict[str, Any]) -> None:
                   f"(pairs: {c['ratios']}; CPU seconds {c['cpu_ratio']:.2f}, pairs {c['cpu_ratios']})"
                   f"  (predictor {c['predictor_share']:.1%}, solvers {c['solver_share']:.1%} of TRACE's step)")
             for k in ("seconds", "cpu_s", "episodes", "turns", "generated_tokens", "tokens_per_s",
-                      "last_bare_episode_s", "decode_steps", "queued_steps", "mean_batch_rows", "ms_per_decode_step",
-                      "engine_idle_share", "cache_hit_rate"):
+                      "last_bare_episode_s", "decode_steps", "queued_steps", "mean_batch_rows",
+                      "ms_per_decode_step", "engine_idle_share", "cache_hit_rate"):
                 print(f"    {k:24s} TRACE {_fmt(c['trace'][k]):>8}  GRPO {_fmt(c['grpo'][k]):>8}")
             if "continuation_cache_hit_rate" in c:
                 print(f"    prefix-cache hits on continuations: {c['continuation_cache_hit_rate']:.1%}")
