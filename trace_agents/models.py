@@ -194,7 +194,8 @@ def set_threads(threads: int = 0) -> int:
 
     ``0``: one fewer than the CPUs this process may run on, at least one. The event loop, env
     steps and tokenization need a core beside the model's, and torch's default (one thread per
-    core) oversubscribes a small machine: on 2 shared cores the tiny model decoded 10x slower.
+    core) oversubscribes a small machine: on 2 busy cores a tiny-model sampler step took 5-12x as
+    long with 2 threads as with 1 (docs/training.md).
     """
     import torch
 
