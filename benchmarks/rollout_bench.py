@@ -190,11 +190,11 @@ async def one_step(model: Any, tok: Any, allocator_name: str, args: argparse.Nam
 
     server = None
     if backend_kind == "standin":
-        server = StandinServer(model, tok, max_batch=16).start()
+        server = StandinServer(model, tok, max_batch=args.cap).start()
         backend: Any = SGLangBackend(server.url)
         engine = server.standin.backend.engine
     else:
-        backend = HFBackend(model, tok, max_batch=16, prefix_cache_bytes=(1 << 30) if reuse else 0)
+        backend = HFBackend(model, tok, max_batch=args.cap, prefix_cache_bytes=(1 << 30) if reuse else 0)
         engine = backend.engine
     allocator, predictor = allocator_of(allocator_name, args.seed)
     ended: list[tuple[float, bool]] = []  # (when, continuation) of each episode's end
@@ -204,16 +204,17 @@ async def one_step(model: Any, tok: Any, allocator_name: str, args: argparse.Nam
             ended.append((time.perf_counter(), episode.continuation))
             super()._account(episode)
 
-    runner = Runner(backend, tokenizer=tok, seed=args.seed,
+    runner = Runner(backend, tokenizer=tok, seed=args.seed, max_concurrency=args.cap,
                     sampling=SamplingParams(temperature=1.0, max_tokens=args.max_tokens))
     sampler = TraceSampler(runner, allocator, progress=False)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     try:
         result = await sampler.step(pool_of(args), Budget(12, continuation_cost=0.5))
     finally:
         await backend.aclose()
         if server is not None:
             server.stop()
+    cpu_s = time.process_time() - cpu_started
     m = result.metrics
     conts = [e for e in result.episodes if e.continuation and e.leaf is not None]
     firsts = [e.leaf.path()[len(e.start.path())].handle for e in conts]  # each one's first turn
@@ -221,7 +222,7 @@ async def one_step(model: Any, tok: Any, allocator_name: str, args: argparse.Nam
     recomputed = sum(t.prompt_tokens - (t.cached_tokens or 0) for t in firsts)
     bare_done = max((t for t, c in ended if not c), default=started) - started
     out = {
-        "seconds": m["seconds"], "episodes": m["episodes"], "roots": m["roots"],
+        "seconds": m["seconds"], "cpu_s": cpu_s, "episodes": m["episodes"], "roots": m["roots"],
         "continuations": m["continuations"], "cost": m["cost"], "turns": m["turns"],
         "generated_tokens": m["generated_tokens"], "tokens_per_s": m["tokens_per_s"],
         "recomputed_per_generated": (m["prompt_tokens"] - m["cached_tokens"]) / max(m["generated_tokens"], 1),
@@ -233,6 +234,9 @@ async def one_step(model: Any, tok: Any, allocator_name: str, args: argparse.Nam
         "last_bare_episode_s": bare_done,
         "mean_batch_rows": engine.stats["row_steps"] / max(engine.stats["decode_steps"], 1),
         "decode_steps": engine.stats["decode_steps"],
+        "queued_steps": engine.stats["queued_steps"],
+        "ms_per_decode_step": 1e3 * engine.stats["busy_s"] / max(engine.stats["decode_steps"], 1),
+        "engine_idle_share": 1 - engine.stats["busy_s"] / m["seconds"],
     }
     if predictor is not None:
         out["predictor_s"] = predictor.seconds
@@ -259,18 +263,28 @@ def reuse_section(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def trace_vs_grpo(model_name: str, args: argparse.Namespace, backend_kind: str) -> dict[str, Any]:
-    """``--repeats`` interleaved GRPO/TRACE pairs (a shared CPU's load drifts); the ratio is the
-    median of the pairs' ratios, the figures are the median pair's."""
+    """``--repeats`` interleaved GRPO/TRACE pairs (a shared CPU's load drifts), after one
+    discarded warm-up step of each method (first-use costs: lazy imports, allocator pools); pairs alternate
+    which method goes first. The ratio is the median of the pairs' ratios, the figures are the
+    median pair's; ``cpu_ratios`` compare the process's CPU seconds, which other jobs on the
+    machine disturb less than wall time."""
     model, tok = load(model_name)
+    warm = argparse.Namespace(**{**vars(args), "max_tokens": min(args.max_tokens, 4)})
+    for name in ("grpo", "trace"):  # every code path once, at a few tokens a turn
+        asyncio.run(one_step(model, tok, name, warm, backend_kind=backend_kind))
     pairs = []
-    for _ in range(args.repeats):
-        grpo = asyncio.run(one_step(model, tok, "grpo", args, backend_kind=backend_kind))
-        trace = asyncio.run(one_step(model, tok, "trace", args, backend_kind=backend_kind))
+    for i in range(args.repeats):
+        order = ("grpo", "trace") if i % 2 == 0 else ("trace", "grpo")
+        run = {name: asyncio.run(one_step(model, tok, name, args, backend_kind=backend_kind))
+               for name in order}
+        trace, grpo = run["trace"], run["grpo"]
         pairs.append((trace["seconds"] / grpo["seconds"], trace, grpo))
+    cpu = sorted(t["cpu_s"] / g["cpu_s"] for _, t, g in pairs)
     pairs.sort(key=lambda pair: pair[0])
     ratio, trace, grpo = pairs[len(pairs) // 2]
     out = {"trace": trace, "grpo": grpo, "trace_over_grpo": ratio,
            "ratios": [round(r, 3) for r, _, _ in pairs],
+           "cpu_ratio": cpu[len(cpu) // 2], "cpu_ratios": [round(r, 3) for r in cpu],
            "predictor_share": trace["predictor_share"], "solver_share": trace["solver_share"]}
     if backend_kind == "standin":
         out["continuation_cache_hit_rate"] = 1 - trace["continuation_recomputed_share"]
@@ -298,10 +312,11 @@ def print_report(report: dict[str, Any]) -> None:
     for section, label in (("trace_vs_grpo", "(c) in process"), ("standin", "(d) stand-in SGLang")):
         for model, c in report.get(section, {}).items():
             print(f"{label}, {model}: TRACE step / GRPO step at equal cost = {c['trace_over_grpo']:.2f} "
-                  f"(pairs: {c['ratios']})"
+                  f"(pairs: {c['ratios']}; CPU seconds {c['cpu_ratio']:.2f}, pairs {c['cpu_ratios']})"
                   f"  (predictor {c['predictor_share']:.1%}, solvers {c['solver_share']:.1%} of TRACE's step)")
-            for k in ("seconds", "episodes", "turns", "generated_tokens", "tokens_per_s",
-                      "last_bare_episode_s", "decode_steps", "mean_batch_rows", "cache_hit_rate"):
+            for k in ("seconds", "cpu_s", "episodes", "turns", "generated_tokens", "tokens_per_s",
+                      "last_bare_episode_s", "decode_steps", "queued_steps", "mean_batch_rows",
+                      "ms_per_decode_step", "engine_idle_share", "cache_hit_rate"):
                 print(f"    {k:24s} TRACE {_fmt(c['trace'][k]):>8}  GRPO {_fmt(c['grpo'][k]):>8}")
             if "continuation_cache_hit_rate" in c:
                 print(f"    prefix-cache hits on continuations: {c['continuation_cache_hit_rate']:.1%}")
@@ -313,19 +328,22 @@ def main() -> None:
     p.add_argument("--models", default="tiny,smollm2", help="tiny and/or smollm2, for (b)-(d)")
     p.add_argument("--pool", type=int, default=16, help="candidate prompts per step")
     p.add_argument("--max-tokens", type=int, default=48)
+    p.add_argument("--cap", type=int, default=16,
+                   help="episodes in flight and engine batch rows, the same for every method (the "
+                        "demo's backend.max_concurrency)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=1, help="TRACE/GRPO pairs per model in (c) and (d)")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (0: torch's default; on a shared CPU one avoids oversubscription)")
+                   help="torch threads (0: one fewer than the CPUs, as the CLI's default; on a "
+                        "shared CPU one avoids oversubscription)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    if args.threads:
-        import torch
+    from trace_agents.models import set_threads
 
-        torch.set_num_threads(args.threads)
+    threads = set_threads(args.threads)
     sections = set(args.sections.split(","))
     models = [m for m in args.models.split(",") if m]
-    report: dict[str, Any] = {"threads": args.threads or None, "max_tokens": args.max_tokens,
+    report: dict[str, Any] = {"threads": threads, "max_tokens": args.max_tokens, "cap": args.cap,
                               "pool": args.pool, "seed": args.seed}
     runs: list[tuple[str, str, Any]] = []
     if "a" in sections:

@@ -196,6 +196,25 @@ def model_problem(name: str) -> str | None:
     return None
 
 
+def set_threads(threads: int = 0) -> int:
+    """Set torch's CPU threads for in-process sampling and training; return how many were set.
+
+    ``0``: one fewer than the CPUs this process may run on, at least one. The event loop, env
+    steps and tokenization need a core beside the model's, and torch's default (one thread per
+    core) oversubscribes a small machine: on 2 busy cores a tiny-model sampler step took 5-12x as
+    long with 2 threads as with 1 (docs/training.md).
+    """
+    import torch
+
+    if threads < 0:
+        raise ValueError(f"threads must be 0 (automatic) or more (got {threads})")
+    if threads == 0:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        threads = max(1, (cpus or 1) - 1)
+    torch.set_num_threads(threads)
+    return threads
+
+
 def load_model(name: str, dtype: str = "auto") -> tuple[Any, Any]:
     """``smollm2`` and ``tiny-qwen3`` are offline; anything else is a local HF model directory."""
     import torch

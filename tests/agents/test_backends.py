@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import random
 
 import pytest
 
@@ -14,7 +16,7 @@ from trace_agents.backends import (
     ScriptedBackend,
     SGLangBackend,
 )
-from trace_agents.backends.hf import HFBackend
+from trace_agents.backends.hf import HFBackend, HFEngine
 from trace_agents.react import ChatFormat
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12)
@@ -44,6 +46,47 @@ def test_hf_batched_matches_one_at_a_time(tiny, max_batch_tokens):
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
         assert len(a.token_ids) == 12 and a.finish_reason == "length"
         assert all(lp <= 0 for lp in a.logprobs)
+
+
+def test_requests_joining_a_running_batch_each_complete_once_as_if_alone(tiny):
+    """The engine steps back to back in its thread; requests that arrive at random moments (and
+    wait for one of 3 rows) get exactly one completion each, with their tokens and
+    log-probabilities of running alone."""
+    model, tok = tiny
+    rng = random.Random(0)
+    requests = [(_prompt(tok, "x" * rng.randint(0, 20)),
+                 SamplingParams(1.0, 1.0, rng.randint(1, 10), seed=i)) for i in range(8)]
+    delays = [rng.uniform(0, 0.05) for _ in requests]
+    alone = [HFEngine(model, tok).generate([r])[0] for r in requests]
+    backend = HFBackend(model, tok, max_batch=3)
+    calls: collections.Counter[int] = collections.Counter()
+    submit = backend.engine.submit
+
+    def counted(prompt, params, done):  # type: ignore[no-untyped-def]
+        def once(result):  # type: ignore[no-untyped-def]
+            calls[params.seed] += 1
+            done(result)
+
+        submit(prompt, params, once)
+
+    backend.engine.submit = counted  # type: ignore[method-assign]
+
+    async def one(request, delay):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(delay)
+        return await backend.generate(*request)
+
+    async def run():  # type: ignore[no-untyped-def]
+        try:
+            return await asyncio.gather(*(one(r, d) for r, d in zip(requests, delays)))
+        finally:
+            await backend.aclose()
+
+    together = asyncio.run(run())
+    assert calls == {i: 1 for i in range(len(requests))}
+    assert backend.engine.stats["queued_steps"] > 0  # some waited for a row
+    for a, b in zip(alone, together):
+        assert a.token_ids == b.token_ids
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
 
 
 def test_hf_seed_reproduces_and_stop_strings_end_generation(tiny):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from trace_agents.backends import SamplingParams, ScriptedBackend
+from trace_agents.backends.hf import HFBackend
 from trace_agents.rollout import RolloutRunner
 from trace_agents.sampler import Candidate, TraceSampler
 from trace_allocation.allocators import DapoAllocator, GrpoAllocator, PclAllocator, TreeAllocator
@@ -130,3 +131,47 @@ def test_failed_rollouts_are_charged_and_reported(tiny, calc):
     assert failed and all(e.error == "injected" for e in failed)
     assert len(result.episodes) == 8 and budget.spent == 8
     assert result.metrics["failed"] == len(failed)
+
+
+def _in_process_trace_step(model, tok, cap: int):
+    """One TRACE step on the in-process engine with ``cap`` batch rows (and one more episode in
+    flight than rows, so some requests queue for a row)."""
+    env = CalculatorEnv("arithmetic", max_turns=3, suite_options={"size": 8, "seed": 2})
+    backend = HFBackend(model, tok, max_batch=cap)
+    runner = RolloutRunner(backend, tokenizer=tok, seed=5, max_concurrency=cap + 1,
+                           sampling=SamplingParams(temperature=1.0, max_tokens=12))
+    allocator = TreeAllocator(LexicalPredictor(2**12), continuations_per_root=1, m_min=2, m_max=3,
+                              group_size=2, rng=np.random.default_rng(0))
+    sampler = TraceSampler(runner, allocator, progress=False)
+
+    async def run():
+        try:
+            return await sampler.step([Candidate(env, t.id) for t in env.tasks], Budget(6))
+        finally:
+            await backend.aclose()
+
+    return asyncio.run(run()), backend.engine
+
+
+def test_a_seed_gives_the_same_trees_however_the_engine_interleaves_episodes(tiny):
+    """Room for every episode vs 2 rows (requests queue, turns and continuations are admitted
+    at other steps beside other rows): the same trees, tokens and log-probabilities, and every
+    planned episode exactly once."""
+    model, tok = tiny
+    (wide, wide_engine), (narrow, narrow_engine) = (_in_process_trace_step(model, tok, cap)
+                                                    for cap in (16, 2))
+    assert wide_engine.stats["queued_steps"] == 0 < narrow_engine.stats["queued_steps"]
+    assert [t.prompt_id for t in wide.trees] == [t.prompt_id for t in narrow.trees]
+    for result in (wide, narrow):
+        leaves = [e.leaf for e in result.episodes]
+        assert len(result.episodes) == result.budget.roots + result.budget.continuations > 4
+        assert all(e.status != "failed" for e in result.episodes)
+        assert len({id(leaf) for leaf in leaves}) == len(leaves)
+        assert sum(len(t.rewards()) for t in result.trees) == len(leaves)
+    for a, b in zip(wide.trees, narrow.trees):
+        nodes_a, nodes_b = list(a.nodes())[1:], list(b.nodes())[1:]
+        assert len(nodes_a) == len(nodes_b)
+        for x, y in zip(nodes_a, nodes_b):
+            assert x.handle.action_ids == y.handle.action_ids and x.reward == y.reward
+            assert x.bare == y.bare
+            assert x.handle.action_logprobs == pytest.approx(y.handle.action_logprobs, abs=1e-4)

@@ -49,6 +49,7 @@ BAD_TRAIN = {
     "unknown model": ({"model": {"name": "smollm3"}}, "unknown model 'smollm3'"),
     "server backend without url": ({"backend": {"kind": "sglang"}}, "needs url"),
     "invalid field": ({"budget": {"roots": 1}}, "budget.roots"),
+    "negative threads": ({"threads": -1}, "threads: Input should be greater than or equal to 0"),
 }
 
 
@@ -71,6 +72,7 @@ BAD_EVAL = {
     "arm without a run": (["--bench", "arithmetic", "--arm", "trace"], "needs a trace-rl train run"),
     "missing math file": (["--bench", "/nonexistent/aime.jsonl"], "no such task file"),
     "bad limit": (["--bench", "arithmetic", "--limit", "0"], "--limit must be at least 1"),
+    "negative threads": (["--bench", "arithmetic", "--threads", "-2"], "--threads must be 0"),
 }
 
 

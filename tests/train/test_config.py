@@ -60,3 +60,23 @@ def test_every_predictor_kind_learns_and_survives_a_checkpoint(kind, tmp_path):
     fresh.load_state_dict(load_checkpoint(tmp_path, models={}, optimizers={}).states["trace"]["predictor"])
     np.testing.assert_allclose(fresh.predict(texts), predictor.predict(texts))
     assert ((predictor.predict(texts) >= 0) & (predictor.predict(texts) <= 1)).all()
+
+
+def test_threads_default_leaves_a_core_for_the_event_loop(monkeypatch):
+    import os
+
+    import torch
+
+    from trace_agents.models import set_threads
+
+    before = torch.get_num_threads()
+    try:
+        for cpus, expected in ((1, 1), (2, 1), (16, 15)):
+            monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)))
+            assert set_threads(0) == expected == torch.get_num_threads()
+        assert set_threads(3) == 3 == torch.get_num_threads()
+        with pytest.raises(ValueError, match="threads must be 0"):
+            set_threads(-1)
+    finally:
+        torch.set_num_threads(before)
+    assert TrainConfig().threads == 0

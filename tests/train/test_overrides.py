@@ -64,3 +64,12 @@ def test_the_train_command_reports_a_bad_override(config_file: Path, tmp_path: P
     printed = capsys.readouterr()
     assert "optim.lr" in printed.out + printed.err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_threads_flag_overrides_the_config(config_file: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli(["train", "--config", str(config_file), "--out", str(tmp_path / "run"), "--threads", "-1"])
+    assert code == 2
+    printed = capsys.readouterr()
+    assert "threads: Input should be greater than or equal to 0" in printed.out + printed.err
+    assert not (tmp_path / "run").exists()

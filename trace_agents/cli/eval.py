@@ -57,6 +57,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-turns", type=int,
                    help="turns per episode (default: the env's own limit)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="torch CPU threads for an in-process model (0: one fewer than the CPUs)")
     p.add_argument("--no-progress", action="store_true", help="no progress display")
     p.set_defaults(run=run)
 
@@ -124,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
                         ("--max-tokens", args.max_tokens), ("--max-turns", args.max_turns)):
         if value is not None and value < 1:
             raise UserError(f"{name} must be at least 1 (got {value})")
+    if args.threads < 0:
+        raise UserError(f"--threads must be 0 (automatic) or more (got {args.threads})")
     check_backend(args.backend, args.url)
     try:
         benchmarks = [resolve(b) for b in args.bench]
@@ -132,6 +136,10 @@ def run(args: argparse.Namespace) -> int:
     overrides = {"max_turns": args.max_turns} if args.max_turns else {}
     envs = [make_env(b.env_id, {**b.kwargs, **overrides}, where=f"benchmark {b.name}")
             for b in benchmarks]
+    if args.backend == "hf":
+        from trace_agents.models import set_threads
+
+        set_threads(args.threads)
     models = _models(args)
     if args.no_progress:
         import transformers

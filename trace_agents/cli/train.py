@@ -30,6 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="delete the run already in --out and start again")
     p.add_argument("--steps", type=int, help="override the config's number of steps")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch CPU threads, overriding the config's `threads` (0, its default: "
+                        "one fewer than the CPUs)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars (the per-step lines are still printed)")
     p.add_argument("overrides", nargs="*", metavar="FIELD=VALUE",
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from trace_agents.train.run_dir import RunExists, holds_run, prepare
 
     console = Console()
-    overrides = {"steps": args.steps} if args.steps is not None else {}
+    overrides = {k: v for k, v in (("steps", args.steps), ("threads", args.threads)) if v is not None}
     if args.resume is not None:
         if args.out is not None or args.overwrite:
             raise UserError("--resume continues the run in its own folder: drop --out/--overwrite")

@@ -156,6 +156,8 @@ class TrainConfig(_Strict):
     optim: OptimConfig = OptimConfig()
     checkpoint_every: int = Field(1, ge=1)
     tracking: TrackingConfig = TrackingConfig()
+    threads: int = Field(0, ge=0)
+    """torch's CPU threads (``trace_agents.models.set_threads``); 0: one fewer than the CPUs."""
 
 
 class ConfigError(ValueError):

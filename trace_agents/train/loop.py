@@ -28,7 +28,7 @@ from rich.console import Console
 import trace_envs  # noqa: F401  (registers the envs)
 from trace_agents.backends import make_backend
 from trace_agents.backends.base import Backend, SamplingParams
-from trace_agents.models import load_model
+from trace_agents.models import load_model, set_threads
 from trace_agents.rollout import RolloutRunner
 from trace_agents.sampler import Candidate, TraceSampler
 from trace_agents.train import run_dir
@@ -225,6 +225,7 @@ async def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, stop_after: i
     out_dir.mkdir(parents=True, exist_ok=True)
     log = MetricsLog(out_dir / METRICS_NAME)
     _seed_everything(cfg.seed)
+    set_threads(cfg.threads)
     arms = build_arms(cfg, progress=progress, warm=not resume, console=console)
     start = 0
     if resume:
