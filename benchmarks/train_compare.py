@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from trace_agents.backends import make_backend  # noqa: E402
 from trace_agents.backends.base import SamplingParams  # noqa: E402
 from trace_agents.evaluate import Benchmark, evaluate  # noqa: E402
-from trace_agents.models import load_model  # noqa: E402
+from trace_agents.models import load_model, set_threads  # noqa: E402
 from trace_agents.train.config import TrainConfig  # noqa: E402
 from trace_agents.train.loop import run as train, warm_started  # noqa: E402
 
@@ -63,7 +63,7 @@ def make_config(args: argparse.Namespace, seed: int) -> TrainConfig:
         "predictor": {"kind": "lexical"},
         "warmup": {"examples": 32, "epochs": 1, "lr": 5e-5},
         "optim": {"lr": args.lr, "micro_batch": 8, "grad_accum": 1, "ppo_epochs": 1},
-        "checkpoint_every": args.checkpoint_every,
+        "checkpoint_every": args.checkpoint_every, "threads": args.threads,
     })
 
 
@@ -214,14 +214,11 @@ def main() -> None:
     parser.add_argument("--checkpoint-every", type=int, default=5,
                         help="steps between checkpoints (an interrupted run resumes from the last)")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (0: torch's default); run seeds as parallel processes "
+                        help="torch threads (0: one fewer than the CPUs); run seeds as parallel processes "
                              "with --seeds N --threads 1 to use more cores")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     runs = [run_seed(args, seed) for seed in args.seeds]
     table = summarize(runs, args)
