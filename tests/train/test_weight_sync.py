@@ -34,6 +34,17 @@ def test_in_process_shares_or_copies():
     assert same(other, model)
 
 
+def test_in_process_sync_drops_the_stale_prefix_cache():
+    from trace_agents.backends.base import SamplingParams
+
+    model, tok = trained()
+    backend = HFBackend(model, tok)
+    asyncio.run(backend.generate(list(range(5, 40)), SamplingParams(temperature=0.0, max_tokens=4)))
+    assert backend.engine.store.nbytes > 0
+    asyncio.run(sync_weights(backend, model, None))
+    assert backend.engine.store.nbytes == 0
+
+
 def test_sglang_loads_the_exported_weights_and_flushes(tmp_path):
     model, tok = trained()
     server_model = tiny_qwen3()[0]

@@ -423,6 +423,13 @@ class HFBackend:
         with self.engine.lock:
             self.engine.model.load_state_dict(state_dict, strict=True)
 
+    def flush_cache(self) -> None:
+        """Drop the prefix cache after a weight update. The next step would drop it anyway (the
+        weights' version changed); dropping it now frees its memory for the update and for other
+        policies sampling in the same process meanwhile (a run's arms, up to 1 GiB each)."""
+        with self.engine.lock:
+            self.engine.store.clear()
+
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         if is_token_prompt(prompt):
             return [int(t) for t in prompt]  # type: ignore[union-attr]

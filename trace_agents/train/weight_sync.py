@@ -1,7 +1,8 @@
 """Give the inference engine the policy's new weights after an update.
 
 - In process (:class:`HFBackend`): the backend samples with the very module the trainer updates,
-  so there is nothing to send; a backend holding another module gets a state-dict copy.
+  so there is nothing to send (a backend holding another module gets a state-dict copy); its
+  prefix cache, now stale, is dropped.
 - SGLang: the weights are written as safetensors to a directory and the server is asked to load
   them (``POST /update_weights_from_disk``), then to drop its now-stale prefix cache
   (``POST /flush_cache``).
@@ -33,6 +34,7 @@ async def sync_weights(backend: Any, model: torch.nn.Module, directory: Path) ->
     if isinstance(backend, HFBackend):
         if backend.model is not model:
             backend.load_weights(model.state_dict())
+        backend.flush_cache()
         return "in-process"
     export_weights(model, directory)
     if isinstance(backend, SGLangBackend):
