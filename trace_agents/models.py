@@ -8,9 +8,11 @@ cached as safetensors so later loads take about a second.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -196,23 +198,43 @@ def model_problem(name: str) -> str | None:
     return None
 
 
-def set_threads(threads: int = 0) -> int:
-    """Set torch's CPU threads for in-process sampling and training; return how many were set.
+def cpu_threads(threads: int = 0, *, alone: bool = False) -> int:
+    """The torch threads that ``threads`` means: itself, or for ``0`` one fewer than the CPUs this
+    process may run on (at least one), or all of them when torch runs ``alone``.
 
-    ``0``: one fewer than the CPUs this process may run on, at least one. The event loop, env
-    steps and tokenization need a core beside the model's, and torch's default (one thread per
-    core) oversubscribes a small machine: on 2 busy cores a tiny-model sampler step took 5-12x as
-    long with 2 threads as with 1 (docs/training.md).
+    While sampling, the event loop, env steps and tokenization need a core beside the model's, and
+    torch's default (one thread per core) oversubscribes a small machine: on 2 busy cores a
+    tiny-model sampler step took 5-12x as long with 2 threads as with 1 (docs/training.md). The
+    policy update and the warm-start run alone, and use every core.
     """
-    import torch
-
     if threads < 0:
         raise ValueError(f"threads must be 0 (automatic) or more (got {threads})")
-    if threads == 0:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        threads = max(1, (cpus or 1) - 1)
+    if threads:
+        return threads
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cpus or 1) - (0 if alone else 1))
+
+
+def set_threads(threads: int = 0) -> int:
+    """Set torch's CPU threads for in-process sampling (:func:`cpu_threads`); return how many."""
+    import torch
+
+    threads = cpu_threads(threads)
     torch.set_num_threads(threads)
     return threads
+
+
+@contextlib.contextmanager
+def threads_alone(threads: int = 0) -> Iterator[int]:
+    """Within the block torch uses :func:`cpu_threads` ``(threads, alone=True)``; restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(cpu_threads(threads, alone=True))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 def load_model(name: str, dtype: str = "auto") -> tuple[Any, Any]:

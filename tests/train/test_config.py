@@ -67,7 +67,7 @@ def test_threads_default_leaves_a_core_for_the_event_loop(monkeypatch):
 
     import torch
 
-    from trace_agents.models import set_threads
+    from trace_agents.models import set_threads, threads_alone
 
     before = torch.get_num_threads()
     try:
@@ -75,6 +75,13 @@ def test_threads_default_leaves_a_core_for_the_event_loop(monkeypatch):
             monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)))
             assert set_threads(0) == expected == torch.get_num_threads()
         assert set_threads(3) == 3 == torch.get_num_threads()
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1})
+        set_threads(0)
+        with threads_alone(0) as inside:  # the update: nothing else runs, every core
+            assert inside == 2 == torch.get_num_threads()
+        assert torch.get_num_threads() == 1
+        with threads_alone(3) as inside:  # an explicit count holds everywhere
+            assert inside == 3
         with pytest.raises(ValueError, match="threads must be 0"):
             set_threads(-1)
     finally:

@@ -28,7 +28,7 @@ from rich.console import Console
 import trace_envs  # noqa: F401  (registers the envs)
 from trace_agents.backends import make_backend
 from trace_agents.backends.base import Backend, SamplingParams
-from trace_agents.models import load_model, set_threads
+from trace_agents.models import load_model, set_threads, threads_alone
 from trace_agents.rollout import RolloutRunner
 from trace_agents.sampler import Candidate, TraceSampler
 from trace_agents.train import run_dir
@@ -134,8 +134,9 @@ def warm_started(cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any, conso
         console.print(f"format warm-start: loaded from cache {path}")
         return
     env = gym.make(cfg.env.id, split=cfg.env.split, **cfg.env.kwargs)
-    stats = warm_start(model, tokenizer, env, examples=w.examples, epochs=w.epochs, lr=w.lr,
-                       seed=cfg.seed, dialect=cfg.model.dialect)
+    with threads_alone(cfg.threads):
+        stats = warm_start(model, tokenizer, env, examples=w.examples, epochs=w.epochs, lr=w.lr,
+                           seed=cfg.seed, dialect=cfg.model.dialect)
     console.print(f"format warm-start: {stats['examples']} demonstrations, loss "
                   f"{stats['loss_first']:.3f} → {stats['loss_last']:.3f}, {stats['seconds']:.0f} s")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -187,7 +188,8 @@ async def run_step(arm: Arm, step: int, cfg: TrainConfig, out_dir: Path) -> dict
                     continuation_cost=cfg.budget.continuation_cost)
     result = await arm.sampler.step(candidates, budget, label=f"step {step} {arm.name}")
     started = time.perf_counter()
-    update = arm.updater.update(result.training_trees)
+    with threads_alone(cfg.threads):  # nothing samples meanwhile: every core
+        update = arm.updater.update(result.training_trees)
     update_s = time.perf_counter() - started
     sync = await sync_weights(arm.backend, arm.model, out_dir / "weights" / arm.name)
     record = {**result.metrics, "step": step, "allocator": arm.name, **update,
