@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from trace_agents.models import cache_argument
-from trace_agents.train.loss import sequence_logprobs
+from trace_agents.train.loss import picked_logprobs, sequence_logprobs
 
 MIN_SHARED = 32
 """Shorter common prefixes run the plain padded forward (the cache bookkeeping is not worth it)."""
@@ -47,7 +47,6 @@ def token_logprobs(model: torch.nn.Module, tokens: torch.Tensor, attention: torc
     tail = model(input_ids=tokens[:, shared:], attention_mask=attention, use_cache=True,
                  **{argument: cache}).logits
     head_logp = sequence_logprobs(head.logits, tokens[:1, :shared]).expand(rows, -1)
-    first = torch.log_softmax(head.logits[:, -1].float(), dim=-1).expand(rows, -1)
-    first = first.gather(-1, tokens[:, shared : shared + 1])
+    first = picked_logprobs(head.logits[:, -1].expand(rows, -1), tokens[:, shared])[:, None]
     rest = sequence_logprobs(tail, tokens[:, shared:])[:, 1:]
     return torch.cat([head_logp, first, rest], dim=1)
