@@ -8,6 +8,7 @@ import os
 import pytest
 
 from tests import fuzz
+from tests.hostile_http import HostileServer
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -37,3 +38,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # ty
         terminalreporter.section("hostile-input fuzzing")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="module")
+def hostile():
+    """A hostile HTTP server on loopback (:mod:`tests.hostile_http`); tests set its ``plan``."""
+    with HostileServer() as server:
+        yield server

@@ -8,6 +8,8 @@ import random
 
 import pytest
 
+from tests import fuzz
+from tests.hostile_http import SLACK
 from trace_agents.backends import (
     BackendError,
     OpenAIBackend,
@@ -233,18 +235,6 @@ CHAT_REPLY = {"id": "c", "choices": [{"message": {"role": "assistant", "content"
                                       "finish_reason": "stop"}],
               "usage": {"prompt_tokens": 3}}
 HOSTILE_TIMEOUT = 0.2
-SLACK = 1.5
-"""A loaded two-core machine can stall a thread for a second; the bug this guards took over 70 s."""
-
-
-@pytest.fixture(scope="module")
-def hostile():
-    from tests.hostile_http import HostileServer
-
-    with HostileServer() as server:
-        yield server
-
-
 def _hostile_backend(kind: str, url: str, **options):
     options = {"retry": RetryPolicy(attempts=2, backoff_s=0.01), "timeout_s": HOSTILE_TIMEOUT,
                "total_timeout_s": 2 * HOSTILE_TIMEOUT, "max_reply_bytes": 256 * 1024, **options}
@@ -268,17 +258,15 @@ async def _generate_or_error(backend, prompt):
     return out
 
 
-def test_any_reply_gives_a_completion_or_backend_error_within_the_deadline(hostile, request):
-    from hypothesis import HealthCheck, given, settings, target
+def test_any_reply_gives_a_completion_or_backend_error_within_the_deadline(hostile):
+    from hypothesis import given, target
     from hypothesis import strategies as st
 
     from tests.hostile_http import plans, timed
 
-    examples = 5000 if request.config.getoption("--fuzz-long", default=False) else 80
     templates = {"sglang": SGLANG_REPLY, "completions": COMPLETION_REPLY, "chat": CHAT_REPLY}
 
-    @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @fuzz.examples(80)
     @given(data=st.data(), kind=st.sampled_from(sorted(templates)))
     def run(data, kind):
         hostile.plan = data.draw(plans(templates[kind], drip_s=0.02))

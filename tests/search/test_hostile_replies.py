@@ -8,10 +8,11 @@ import asyncio
 import tracemalloc
 
 import pytest
-from hypothesis import HealthCheck, given, settings, target
+from hypothesis import given, target
 from hypothesis import strategies as st
 
-from tests.hostile_http import HostileServer, Plan, plans, timed
+from tests import fuzz
+from tests.hostile_http import SLACK, Plan, plans, timed
 from tests.search.conftest import search_call
 from trace_envs.search.client import APIS, HttpRetriever
 from trace_envs.search.env import SearchEnv
@@ -20,34 +21,17 @@ from trace_envs.search.retrievers import Hit, RetrievalError
 TEMPLATE = {"result": [[{"document": {"id": "d1", "contents": "Title\nSome text."}, "score": 1.5},
                         {"document": {"id": "d2", "title": "T", "text": "x"}, "score": 0}]]}
 TIMEOUT = 0.2
-SLACK = 1.5
-"""A loaded two-core machine can stall a thread for a second; the bug this guards took 49 s."""
-
-
-@pytest.fixture(scope="module")
-def hostile():
-    with HostileServer() as server:
-        yield server
-
-
-@pytest.fixture
-def examples(request):
-    """A moderate number by default; ``--fuzz-long`` (where the suite defines it) runs many."""
-    return 5000 if request.config.getoption("--fuzz-long", default=False) else 80
-
-
 def _check_hits(out: object, queries: int) -> None:
     assert isinstance(out, list) and len(out) == queries
     assert all(isinstance(h, Hit) and isinstance(h.passage.text, str) for hits in out for h in hits)
 
 
-def test_any_reply_gives_hits_or_retrieval_error_within_the_timeout(hostile, examples):
+def test_any_reply_gives_hits_or_retrieval_error_within_the_timeout(hostile):
     clients = {api: HttpRetriever(hostile.url, api=api, timeout=TIMEOUT, retries=1, backoff=0.01,
                                   max_reply_bytes=256 * 1024) for api in APIS}
     env = SearchEnv(retriever=clients["search-r1"], max_turns=100)
 
-    @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @fuzz.examples(80)
     @given(plan=plans(TEMPLATE, drip_s=0.02), how=st.sampled_from(["sync", "async", "env"]),
            api=st.sampled_from(APIS))
     def run(plan: Plan, how: str, api: str) -> None:
