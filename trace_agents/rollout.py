@@ -25,7 +25,7 @@ import asyncio
 import concurrent.futures
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -215,10 +215,12 @@ class RolloutRunner:
         """The model family's dialect (``auto``: from the chat template); chat-message backends
         speak the text dialect."""
         stop = self.format.stop if self.format else STOP_STRINGS
-        self.sampling = SamplingParams(
-            sampling.temperature, sampling.top_p, sampling.max_tokens,
-            tuple(dict.fromkeys(sampling.stop + stop)), sampling.seed,
+        ends = sorted(self.format.stop_ids) if self.format else []
+        self.sampling = replace(
+            sampling, stop=tuple(dict.fromkeys(sampling.stop + stop)),
+            stop_token_ids=tuple(dict.fromkeys((*sampling.stop_token_ids, *ends))),
         )
+        """The turn ends at the dialect's stop strings and end-of-turn tokens on every engine."""
         self.max_context_tokens = max_context_tokens
         self.on_episode = on_episode
         """Called as each episode ends (progress bars)."""

@@ -106,6 +106,7 @@ class _SGLangSampling(_Lenient):
     stop: list[str] | str | None = None
     no_stop_trim: bool = False
     sampling_seed: int | None = None
+    stop_token_ids: list[int] | None = None
 
 
 class _SGLangRequest(_Lenient):
@@ -125,6 +126,7 @@ class _OpenAIRequest(_Lenient):
     top_p: float = 1.0
     stop: list[str] | str | None = None
     seed: int | None = None
+    stop_token_ids: list[int] | None = None
     logprobs: bool | int | None = None
     include_stop_str_in_output: bool = False
     return_token_ids: bool = False
@@ -247,7 +249,8 @@ class StandinApp:
             raise ValueError("give text or input_ids")
         sp = req.sampling_params
         stops = _stops(sp.stop)
-        params = SamplingParams(sp.temperature, sp.top_p, sp.max_new_tokens, stops, sp.sampling_seed)
+        params = SamplingParams(sp.temperature, sp.top_p, sp.max_new_tokens, stops, sp.sampling_seed,
+                                tuple(sp.stop_token_ids or ()))
         out, cached = await self._run(list(ids), params)
         text, matched = _trim(out.text, stops, keep=sp.no_stop_trim)
         finish: dict[str, Any] = {"type": out.finish_reason}
@@ -275,7 +278,8 @@ class StandinApp:
 
     def _params(self, req: _OpenAIRequest) -> SamplingParams:
         max_tokens = req.max_completion_tokens or req.max_tokens or 16
-        return SamplingParams(req.temperature, req.top_p, max_tokens, _stops(req.stop), req.seed)
+        return SamplingParams(req.temperature, req.top_p, max_tokens, _stops(req.stop), req.seed,
+                              tuple(req.stop_token_ids or ()))
 
     async def _completions(self, req: _OpenAIRequest) -> dict[str, Any]:
         if req.prompt is None:

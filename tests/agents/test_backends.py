@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -91,7 +92,7 @@ def test_requests_joining_a_running_batch_each_complete_once_as_if_alone(tiny):
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
 
 
-def test_hf_seed_reproduces_and_stop_strings_end_generation(tiny):
+def test_hf_seed_reproduces_and_stop_strings_and_tokens_end_generation(tiny):
     model, tok = tiny
     prompt = _prompt(tok)
     sampled = SamplingParams(temperature=1.0, max_tokens=20, seed=7)
@@ -103,11 +104,14 @@ def test_hf_seed_reproduces_and_stop_strings_end_generation(tiny):
         c = await backend.generate(prompt, sampled.with_seed(8))
         stop_at = tok.decode(a.token_ids[:3])
         d = await backend.generate(prompt, SamplingParams(1.0, 1.0, 20, (stop_at,), seed=7))
-        return a, b, c, d, stop_at
+        e = await backend.generate(prompt, replace(sampled, stop_token_ids=(a.token_ids[3],)))
+        return a, b, c, d, e, stop_at
 
-    a, b, c, d, stop_at = asyncio.run(run())
+    a, b, c, d, e, stop_at = asyncio.run(run())
     assert a.token_ids == b.token_ids and a.token_ids != c.token_ids
     assert d.finish_reason == "stop" and stop_at in d.text and len(d.token_ids) <= 3
+    first = a.token_ids.index(a.token_ids[3]) + 1  # the stop token may come earlier too
+    assert e.finish_reason == "stop" and e.token_ids == a.token_ids[:first]
 
 
 def test_sglang_and_openai_clients_match_in_process(tiny, standin, fresh_faults):
@@ -133,6 +137,29 @@ def test_sglang_and_openai_clients_match_in_process(tiny, standin, fresh_faults)
         assert out.finish_reason == "length" and out.prompt_tokens == len(prompt)
     # the same prompt again: the stand-in's prefix cache serves all but the last prompt token
     assert outs[1].cached_tokens == len(prompt) - 1
+
+
+def test_stop_token_ids_end_generation_on_every_backend(tiny, standin, fresh_faults):
+    """A dialect's end-of-turn token that is not the model's eos ends the turn everywhere."""
+    model, tok = tiny
+    prompt = _prompt(tok, "Say something")
+
+    async def run():
+        local = HFBackend(model, tok)
+        free = await local.generate(prompt, GREEDY)
+        params = replace(GREEDY, stop_token_ids=(free.token_ids[4],))
+        outs = [await local.generate(prompt, params)]
+        for backend in (SGLangBackend(standin.url, retry=FAST_RETRY),
+                        OpenAIBackend(standin.url, "standin", retry=FAST_RETRY)):
+            outs.append(await backend.generate(prompt, params))
+            await backend.aclose()
+        return free, outs
+
+    free, outs = asyncio.run(run())
+    first = free.token_ids.index(free.token_ids[4]) + 1
+    assert first < len(free.token_ids) and free.finish_reason == "length"
+    for out in outs:
+        assert out.token_ids == free.token_ids[:first] and out.finish_reason == "stop"
 
 
 def test_continuation_prompt_hits_the_prefix_cache(tiny, standin, fresh_faults):

@@ -225,9 +225,13 @@ def test_calculator_episode_is_rendered_by_the_template(dialects, family):
     env = CalculatorEnv(suite_options={"size": 20, "seed": 0})
     task = env.tasks[0]
     messages = env.demonstration(task)
-    _, tree, episode, _ = play(d, env, task.id, messages, family)
+    runner, tree, episode, _ = play(d, env, task.id, messages, family)
     assert (episode.status, episode.reward, episode.turns) == ("terminated", 1.0, 2)
     assert_record_is_the_templates_rendering(d, tree, env, family)
+    # every engine is told to end the turn at the dialect's end-of-turn tokens, not only at eos
+    # (harmony's <|end|> excepted: the analysis message ends with it, the call follows)
+    assert set(runner.sampling.stop_token_ids) == d.stop_ids and set(d.stop) <= set(runner.sampling.stop)
+    assert d.stop_ids == d.end_ids - ({d.encode("<|end|>")[0]} if family == "harmony" else set())
 
 
 @pytest.mark.parametrize("family", FAMILIES)

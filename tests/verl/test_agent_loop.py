@@ -238,7 +238,7 @@ def test_a_family_dialect_plays_through_the_agent_loop_with_its_own_tokens(qwen_
     error, result = ep.turns[0].observation, ep.turns[1].observation
     assert error.startswith("Error: ") and "malformed tool call" in error and result == "5"
     sent = server.calls[0]["sampling_params"]
-    assert sent["stop_token_ids"] == sorted(dialect.end_ids) and "stop" not in sent
+    assert sent["stop_token_ids"] == sorted(dialect.stop_ids) and "stop" not in sent
 
     native = RolloutRunner(ScriptedBackend(lambda ctx, _p: policy(ctx) + "<|im_end|>", tok), tokenizer=tok,
                            sampling=SamplingParams(max_tokens=1024))

@@ -30,6 +30,10 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     """Per-request seed where the engine supports one (reproducible tests)."""
+    stop_token_ids: tuple[int, ...] = ()
+    """Token ids that end generation besides the model's own end of sequence: a dialect's
+    end-of-turn markers, which a base model's generation config may not list (Qwen3-Base stops
+    at ``<|endoftext|>`` only, not at the ``<|im_end|>`` its chat template closes turns with)."""
 
     def with_seed(self, seed: int | None) -> SamplingParams:
         return replace(self, seed=seed)

@@ -358,7 +358,7 @@ class HFEngine:
             token = int(torch.multinomial(probs, 1, generator=row.generator))
         row.ids.append(token)
         row.logprobs.append(float(logprobs[token]))
-        if token in self.eos_ids:
+        if token in self.eos_ids or token in p.stop_token_ids:
             row.finish = "stop"
         elif p.stop and any(s in self._tail_text(row) for s in p.stop):
             row.finish = "stop"

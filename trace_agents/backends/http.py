@@ -233,6 +233,8 @@ class SGLangBackend:
         }
         if params.seed is not None:
             sampling["sampling_seed"] = params.seed
+        if params.stop_token_ids:
+            sampling["stop_token_ids"] = list(params.stop_token_ids)
         payload: dict[str, Any] = {"sampling_params": sampling, "return_logprob": True}
         if is_token_prompt(prompt):
             payload["input_ids"] = [int(t) for t in prompt]  # type: ignore[union-attr]
@@ -294,6 +296,8 @@ class OpenAIBackend:
         }
         if params.seed is not None:
             payload["seed"] = params.seed
+        if params.stop_token_ids:
+            payload["stop_token_ids"] = list(params.stop_token_ids)  # vLLM extension
         token_prompt = is_token_prompt(prompt)
         if self.chat:
             if token_prompt:

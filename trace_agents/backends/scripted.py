@@ -41,6 +41,10 @@ class ScriptedBackend:
                 text = text[: at + len(stop)]
                 break
         ids = [] if self.tokenizer is None else list(self.tokenizer.encode(text, add_special_tokens=False))
+        ends = [i for i, t in enumerate(ids) if t in params.stop_token_ids]
+        if ends and ends[0] + 1 < len(ids):
+            ids, finish = ids[: ends[0] + 1], "stop"
+            text = self.tokenizer.decode(ids, skip_special_tokens=False)
         if len(ids) > params.max_tokens:
             ids, finish = ids[: params.max_tokens], "length"
             text = self.tokenizer.decode(ids, skip_special_tokens=False)

@@ -50,6 +50,9 @@ class TemplateDialect:
     name: ClassVar[str]
     end_of_turn: ClassVar[tuple[str, ...]]
     """Markers that end an assistant turn (``<|im_end|>``; GLM's next-role tokens)."""
+    message_end: ClassVar[tuple[str, ...]] = ()
+    """End-of-turn markers that may also end one message of a turn holding several (harmony's
+    ``<|end|>`` after the analysis, before the call): generation must not stop at them."""
     opens_next: ClassVar[tuple[str, ...]] = ()
     """End-of-turn markers that are the next message's opener (GLM's ``<|observation|>``), not a
     closer of the model's turn: one the model did not write itself is never dropped."""
@@ -83,6 +86,9 @@ class TemplateDialect:
                 ids.add(encoded[0])
         self.end_ids = frozenset(ids)
         """Token ids that end a turn (the tokenizer's eos and the family's single-token markers)."""
+        self.stop_ids = self.end_ids - {i for m in self.message_end
+                                        for i in tokenizer.encode(m, add_special_tokens=False)}
+        """Token ids generation stops at: ``end_ids`` less the markers that may end a message only."""
         self._closer_ids = self.end_ids - {i for m in self.opens_next
                                            for i in tokenizer.encode(m, add_special_tokens=False)}
         user = [{"role": "user", "content": "u"}]

@@ -50,6 +50,7 @@ class Harmony(TemplateDialect):
 
     name = "harmony"
     end_of_turn = ("<|return|>", "<|call|>", "<|end|>")
+    message_end = ("<|end|>",)
     thinking_key = "thinking"
     one_call_per_message = True
     trl_template = "gptoss_template"

@@ -27,6 +27,8 @@ class TextDialect(ChatFormat):
         """Token ids that end a turn."""
         return self.eos_ids
 
+    stop_ids = end_ids
+
     def initial_messages(self, env: ToolEnv, task_prompt: str) -> list[Message]:
         return initial_messages(env, task_prompt)
 

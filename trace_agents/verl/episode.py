@@ -32,7 +32,7 @@ def stop_params(engine: str, dialect: Dialect) -> dict[str, Any]:
     ``<|observation|>``, harmony's ``<|call|>``: not every server's eos list holds them). The
     names differ per engine; an unknown engine gets none and relies on the model's eos."""
     stop = {"stop": list(dialect.stop)} if dialect.stop else {}
-    tokens = {"stop_token_ids": sorted(dialect.end_ids)} if dialect.end_ids else {}
+    tokens = {"stop_token_ids": sorted(dialect.stop_ids)} if dialect.stop_ids else {}
     if engine == "vllm":
         return {**stop, **({"include_stop_str_in_output": True} if stop else {}), **tokens}
     if engine == "sglang":
