@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, save_file
@@ -45,6 +46,23 @@ def _join_arrays(value: Any, arrays: Mapping[str, np.ndarray]) -> Any:
     if isinstance(value, list):
         return [_join_arrays(v, arrays) for v in value]
     return value
+
+
+def dump_state(value: Any, json_path: Path, arrays_path: Path) -> None:
+    """JSON-able state whose numpy arrays (predictor weights) go to a safetensors file beside it."""
+    arrays: dict[str, np.ndarray] = {}
+    meta = _split_arrays(value, arrays)
+    save_numpy(arrays, str(arrays_path))
+    json_path.write_text(json.dumps(meta), encoding="utf-8")
+
+
+def read_state(json_path: Path, arrays_path: Path) -> Any:
+    """What :func:`dump_state` wrote; a clear error for a missing or corrupt file."""
+    try:
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
+        return _join_arrays(meta, load_numpy(str(arrays_path)))
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
+        raise ValueError(f"corrupt or missing checkpoint state {json_path}: {type(exc).__name__}: {exc}") from None
 
 
 def rng_state() -> dict[str, Any]:
@@ -87,10 +105,8 @@ def save_checkpoint(
     for name, optimizer in optimizers.items():
         torch.save(optimizer.state_dict(), tmp / f"optim-{name}.pt")
     save_file({"torch_rng": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
-    arrays: dict[str, np.ndarray] = {}
-    meta = _split_arrays({"step": step, "rng": rng_state(), "states": dict(states)}, arrays)
-    save_numpy(arrays, str(tmp / "states.safetensors"))
-    (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    dump_state({"step": step, "rng": rng_state(), "states": dict(states)},
+               tmp / "meta.json", tmp / "states.safetensors")
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
@@ -107,15 +123,11 @@ def load_checkpoint(
     path = run_dir / NAME
     if not (path / "meta.json").is_file():
         raise FileNotFoundError(f"no checkpoint in {run_dir} (expected {path}/meta.json)")
-    try:
-        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"corrupt checkpoint metadata in {path}: {exc}") from None
+    meta = read_state(path / "meta.json", path / "states.safetensors")  # before any model changes
     for name, model in models.items():
         model.load_state_dict(load_file(str(path / f"model-{name}.safetensors")))
     for name, optimizer in optimizers.items():
         optimizer.load_state_dict(torch.load(path / f"optim-{name}.pt", weights_only=True))
-    meta = _join_arrays(meta, load_numpy(str(path / "states.safetensors")))
     set_rng_state(meta["rng"], load_file(str(path / "rng.safetensors"))["torch_rng"])
     return Loaded(int(meta["step"]), meta["states"])
 

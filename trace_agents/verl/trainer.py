@@ -5,7 +5,8 @@
   _run_prompt`` reads) and its Stage 2 cap; its advantage step reads the episodes back from
   TransferQueue, grows the trees, charges the `Budget` and writes tree-aware advantages
   (``trace_agents.train.advantages``, the native trainer's function); ``on_step_end`` refits the
-  predictor before verl syncs the weights.
+  predictor before verl syncs the weights. verl's checkpoints carry TRACE's state (the predictor,
+  the allocator's RNG) in ``global_step_N/trace``, so a resumed run keeps what it learned.
 * `TraceAgentLoopWorker` (an ``AgentLoopWorkerTQ``): runs a prompt's bare rollouts, plans **that
   prompt's** continuations at once (no wait for other prompts) and runs them as further sessions
   of the same ``uid``, resumed from the env snapshots and exact token prefixes.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,7 @@ from verl.trainer.main_ppo import TaskRunnerV1
 from verl.trainer.ppo.v1 import AgentLoopManagerTQ, AgentLoopWorkerTQ, PPOTrainerSync, register_trainer
 from verl.utils import tensordict_utils as tu
 
+from trace_agents.train.checkpoint import dump_state, read_state
 from trace_agents.train.config import BudgetConfig, OptimConfig, PredictorConfig, TrainConfig
 from trace_agents.train.loop import make_allocator
 from trace_agents.verl.episode import Episode
@@ -45,6 +48,8 @@ from trace_allocation.allocators import Allocator
 logger = logging.getLogger(__name__)
 
 TRAINER_NAME = "trace"
+TRACE_STATE = "trace"
+"""Folder in verl's ``global_step_N`` checkpoint holding TRACE's own state."""
 
 
 def trace_settings(config: DictConfig) -> tuple[str, TrainConfig]:
@@ -61,7 +66,7 @@ def trace_settings(config: DictConfig) -> tuple[str, TrainConfig]:
         seed=t.get("seed", 0),
         budget=BudgetConfig(**t.get("budget", {})),
         predictor=PredictorConfig(**t.get("predictor", {})),
-        optim=OptimConfig(advantage=t.get("advantage", "tree"), shared_tokens=t.get("shared_tokens", "once")),
+        optim=OptimConfig(**{k: t[k] for k in ("advantage", "shared_tokens") if k in t}),
     )
     return str(t.get("allocator", "trace")), settings
 
@@ -81,7 +86,8 @@ class TraceTrainer(PPOTrainerSync):
 
     def __init__(self, config: DictConfig) -> None:
         name, self.settings = trace_settings(config)
-        self.sampler = TraceSampler(make_allocator(name, self.settings, np.random.default_rng(self.settings.seed)))
+        self.alloc_rng = np.random.default_rng(self.settings.seed)
+        self.sampler = TraceSampler(make_allocator(name, self.settings, self.alloc_rng))
         self.budget: Budget | None = None
         self.trace_metrics: dict[str, float] = {}
         super().__init__(config)
@@ -167,6 +173,45 @@ class TraceTrainer(PPOTrainerSync):
         refit = self.refit_predictor()
         super().on_step_end()
         self._pending_sync_metrics = {**(getattr(self, "_pending_sync_metrics", None) or {}), **refit}
+
+    # ------------------------------------------------------------------ checkpoints
+    def trace_state(self) -> dict[str, Any]:
+        predictor = self.sampler.allocator.predictor
+        return {"alloc_rng": self.alloc_rng.bit_generator.state, "unpaid": self.sampler.unpaid,
+                "predictor": None if predictor is None else predictor.state_dict()}
+
+    def load_trace_state(self, state: dict[str, Any]) -> None:
+        predictor = self.sampler.allocator.predictor
+        if (state["predictor"] is None) != (predictor is None):
+            raise ValueError("the checkpoint's TRACE state was saved with a different predictor setting")
+        self.alloc_rng.bit_generator.state = state["alloc_rng"]
+        self.sampler.unpaid = float(state["unpaid"])
+        if predictor is not None:
+            predictor.load_state_dict(state["predictor"])
+
+    def _save_checkpoint(self) -> None:
+        """TRACE's state first: verl marks the step saved (``latest_checkpointed_iteration.txt``)
+        last, so a resumed run never finds the step's weights without it."""
+        folder = Path(self.config.trainer.default_local_dir) / f"global_step_{self.global_steps}" / TRACE_STATE
+        folder.mkdir(parents=True, exist_ok=True)
+        dump_state(self.trace_state(), folder / "state.json", folder / "arrays.safetensors")
+        super()._save_checkpoint()
+
+    def _load_checkpoint(self) -> None:
+        super()._load_checkpoint()
+        if not self.global_steps:
+            return  # training from scratch
+        trainer = self.config.trainer
+        step_dir = (Path(trainer.resume_from_path) if trainer.resume_mode == "resume_path"
+                    else Path(trainer.default_local_dir) / f"global_step_{self.global_steps}")
+        folder = step_dir / TRACE_STATE
+        if not folder.is_dir():
+            logger.warning("no TRACE state in %s (saved before trace-rl kept it): the predictor starts afresh", step_dir)
+            return
+        try:
+            self.load_trace_state(read_state(folder / "state.json", folder / "arrays.safetensors"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"cannot resume TRACE's state from {folder}: {type(exc).__name__}: {exc}") from None
 
 
 class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
