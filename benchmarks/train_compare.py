@@ -1,6 +1,6 @@
 """A real learning curve: SmolLM2 trained on the calculator suite with TRACE, GRPO, PCL and DAPO.
 
-    python benchmarks/train_compare.py --out runs/train_compare            # the full run (~1 h?, 2 cores)
+    python benchmarks/train_compare.py --out runs/train_compare            # the full run (~4 h, 2 cores)
     python benchmarks/train_compare.py --steps 2 --eval 8 --seeds 0 --out /tmp/tc   # smoke test
 
 Per seed: one format warm-start (cached), then every method trains its own copy of the policy
@@ -17,11 +17,14 @@ and end. At this scale (a 135M model, a few hundred rollouts per method) the acc
 any method is small next to its confidence interval; what the run can show reliably is the
 allocation figures (mixed trees, ratios, costs) on a real, learning policy.
 
-Sizing (an estimate, not yet measured): the default is the demo's shape (12 trajectory-equivalents
-per step), which the README's demo ran at 31-51 s per method-step for SmolLM2 on 2 idle cores, so
-2 seeds x 20 steps x (3 methods + DAPO at up to 2x) takes about 1.5-2 hours, plus ~10 minutes of
-greedy evaluation (100 problems x 5 policies x 2 seeds). `--max-tokens 32` or `--steps 20` with
-`--methods trace grpo dapo` brings it nearer an hour.
+Sizing, measured (session 4, 2 cores, SmolLM2, the defaults): a method-step takes 70-85 s
+(sampling 30-100 s at one torch thread, the update on both), so one seed is 80 method-steps plus
+5 greedy evaluations, about 2 h, and the two seeds about 4 h: more than the hour the issue
+asked for, which would take fewer than 20 steps or a third of the budget (one group a step). A process
+holds about 13 GB (four policies with their AdamW states, the engine's caches), so two seeds in
+parallel are killed for memory on a 24 GB machine: run one seed per process, one after the
+other (`--seeds 0`, then `--seeds 1`; each resumes from its last checkpoint, every
+`--checkpoint-every` steps, and the final `--seeds 0 1` call reads both results back).
 """
 
 from __future__ import annotations
@@ -213,9 +216,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/train_compare"))
     parser.add_argument("--checkpoint-every", type=int, default=5,
                         help="steps between checkpoints (an interrupted run resumes from the last)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (0: one fewer than the CPUs); run seeds as parallel processes "
-                             "with --seeds N --threads 1 to use more cores")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: one fewer than the CPUs while sampling, all of them for "
+                             "updates); one process holds ~13 GB, so seeds run one after the other")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
     set_threads(args.threads)
