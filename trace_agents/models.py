@@ -237,8 +237,31 @@ def threads_alone(threads: int = 0) -> Iterator[int]:
         torch.set_num_threads(before)
 
 
+def compute_dtype(dtype: str = "auto") -> Any:
+    """The torch dtype a config's ``dtype`` asks forwards to run in: ``auto`` is bfloat16 on a
+    GPU and float32 on CPU."""
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+
+
+def autocast(model: Any, dtype: Any) -> contextlib.AbstractContextManager[Any]:
+    """Run the forwards of a float32 ``model`` in ``dtype`` (mixed precision).
+
+    Training keeps float32 weights and optimiser state: an AdamW step moves a weight by about
+    the learning rate, and at RL's 1e-6 that is far below bfloat16's resolution (a weight of 0.02
+    has neighbours 1.2e-4 apart), so bfloat16 weights would almost all stay where they were."""
+    import torch
+
+    device = next(model.parameters()).device.type
+    return torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32)
+
+
 def load_model(name: str, dtype: str = "auto") -> tuple[Any, Any]:
-    """``smollm2`` and ``tiny-qwen3`` are offline; anything else is a local HF model directory."""
+    """``smollm2`` and ``tiny-qwen3`` are offline; anything else is a local HF model directory.
+    The weights come in :func:`compute_dtype` ``(dtype)``: pass ``float32`` for a model to train."""
     import torch
 
     if name == "smollm2":
@@ -254,8 +277,7 @@ def load_model(name: str, dtype: str = "auto") -> tuple[Any, Any]:
         path = Path(name)
         model = AutoModelForCausalLM.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
-    if dtype == "bfloat16" or (dtype == "auto" and torch.cuda.is_available()):
-        model = model.to(torch.bfloat16)
+    model = model.to(compute_dtype(dtype))
     if torch.cuda.is_available():
         model = model.cuda()
     return model.eval(), tokenizer

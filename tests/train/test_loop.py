@@ -109,6 +109,33 @@ def test_resume_is_exact(uninterrupted, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def bfloat16(lr: float, steps: int) -> TrainConfig:
+    return config(steps=steps, allocators=["grpo"], model={"name": "tiny-qwen3", "dtype": "bfloat16"},
+                  optim={"lr": lr, "micro_batch": 4, "grad_accum": 2})
+
+
+def test_bfloat16_training_moves_float32_weights(tmp_path):
+    """In bfloat16 an AdamW step of ~lr (2e-6) rounds away on almost every weight: training keeps
+    float32 weights and runs its forwards in bfloat16."""
+    from trace_agents.models import tiny_qwen3
+
+    assert run(bfloat16(2e-6, steps=1), tmp_path, progress=False)[0]["samples"] > 0
+    start, trained = tiny_qwen3()[0].state_dict(), weights(tmp_path, "grpo")
+    assert all(v.dtype == torch.float32 for v in trained.values())
+    layers = [k for k in trained if ".layers." in k and k.endswith("weight")]
+    moved = sum(int((trained[k] != start[k]).sum()) for k in layers)
+    assert moved / sum(trained[k].numel() for k in layers) > 0.5
+
+
+def test_bfloat16_engine_copy_follows_updates_and_resume(tmp_path):
+    """The engine samples from a bfloat16 copy that every update, and a resume, refreshes: a stale
+    copy changes the resumed step's samples."""
+    full = run(bfloat16(1e-2, steps=2), tmp_path / "full", progress=False)
+    run(bfloat16(1e-2, steps=2), tmp_path / "split", stop_after=1, progress=False)
+    resumed = run(bfloat16(1e-2, steps=2), tmp_path / "split", resume=True, progress=False)
+    assert strip(resumed) == strip(full)
+
+
 def test_cli_rejects_bad_config(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("steps: 2\nbudget: {roots: 1}\n")

@@ -28,7 +28,7 @@ from rich.console import Console
 import trace_envs  # noqa: F401  (registers the envs)
 from trace_agents.backends import make_backend
 from trace_agents.backends.base import Backend, SamplingParams
-from trace_agents.models import load_model, set_threads, threads_alone
+from trace_agents.models import compute_dtype, load_model, set_threads, threads_alone
 from trace_agents.rollout import RolloutRunner
 from trace_agents.sampler import Candidate, TraceSampler
 from trace_agents.train import run_dir
@@ -136,7 +136,8 @@ def warm_started(cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any, conso
     env = gym.make(cfg.env.id, split=cfg.env.split, **cfg.env.kwargs)
     with threads_alone(cfg.threads):
         stats = warm_start(model, tokenizer, env, examples=w.examples, epochs=w.epochs, lr=w.lr,
-                           seed=cfg.seed, dialect=cfg.model.dialect)
+                           seed=cfg.seed, dialect=cfg.model.dialect,
+                           compute_dtype=compute_dtype(cfg.model.dtype))
     console.print(f"format warm-start: {stats['examples']} demonstrations, loss "
                   f"{stats['loss_first']:.3f} → {stats['loss_last']:.3f}, {stats['seconds']:.0f} s")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +146,11 @@ def warm_started(cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any, conso
 
 def build_arms(cfg: TrainConfig, *, progress: bool, warm: bool,
                console: Console) -> list[Arm]:
-    base, tokenizer = load_model(cfg.model.name, cfg.model.dtype)
+    """One arm per allocator. Each trains float32 weights with its forwards in the config's dtype
+    (mixed precision, :func:`~trace_agents.models.autocast`); the in-process engine samples from
+    its own copy in that dtype when it is not float32, refreshed after every update."""
+    base, tokenizer = load_model(cfg.model.name, "float32")
+    precision = compute_dtype(cfg.model.dtype)
     if warm and cfg.warmup.examples:
         warm_started(cfg, base, tokenizer, console)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -156,14 +161,18 @@ def build_arms(cfg: TrainConfig, *, progress: bool, warm: bool,
         model = base if i == len(cfg.allocators) - 1 else copy.deepcopy(base)
         env = gym.make(cfg.env.id, split=cfg.env.split, **cfg.env.kwargs)
         alloc_rng = np.random.default_rng(cfg.seed)
-        backend = make_backend(cfg.backend.kind, model, tokenizer, url=cfg.backend.url,
+        engine_model = model
+        if cfg.backend.kind == "hf" and precision != torch.float32:
+            engine_model = copy.deepcopy(model).to(precision).eval()
+        backend = make_backend(cfg.backend.kind, engine_model, tokenizer, url=cfg.backend.url,
                                model_name=cfg.model.name, timeout_s=cfg.backend.timeout_s,
                                max_concurrency=cfg.backend.max_concurrency)
         runner = RolloutRunner(backend, tokenizer=tokenizer, sampling=sampling,
                                max_concurrency=cfg.backend.max_concurrency, seed=cfg.seed,
                                dialect=cfg.model.dialect)
         sampler = TraceSampler(runner, make_allocator(name, cfg, alloc_rng), progress=progress)
-        arms.append(Arm(name, env, model, PolicyUpdater(model, pad_id=pad_id, config=cfg.optim),
+        updater = PolicyUpdater(model, pad_id=pad_id, config=cfg.optim, compute_dtype=precision)
+        arms.append(Arm(name, env, model, updater,
                         backend, runner, sampler, np.random.default_rng(cfg.seed), alloc_rng))
     return arms
 
@@ -235,6 +244,7 @@ async def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, stop_after: i
                                  optimizers={a.name: a.updater.optimizer for a in arms})
         for arm in arms:
             arm.load_state(loaded.states[arm.name])
+            await sync_weights(arm.backend, arm.model, out_dir / "weights" / arm.name)
         start = loaded.step + 1
         log.truncate_after(loaded.step)
         console.print(f"resumed {out_dir} after step {loaded.step}")

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from trace_agents.models import autocast
 from trace_agents.rollout import token_path
 from trace_agents.train.advantages import Sample, training_samples
 from trace_agents.train.config import OptimConfig
@@ -62,10 +63,13 @@ def collate(rows: Sequence[tuple[list[int], list[float], list[float]]], pad_id: 
 class PolicyUpdater:
     """Owns the optimiser (and the frozen reference for the KL term) of one policy."""
 
-    def __init__(self, model: torch.nn.Module, *, pad_id: int, config: OptimConfig) -> None:
+    def __init__(self, model: torch.nn.Module, *, pad_id: int, config: OptimConfig,
+                 compute_dtype: torch.dtype = torch.float32) -> None:
         self.model = model
         self.pad_id = pad_id
         self.config = config
+        self.compute_dtype = compute_dtype
+        """Forwards run in it under autocast; ``model`` keeps float32 weights (:func:`autocast`)."""
         self.optimizer = torch.optim.AdamW(
             model.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
@@ -74,7 +78,8 @@ class PolicyUpdater:
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
 
     def _logprobs(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-        return token_logprobs(model, batch.tokens, batch.attention).cpu()
+        with autocast(model, self.compute_dtype):
+            return token_logprobs(model, batch.tokens, batch.attention).cpu()
 
     def update(self, trees: Sequence[RolloutTree]) -> dict[str, Any]:
         cfg = self.config

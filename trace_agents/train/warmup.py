@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from trace_agents.dialects import Dialect, make_dialect
+from trace_agents.models import autocast
 from trace_agents.train.forward import token_logprobs
 from trace_agents.train.update import collate
 from trace_envs import ToolEnv
@@ -56,8 +57,10 @@ def warm_start(
     micro_batch: int = 4,
     seed: int = 0,
     dialect: str | Dialect = "auto",
+    compute_dtype: torch.dtype = torch.float32,
 ) -> dict[str, Any]:
-    """Fine-tune ``model`` in place on ``examples`` demonstrations; returns loss and timing."""
+    """Fine-tune ``model`` in place on ``examples`` demonstrations, its forwards in
+    ``compute_dtype`` (:func:`~trace_agents.models.autocast`); returns loss and timing."""
     started = time.perf_counter()
     fmt = make_dialect(tokenizer, dialect)
     rng = np.random.default_rng(seed)
@@ -73,7 +76,8 @@ def warm_start(
         for start in range(0, len(rows), micro_batch):
             chunk = [rows[int(i)] for i in rng.permutation(len(rows))[start : start + micro_batch]]
             batch = collate([(ids, mask, mask) for ids, mask in chunk], pad)
-            logp = token_logprobs(model, batch.tokens, batch.attention).cpu()
+            with autocast(model, compute_dtype):
+                logp = token_logprobs(model, batch.tokens, batch.attention).cpu()
             loss = -(logp * batch.mask).sum() / batch.mask.sum().clamp_min(1.0)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
