@@ -246,7 +246,7 @@ class HFEngine:
         if not row.prompt:
             raise BackendError("empty prompt")
         seed = row.params.seed if row.params.seed is not None else random.getrandbits(63)
-        row.generator = torch.Generator().manual_seed(seed)
+        row.generator = torch.Generator(self.model.device).manual_seed(seed)  # where the logits are
         ids = np.asarray(row.prompt, dtype=np.int64)
         entry, n = self.store.lookup(ids[:-1])  # the last prompt token is always computed
         cache = self._new_cache()

@@ -1,0 +1,258 @@
+"""What only a GPU shows: a full training step of the real loop at real model sizes.
+
+    python benchmarks/gpu_bench.py --base DIR --shapes base,qwen3-1.7b --out gpu.json
+
+``DIR`` holds a tokenizer and a ``config.json`` (SmolLM2-135M-Instruct's: the converted folder
+under ``$TRACE_RL_CACHE`` has both); the weights are random (seeded), so the figures are speeds
+and memory, never accuracy. ``base`` is that config; ``qwen3-1.7b`` is Qwen3-1.7B's body
+(28 layers, hidden 2048, GQA 16/8) over the same vocabulary.
+
+Per shape, the arms come from the training loop's own ``build_arms`` (float32 weights, forwards in
+bfloat16, the in-process engine sampling from its bfloat16 copy) and each runs a warm-up step and
+a timed step: TRACE and GRPO at the same budget (``--roots`` roots with one half-price
+continuation each, or as many groups of 4) over the calculator suite's prompts and tools. A
+random model never answers, so the episode's end is graded by a coin (the parity of the last
+action's length): the update then trains on mixed trees as it would mid-training. Printed and
+written to ``--out`` after each shape (a timeout keeps what finished):
+
+- sampling: seconds, generated tokens/s, the engine's mean batch rows and ms per decode step;
+- update: seconds, trained tokens/s, peak GPU memory;
+- precision: the share of the layers' weights one update at ``--lr`` moves, float32 weights with
+  bfloat16 forwards (the loop) against bfloat16 weights (what the loop did before);
+- shared prefix: one micro-batch's forward + backward with the rows' common prefix run once and
+  run per row, and the largest log-probability difference between the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from trace_envs import register_env  # noqa: E402
+from trace_envs.calculator.env import CalculatorEnv  # noqa: E402
+
+QWEN3_1_7B = {"hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 28,
+              "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128,
+              "rope_theta": 1_000_000.0, "max_position_embeddings": 40_960}
+
+
+class CoinCalculatorEnv(CalculatorEnv):
+    """The calculator's prompts, tools and turn limit; the episode's end graded by a coin."""
+
+    def step(self, action: Any) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = super().step(action)
+        if terminated or truncated:
+            reward = float(len(str(action)) % 2 == 0)
+        return obs, float(reward), terminated, truncated, info
+
+
+ENV_ID = register_env("BenchCoinCalculator", CoinCalculatorEnv)
+
+
+def random_model(base: Path, shape: str, work: Path) -> Path:
+    """A Hugging Face folder with ``base``'s tokenizer and random weights of ``shape``."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Qwen3Config
+
+    path = work / shape
+    if (path / "config.json").is_file():
+        return path
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    config = AutoConfig.from_pretrained(base)
+    if shape == "qwen3-1.7b":
+        config = Qwen3Config(vocab_size=config.vocab_size, tie_word_embeddings=True,
+                             bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+                             pad_token_id=config.pad_token_id, **QWEN3_1_7B)
+    elif shape != "base":
+        raise SystemExit(f"unknown shape {shape!r}: base or qwen3-1.7b")
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.generation_config.eos_token_id = config.eos_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def bench_config(model: Path, args: argparse.Namespace) -> Any:
+    from trace_agents.train.config import TrainConfig
+
+    return TrainConfig.model_validate({
+        "seed": 0, "steps": 2, "allocators": ["trace", "grpo"],
+        "model": {"name": str(model), "dtype": "auto"},
+        "backend": {"kind": "hf", "max_concurrency": args.concurrency},
+        "env": {"id": ENV_ID, "split": "train",
+                "kwargs": {"max_turns": 3, "suite_options": {"steps": 2, "digits": 2, "size": 400}}},
+        "sampling": {"temperature": 1.0, "top_p": 1.0, "max_tokens": args.max_tokens},
+        "budget": {"pool": 2 * args.roots, "roots": args.roots, "continuations_per_root": 1,
+                   "continuation_cost": 0.5, "group_size": 4, "m_min": 2, "m_max": 4},
+        "predictor": {"kind": "lexical"},
+        "optim": {"lr": args.lr, "micro_batch": args.micro_batch, "grad_accum": 4},
+    })
+
+
+def layer_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().float().clone() for k, v in model.state_dict().items()
+            if ".layers." in k and k.endswith("weight")}
+
+
+def moved_share(before: dict[str, torch.Tensor], model: torch.nn.Module) -> float:
+    after = layer_weights(model)
+    moved = sum(int((after[k] != before[k]).sum()) for k in before)
+    return moved / sum(v.numel() for v in before.values())
+
+
+def synced() -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+async def timed_step(arm: Any, cfg: Any, step: int, work: Path) -> tuple[dict[str, Any], Any]:
+    """The loop's step (sample, update, sync), timed with the GPU drained; the trees come back."""
+    from trace_agents.sampler import Candidate
+    from trace_agents.train.weight_sync import sync_weights
+    from trace_allocation.budget import Budget
+
+    picks = arm.data_rng.choice(len(arm.env.tasks), cfg.budget.pool, replace=False)
+    candidates = [Candidate(arm.env, arm.env.tasks[int(i)].id) for i in picks]
+    engine = arm.backend.engine
+    before = dict(engine.stats)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    started = synced()
+    result = await arm.sampler.step(candidates, Budget(cfg.budget.total, continuation_cost=0.5),
+                                    label=f"step {step} {arm.name}")
+    sampled = synced()
+    update = arm.updater.update(result.training_trees)
+    updated = synced()
+    await sync_weights(arm.backend, arm.model, work / "weights" / arm.name)
+    steps = engine.stats["decode_steps"] - before["decode_steps"]
+    m = result.metrics
+    return {
+        "sample_s": sampled - started, "episodes": m["episodes"], "turns": m["turns"],
+        "mixed_trees": m["mixed_trees"], "generated_tokens": m["generated_tokens"],
+        "generated_tokens_per_s": m["generated_tokens"] / (sampled - started),
+        "mean_batch_rows": (engine.stats["row_steps"] - before["row_steps"]) / max(steps, 1),
+        "ms_per_decode_step": 1e3 * (engine.stats["busy_s"] - before["busy_s"]) / max(steps, 1),
+        "update_s": updated - sampled, "samples": update["samples"],
+        "trained_tokens": update["trained_tokens"],
+        "trained_tokens_per_s": update["trained_tokens"] / (updated - sampled),
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+    }, result
+
+
+def precision(start: torch.nn.Module, pad_id: int, trees: Any, cfg: Any) -> dict[str, float]:
+    """One update on the same trees from the weights that sampled them: float32 weights with
+    bfloat16 forwards (the loop) against bfloat16 weights; the share of layer weights each moves."""
+    from trace_agents.train.update import PolicyUpdater
+
+    out = {}
+    for label, dtype in (("float32_weights", torch.float32), ("bfloat16_weights", torch.bfloat16)):
+        model = copy.deepcopy(start).to(dtype)
+        before = layer_weights(model)
+        PolicyUpdater(model, pad_id=pad_id, config=cfg.optim,
+                      compute_dtype=torch.bfloat16).update(trees)
+        out[label] = moved_share(before, model)
+        del model
+    return out
+
+
+def shared_prefix(arm: Any, trees: Any, rows: int, repeats: int = 3) -> dict[str, Any]:
+    from trace_agents.models import autocast
+    from trace_agents.train.advantages import training_samples
+    from trace_agents.train.forward import common_prefix_length, token_logprobs
+    from trace_agents.train.update import collate, sample_tensors
+
+    samples = training_samples(trees, mode="tree", shared="average")[:rows]
+    batch = collate([sample_tensors(s) for s in samples], arm.updater.pad_id)
+    model = arm.model
+    out: dict[str, Any] = {"rows": len(samples), "tokens": int(batch.attention.sum()),
+                           "shared_prefix": common_prefix_length(batch.tokens, batch.attention)}
+    values = {}
+    for label, min_shared in (("prefix_once_s", 32), ("per_row_s", 1 << 30)):
+        seconds = []
+        for _ in range(repeats):
+            model.zero_grad(set_to_none=True)
+            started = synced()
+            with autocast(model, torch.bfloat16):
+                logp = token_logprobs(model, batch.tokens, batch.attention, min_shared=min_shared)
+            (logp * batch.attention.to(logp.device)).sum().backward()
+            seconds.append(synced() - started)
+        out[label] = sorted(seconds)[len(seconds) // 2]
+        values[label] = logp.detach().float()
+    model.zero_grad(set_to_none=True)
+    mask = batch.attention.to(values["per_row_s"].device).bool()
+    out["max_logprob_diff"] = float((values["prefix_once_s"] - values["per_row_s"])[mask].abs().max())
+    out["speedup"] = out["per_row_s"] / out["prefix_once_s"]
+    return out
+
+
+def bench_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
+    from rich.console import Console
+
+    from trace_agents.train.loop import build_arms
+
+    path = random_model(args.base, shape, args.work)
+    cfg = bench_config(path, args)
+    started = synced()
+    arms = build_arms(cfg, progress=False, warm=False, console=Console(stderr=True))
+    report: dict[str, Any] = {"shape": shape, "build_s": synced() - started,
+                              "parameters": sum(p.numel() for p in arms[0].model.parameters()),
+                              "budget_traj_eq": cfg.budget.total}
+
+    async def steps() -> None:
+        for arm in arms:
+            await timed_step(arm, cfg, 0, args.work)  # CUDA kernels, allocator pools, lazy imports
+            start = copy.deepcopy(arm.model)
+            report[arm.name], result = await timed_step(arm, cfg, 1, args.work)
+            print(f"{shape} {arm.name}: {json.dumps(report[arm.name])}", flush=True)
+            if arm.name == "trace":
+                report["precision"] = precision(start, arm.updater.pad_id, result.training_trees, cfg)
+                report["shared_prefix"] = shared_prefix(arm, result.training_trees, args.micro_batch)
+                print(f"{shape} precision {report['precision']}, shared prefix "
+                      f"{report['shared_prefix']}", flush=True)
+            del start
+        for arm in arms:
+            await arm.backend.aclose()
+
+    asyncio.run(steps())
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", type=Path, required=True, help="tokenizer + config.json folder")
+    parser.add_argument("--shapes", default="base,qwen3-1.7b")
+    parser.add_argument("--roots", type=int, default=32, help="TRACE roots (budget 1.5x that)")
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--concurrency", type=int, default=64, help="engine batch rows")
+    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=2e-6)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/gpu-bench"))
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    np.random.seed(0)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    reports: dict[str, Any] = {"device": device, "torch": torch.__version__, "shapes": {}}
+    for shape in args.shapes.split(","):
+        reports["shapes"][shape] = bench_shape(shape, args)
+        if args.out:
+            args.out.write_text(json.dumps(reports, indent=1))
+    print(json.dumps(reports, indent=1))
+
+
+if __name__ == "__main__":
+    main()
