@@ -19,7 +19,7 @@ written to ``--out`` after each shape (a timeout keeps what finished):
 - update: seconds, trained tokens/s, peak GPU memory;
 - precision: the share of the layers' weights one update at ``--lr`` moves, float32 weights with
   bfloat16 forwards (the loop) against bfloat16 weights (what the loop did before);
-- shared prefix: one micro-batch's forward + backward with the rows' common prefix run once and
+- shared prefix: a micro-batch's forward + backward (per `--shared-rows`) with the rows' common prefix run once and
   run per row, and the largest log-probability difference between the two.
 """
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import copy
 import json
 import os
@@ -114,13 +115,44 @@ def moved_share(before: dict[str, torch.Tensor], model: torch.nn.Module) -> floa
     return moved / sum(v.numel() for v in before.values())
 
 
+class EngineSplit:
+    """Within the block, the engine's busy seconds split into model forwards (prefill and
+    decode), per-row token sampling, and the rest (batch bookkeeping), the GPU drained at each
+    boundary so the seconds land where they are spent."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine, self.seconds = engine, {"forward": 0.0, "sampling": 0.0}
+
+    def _timed(self, key: str, fn: Any) -> Any:
+        def wrapper(*a: Any, **k: Any) -> Any:
+            started = synced()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.seconds[key] += synced() - started
+        return wrapper
+
+    def __enter__(self) -> EngineSplit:
+        engine, model = self.engine, self.engine.model
+        self.busy = engine.stats["busy_s"]
+        model.forward, engine._advance = self._timed("forward", model.forward), \
+            self._timed("sampling", engine._advance)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        del self.engine.model.forward, self.engine._advance  # back to the class's methods
+        self.seconds["other"] = (self.engine.stats["busy_s"] - self.busy
+                                 - self.seconds["forward"] - self.seconds["sampling"])
+
+
 def synced() -> float:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter()
 
 
-async def timed_step(arm: Any, cfg: Any, step: int, work: Path) -> tuple[dict[str, Any], Any]:
+async def timed_step(arm: Any, cfg: Any, step: int, work: Path,
+                     profile: bool = False) -> tuple[dict[str, Any], Any]:
     """The loop's step (sample, update, sync), timed with the GPU drained; the trees come back."""
     from trace_agents.sampler import Candidate
     from trace_agents.train.weight_sync import sync_weights
@@ -132,16 +164,18 @@ async def timed_step(arm: Any, cfg: Any, step: int, work: Path) -> tuple[dict[st
     before = dict(engine.stats)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    split = EngineSplit(engine) if profile else contextlib.nullcontext()
     started = synced()
-    result = await arm.sampler.step(candidates, Budget(cfg.budget.total, continuation_cost=0.5),
-                                    label=f"step {step} {arm.name}")
+    with split:
+        result = await arm.sampler.step(candidates, Budget(cfg.budget.total, continuation_cost=0.5),
+                                        label=f"step {step} {arm.name}")
     sampled = synced()
     update = arm.updater.update(result.training_trees)
     updated = synced()
     await sync_weights(arm.backend, arm.model, work / "weights" / arm.name)
     steps = engine.stats["decode_steps"] - before["decode_steps"]
     m = result.metrics
-    return {
+    return ({"engine_split_s": split.seconds} if profile else {}) | {
         "sample_s": sampled - started, "episodes": m["episodes"], "turns": m["turns"],
         "mixed_trees": m["mixed_trees"], "generated_tokens": m["generated_tokens"],
         "generated_tokens_per_s": m["generated_tokens"] / (sampled - started),
@@ -170,7 +204,7 @@ def precision(start: torch.nn.Module, pad_id: int, trees: Any, cfg: Any) -> dict
     return out
 
 
-def shared_prefix(arm: Any, trees: Any, rows: int, repeats: int = 3) -> dict[str, Any]:
+def shared_prefix(arm: Any, trees: Any, rows: int, repeats: int = 4) -> dict[str, Any]:
     from trace_agents.models import autocast
     from trace_agents.train.advantages import training_samples
     from trace_agents.train.forward import common_prefix_length, token_logprobs
@@ -181,18 +215,21 @@ def shared_prefix(arm: Any, trees: Any, rows: int, repeats: int = 3) -> dict[str
     model = arm.model
     out: dict[str, Any] = {"rows": len(samples), "tokens": int(batch.attention.sum()),
                            "shared_prefix": common_prefix_length(batch.tokens, batch.attention)}
-    values = {}
-    for label, min_shared in (("prefix_once_s", 32), ("per_row_s", 1 << 30)):
-        seconds = []
-        for _ in range(repeats):
+    values: dict[str, torch.Tensor] = {}
+    seconds: dict[str, list[float]] = {"prefix_once_s": [], "per_row_s": []}
+    ways = [("prefix_once_s", 32), ("per_row_s", 1 << 30)]
+    for i in range(repeats + 1):  # the first round warms both ways' kernels up; orders alternate
+        for label, min_shared in (ways if i % 2 else ways[::-1]):
             model.zero_grad(set_to_none=True)
             started = synced()
             with autocast(model, torch.bfloat16):
                 logp = token_logprobs(model, batch.tokens, batch.attention, min_shared=min_shared)
             (logp * batch.attention.to(logp.device)).sum().backward()
-            seconds.append(synced() - started)
-        out[label] = sorted(seconds)[len(seconds) // 2]
-        values[label] = logp.detach().float()
+            if i:
+                seconds[label].append(synced() - started)
+            values[label] = logp.detach().float()
+    for label, times in seconds.items():
+        out[label] = sorted(times)[len(times) // 2]
     model.zero_grad(set_to_none=True)
     mask = batch.attention.to(values["per_row_s"].device).bool()
     out["max_logprob_diff"] = float((values["prefix_once_s"] - values["per_row_s"])[mask].abs().max())
@@ -217,11 +254,13 @@ def bench_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
         for arm in arms:
             await timed_step(arm, cfg, 0, args.work)  # CUDA kernels, allocator pools, lazy imports
             start = copy.deepcopy(arm.model)
-            report[arm.name], result = await timed_step(arm, cfg, 1, args.work)
+            report[arm.name], result = await timed_step(
+                arm, cfg, 1, args.work, profile=args.profile and arm.name == "trace")
             print(f"{shape} {arm.name}: {json.dumps(report[arm.name])}", flush=True)
             if arm.name == "trace":
                 report["precision"] = precision(start, arm.updater.pad_id, result.training_trees, cfg)
-                report["shared_prefix"] = shared_prefix(arm, result.training_trees, args.micro_batch)
+                report["shared_prefix"] = [shared_prefix(arm, result.training_trees, rows)
+                                           for rows in args.shared_rows]
                 print(f"{shape} precision {report['precision']}, shared prefix "
                       f"{report['shared_prefix']}", flush=True)
             del start
@@ -241,6 +280,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64, help="engine batch rows")
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-6)
+    parser.add_argument("--shared-rows", type=int, nargs="+", default=[8, 32],
+                        help="micro-batch rows for the shared-prefix comparison")
+    parser.add_argument("--profile", action="store_true",
+                        help="split TRACE's timed sampling step into forwards, sampling, the rest")
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu-bench"))
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
