@@ -204,36 +204,66 @@ def precision(start: torch.nn.Module, pad_id: int, trees: Any, cfg: Any) -> dict
     return out
 
 
-def shared_prefix(arm: Any, trees: Any, rows: int, repeats: int = 4) -> dict[str, Any]:
+def both_ways(model: torch.nn.Module, tokens: torch.Tensor, attention: torch.Tensor,
+              repeats: int = 3) -> dict[str, Any]:
+    """Forward + backward in bfloat16 with the rows' common prefix run once and run per row: the
+    median seconds of each (after a warm-up round; the order alternates), the speed-up, and the
+    largest log-probability difference between the two."""
     from trace_agents.models import autocast
+    from trace_agents.train.forward import token_logprobs
+
+    ways = {"prefix_once_s": 1, "per_row_s": 1 << 30}  # min_shared
+    seconds: dict[str, list[float]] = {label: [] for label in ways}
+    values: dict[str, torch.Tensor] = {}
+    for i in range(repeats + 1):
+        for label in (list(ways) if i % 2 else list(ways)[::-1]):
+            model.zero_grad(set_to_none=True)
+            started = synced()
+            with autocast(model, torch.bfloat16):
+                logp = token_logprobs(model, tokens, attention, min_shared=ways[label])
+            (logp * attention.to(logp.device)).sum().backward()
+            if i:
+                seconds[label].append(synced() - started)
+            values[label] = logp.detach().float()
+    model.zero_grad(set_to_none=True)
+    out: dict[str, Any] = {label: sorted(t)[len(t) // 2] for label, t in seconds.items()}
+    out["speedup"] = out["per_row_s"] / out["prefix_once_s"]
+    mask = attention.to(values["per_row_s"].device).bool()
+    out["max_logprob_diff"] = float((values["prefix_once_s"] - values["per_row_s"])[mask].abs().max())
+    return out
+
+
+def shared_prefix(arm: Any, trees: Any, rows: int) -> dict[str, Any]:
+    """:func:`both_ways` on the first ``rows`` training samples of a real step's trees."""
     from trace_agents.train.advantages import training_samples
-    from trace_agents.train.forward import common_prefix_length, token_logprobs
+    from trace_agents.train.forward import common_prefix_length
     from trace_agents.train.update import collate, sample_tensors
 
     samples = training_samples(trees, mode="tree", shared="average")[:rows]
     batch = collate([sample_tensors(s) for s in samples], arm.updater.pad_id)
-    model = arm.model
-    out: dict[str, Any] = {"rows": len(samples), "tokens": int(batch.attention.sum()),
-                           "shared_prefix": common_prefix_length(batch.tokens, batch.attention)}
-    values: dict[str, torch.Tensor] = {}
-    seconds: dict[str, list[float]] = {"prefix_once_s": [], "per_row_s": []}
-    ways = [("prefix_once_s", 32), ("per_row_s", 1 << 30)]
-    for i in range(repeats + 1):  # the first round warms both ways' kernels up; orders alternate
-        for label, min_shared in (ways if i % 2 else ways[::-1]):
-            model.zero_grad(set_to_none=True)
-            started = synced()
-            with autocast(model, torch.bfloat16):
-                logp = token_logprobs(model, batch.tokens, batch.attention, min_shared=min_shared)
-            (logp * batch.attention.to(logp.device)).sum().backward()
-            if i:
-                seconds[label].append(synced() - started)
-            values[label] = logp.detach().float()
-    for label, times in seconds.items():
-        out[label] = sorted(times)[len(times) // 2]
-    model.zero_grad(set_to_none=True)
-    mask = batch.attention.to(values["per_row_s"].device).bool()
-    out["max_logprob_diff"] = float((values["prefix_once_s"] - values["per_row_s"])[mask].abs().max())
-    out["speedup"] = out["per_row_s"] / out["prefix_once_s"]
+    return {"rows": len(samples), "tokens": int(batch.attention.sum()),
+            "shared_prefix": common_prefix_length(batch.tokens, batch.attention),
+            **both_ways(arm.model, batch.tokens, batch.attention)}
+
+
+def prefix_sweep(shape: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """:func:`both_ways` on 8 rows sharing a prefix of each ``--prefix-sweep`` length (random
+    tokens, then 256 of each row's own)."""
+    from transformers import AutoModelForCausalLM
+
+    path = random_model(args.base, shape, args.work)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).train()
+    generator = torch.Generator().manual_seed(0)
+    out = []
+    for length in args.prefix_sweep:
+        prefix = torch.randint(0, model.config.vocab_size, (1, length), generator=generator)
+        own = torch.randint(0, model.config.vocab_size, (8, 256), generator=generator)
+        tokens = torch.cat([prefix.expand(8, -1), own], dim=1)
+        row = {"shared": length, "rows": 8, "own": 256,
+               **both_ways(model, tokens, torch.ones_like(tokens))}
+        print(f"{shape} sweep {row}", flush=True)
+        out.append(row)
     return out
 
 
@@ -282,6 +312,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-6)
     parser.add_argument("--shared-rows", type=int, nargs="+", default=[8, 32],
                         help="micro-batch rows for the shared-prefix comparison")
+    parser.add_argument("--prefix-sweep", type=int, nargs="*", default=[],
+                        help="only time the shared-prefix forward at these prefix lengths")
     parser.add_argument("--profile", action="store_true",
                         help="split TRACE's timed sampling step into forwards, sampling, the rest")
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu-bench"))
@@ -291,7 +323,10 @@ def main() -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     reports: dict[str, Any] = {"device": device, "torch": torch.__version__, "shapes": {}}
     for shape in args.shapes.split(","):
-        reports["shapes"][shape] = bench_shape(shape, args)
+        if args.prefix_sweep:
+            reports["shapes"][shape] = {"prefix_sweep": prefix_sweep(shape, args)}
+        else:
+            reports["shapes"][shape] = bench_shape(shape, args)
         if args.out:
             args.out.write_text(json.dumps(reports, indent=1))
     print(json.dumps(reports, indent=1))

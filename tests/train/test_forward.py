@@ -62,3 +62,23 @@ def test_gradients_reach_the_prefix_through_the_cache():
 def test_common_prefix_length(rows, expected):
     batch = collate([(r, [1.0] * len(r), [0.0] * len(r)) for r in rows], pad_id=0)
     assert common_prefix_length(batch.tokens, batch.attention) == expected
+
+
+def test_prefix_once_pays_by_length_on_cpu_and_by_work_saved_elsewhere():
+    """On CPU a prefix of MIN_SHARED tokens is enough; on a GPU the padded forward is nearly free,
+    so the prefix must save (rows - 1) x tokens x parameters >= GPU_MIN_SAVED (a meta-device model
+    stands in for a GPU one: only where the parameters live and how many matter)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from trace_agents.train.forward import GPU_MIN_SAVED, MIN_SHARED, prefix_once_pays
+
+    assert prefix_once_pays(MODEL, 2, MIN_SHARED) and not prefix_once_pays(MODEL, 2, MIN_SHARED - 1)
+    assert not prefix_once_pays(MODEL, 1, 10_000)
+    with torch.device("meta"):
+        big = Qwen3ForCausalLM(Qwen3Config(vocab_size=1000, hidden_size=1024, intermediate_size=4096,
+                                           num_hidden_layers=8, num_attention_heads=8,
+                                           num_key_value_heads=4, head_dim=128))
+    params = sum(p.numel() for p in big.parameters())
+    enough = int(GPU_MIN_SAVED // (7 * params)) + 1  # tokens of prefix that 8 rows need
+    assert prefix_once_pays(big, 8, enough) and not prefix_once_pays(big, 8, enough - 1)
+    assert not prefix_once_pays(big, 8, MIN_SHARED)

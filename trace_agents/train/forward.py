@@ -17,7 +17,15 @@ from trace_agents.models import cache_argument
 from trace_agents.train.loss import picked_logprobs, sequence_logprobs
 
 MIN_SHARED = 32
-"""Shorter common prefixes run the plain padded forward (the cache bookkeeping is not worth it)."""
+"""On CPU, shorter common prefixes run the plain padded forward (the cache bookkeeping is not
+worth it)."""
+GPU_MIN_SAVED = 8e12
+"""On a GPU the padded forward costs little more than its kernel launches, and the prefix-once
+path launches twice: it pays only when the work it saves, (rows - 1) x prefix tokens x
+parameters, passes this. Measured on an H200 (``benchmarks/gpu_bench.py``, bfloat16 forwards,
+docs/training.md): SmolLM2-135M's size broke even at 3.9e12 (8 rows, 4096 shared tokens) and was
+slower below; Qwen3-1.7B's body was 0.93x as fast at 5.4e12 and 1.36x at 1.6e13. Every measured
+case is on the faster side of 8e12."""
 
 
 def common_prefix_length(tokens: torch.Tensor, attention: torch.Tensor) -> int:
@@ -29,15 +37,28 @@ def common_prefix_length(tokens: torch.Tensor, attention: torch.Tensor) -> int:
     return max(0, min(shared, int(lengths.min()) - 1))
 
 
+def prefix_once_pays(model: torch.nn.Module, rows: int, shared: int) -> bool:
+    """Whether running a ``shared``-token prefix once beats the padded forward for ``rows`` rows
+    on the model's device (:data:`MIN_SHARED` on CPU, :data:`GPU_MIN_SAVED` elsewhere)."""
+    if rows < 2:
+        return False
+    if next(model.parameters()).device.type == "cpu":
+        return shared >= MIN_SHARED
+    return (rows - 1) * shared * sum(p.numel() for p in model.parameters()) >= GPU_MIN_SAVED
+
+
 def token_logprobs(model: torch.nn.Module, tokens: torch.Tensor, attention: torch.Tensor,
-                   *, min_shared: int = MIN_SHARED) -> torch.Tensor:
+                   *, min_shared: int | None = None) -> torch.Tensor:
     """``out[:, t] = log p(tokens[:, t] | tokens[:, :t])`` (position 0 is 0), ``[batch, time]``,
-    on the model's device; differentiable when grad is enabled."""
+    on the model's device; differentiable when grad is enabled. The rows' common prefix runs
+    once when :func:`prefix_once_pays`, or when it is at least ``min_shared`` tokens if given."""
     device = next(model.parameters()).device
     tokens, attention = tokens.to(device), attention.to(device)
     rows = tokens.shape[0]
     shared = common_prefix_length(tokens, attention)
-    if rows < 2 or shared < min_shared:
+    once = prefix_once_pays(model, rows, shared) if min_shared is None else (
+        rows >= 2 and shared >= min_shared)
+    if not once:
         return sequence_logprobs(model(input_ids=tokens, attention_mask=attention).logits, tokens)
     from transformers import DynamicCache
 
