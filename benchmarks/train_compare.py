@@ -115,7 +115,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     if done.is_file():
         return json.loads(done.read_text())
     console = Console(stderr=True)
-    model, tokenizer = load_model(cfg.model.name, cfg.model.dtype)
+    model, tokenizer = load_model(cfg.model.name, "float32")  # as train() does: see build_arms
     warm_started(cfg, model, tokenizer, console)  # cached: train() loads the same weights
     if start_file.is_file():
         start = json.loads(start_file.read_text())
