@@ -22,6 +22,7 @@ from trace_envs.wrappers import fork, reset_tasks, unwrap_forkable
 register_env("Calculator", "trace_envs.calculator.env:CalculatorEnv")
 register_env("BFCL", "trace_envs.bfcl.env:BFCLEnv")
 register_env("Search", "trace_envs.search.env:SearchEnv")
+register_env("MCP", "trace_envs.integrations.mcp:MCPToolEnv")  # needs the `mcp` extra when made
 
 __all__ = [
     "AssistantMessage", "Grade", "ParsedAction", "Response", "Snapshot", "Task", "TaskSuite",

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import gymnasium as gym
 import pytest
@@ -14,6 +15,11 @@ from trace_envs.calculator.env import CalculatorEnv
 from tests.envs.conftest import calc
 
 TRACE_IDS = sorted(i for i in gym.registry if i.startswith("trace/"))
+MCP_SERVER = Path(__file__).parents[1] / "integrations" / "mcp_server.py"
+MAKE_ARGUMENTS = {  # registered envs that cannot be made without arguments
+    "trace/MCP-v0": {"server": [sys.executable, str(MCP_SERVER), "stateless"],
+                     "suite": "arithmetic", "suite_options": {"size": 6}},
+}
 
 
 def test_calculator_is_registered():
@@ -22,10 +28,15 @@ def test_calculator_is_registered():
 
 @pytest.mark.parametrize("env_id", TRACE_IDS)
 def test_check_env_on_every_registered_env(env_id):
-    env = gym.make(env_id)
-    check_env(env, skip_render_check=True)
-    for name in ("fork", "snapshot", "restore"):
-        assert callable(getattr(env, name)), f"{env_id}: gym.make result lacks {name}()"
+    if env_id == "trace/MCP-v0":
+        pytest.importorskip("mcp")
+    env = gym.make(env_id, **MAKE_ARGUMENTS.get(env_id, {}))
+    try:
+        check_env(env, skip_render_check=True)
+        for name in ("fork", "snapshot", "restore"):
+            assert callable(getattr(env, name)), f"{env_id}: gym.make result lacks {name}()"
+    finally:
+        env.close()
 
 
 def test_gym_make_returns_forkable_env_with_kwargs():

@@ -46,6 +46,18 @@ def restorable():
         yield connection
 
 
+def test_gym_make_starts_the_server_and_close_stops_it() -> None:
+    import gymnasium as gym
+
+    env = gym.make("trace/MCP-v0", server=[sys.executable, str(SERVER), "stateless"], **SUITE)
+    assert isinstance(env, MCPToolEnv)  # registered without wrappers: fork() stays reachable
+    env.reset(seed=0)
+    assert env.step(call("add", a=1, b=2))[0] == "3"
+    env.close()
+    with pytest.raises(ConnectionError, match="closed"):
+        env.connection.call("add", {"a": 1, "b": 2})
+
+
 def test_the_server_tools_are_the_env_tools(stateless: MCPConnection) -> None:
     env = MCPToolEnv(server=stateless, **SUITE)
     schemas = {s["function"]["name"]: s["function"] for s in env.tool_schemas()}
