@@ -1,6 +1,7 @@
 """The predictor gap: TRACE with a learned predictor against `trace_oracle_seen` (exact values,
 except E[V_0 | text] for prompts the run has not rolled out), on several seeds and in both cost
-units (run: python benchmarks/predictor_gap.py [--seeds 0 1 2] [--methods ...] [--world default]).
+units (run: python benchmarks/predictor_gap.py [--seeds 0 1 2] [--methods ...] [--world default]
+[--set roots=8 ...]).
 
 Prints, per cost unit and method, each headline figure (mixed trees per step, effective ratio,
 informative share, prompts opened, cost in both units) and trees trained, prompts starved and pool
@@ -12,6 +13,7 @@ closes, on the means and per seed. One JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -21,9 +23,21 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trace_allocation.experiments import HEADLINE, WORLDS, allocators  # noqa: E402
-from trace_allocation.simulate import simulate  # noqa: E402
+from trace_allocation.simulate import Scenario, simulate  # noqa: E402
 
 FIGURES = (*HEADLINE, "trained_trees", "starved", "pool_error")
+
+
+def scenario_overrides(pairs: list[str]) -> dict[str, int | float | str]:
+    """``FIELD=VALUE`` strings as Scenario fields, each value of its field's type."""
+    fields = {f.name: type(f.default) for f in dataclasses.fields(Scenario)}
+    out: dict[str, int | float | str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or name not in fields:
+            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of {', '.join(fields)}")
+        out[name] = fields[name](value)
+    return out
 
 
 def main() -> None:
@@ -33,17 +47,17 @@ def main() -> None:
     parser.add_argument("--base", default="trace", help="the text-only method whose gap is measured")
     parser.add_argument("--units", nargs="+", default=["trajectory", "turns"])
     parser.add_argument("--world", choices=sorted(WORLDS), default="default")
-    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="override the world's Scenario fields, e.g. roots=8 steps=20")
     args = parser.parse_args()
+    overrides = scenario_overrides(args.set)
     report: dict = {}
     for unit in args.units:
         rows: dict[str, dict] = {}
         for method in args.methods:
             per_seed = []
             for seed in args.seeds:
-                sc = WORLDS[args.world].with_(seed=seed, cost_unit=unit)
-                if args.steps:
-                    sc = sc.with_(steps=args.steps)
+                sc = WORLDS[args.world].with_(seed=seed, cost_unit=unit, **overrides)
                 make, multiple = allocators(sc)[method]
                 run = simulate(sc, make, name=method, budget_multiple=multiple)
                 per_seed.append({k: run.mean(k) for k in FIGURES})
