@@ -36,7 +36,10 @@ def scenario_overrides(pairs: list[str]) -> dict[str, int | float | str]:
         name, sep, value = pair.partition("=")
         if not sep or name not in fields:
             raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of {', '.join(fields)}")
-        out[name] = fields[name](value)
+        try:
+            out[name] = fields[name](value)
+        except ValueError:
+            raise SystemExit(f"--set {pair!r}: {name} takes a {fields[name].__name__}") from None
     return out
 
 
