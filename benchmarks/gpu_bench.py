@@ -154,12 +154,10 @@ def synced() -> float:
 async def timed_step(arm: Any, cfg: Any, step: int, work: Path,
                      profile: bool = False) -> tuple[dict[str, Any], Any]:
     """The loop's step (sample, update, sync), timed with the GPU drained; the trees come back."""
-    from trace_agents.sampler import Candidate
+    from trace_agents.train.loop import step_inputs
     from trace_agents.train.weight_sync import sync_weights
-    from trace_allocation.budget import Budget
 
-    picks = arm.data_rng.choice(len(arm.env.tasks), cfg.budget.pool, replace=False)
-    candidates = [Candidate(arm.env, arm.env.tasks[int(i)].id) for i in picks]
+    candidates, budget = step_inputs(arm, cfg)
     engine = arm.backend.engine
     before = dict(engine.stats)
     if torch.cuda.is_available():
@@ -167,8 +165,7 @@ async def timed_step(arm: Any, cfg: Any, step: int, work: Path,
     split = EngineSplit(engine) if profile else contextlib.nullcontext()
     started = synced()
     with split:
-        result = await arm.sampler.step(candidates, Budget(cfg.budget.total, continuation_cost=0.5),
-                                        label=f"step {step} {arm.name}")
+        result = await arm.sampler.step(candidates, budget, label=f"step {step} {arm.name}")
     sampled = synced()
     update = arm.updater.update(result.training_trees)
     updated = synced()

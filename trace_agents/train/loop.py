@@ -189,12 +189,18 @@ def _calibration(trees: list[Any], predictor: SuccessPredictor | None) -> dict[s
     return {"predicted": curve.predicted[keep].tolist(), "observed": curve.observed[keep].tolist()}
 
 
-async def run_step(arm: Arm, step: int, cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
+def step_inputs(arm: Arm, cfg: TrainConfig) -> tuple[list[Candidate], Budget]:
+    """The step's candidate pool (drawn from the arm's data stream) and its sampling budget."""
     pool = min(cfg.budget.pool, len(arm.env.tasks))
     picks = arm.data_rng.choice(len(arm.env.tasks), pool, replace=False)
     candidates = [Candidate(arm.env, arm.env.tasks[int(i)].id) for i in picks]
     budget = Budget(cfg.budget.total * arm.sampler.allocator.budget_multiple,
                     continuation_cost=cfg.budget.continuation_cost)
+    return candidates, budget
+
+
+async def run_step(arm: Arm, step: int, cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
+    candidates, budget = step_inputs(arm, cfg)
     result = await arm.sampler.step(candidates, budget, label=f"step {step} {arm.name}")
     started = time.perf_counter()
     with threads_alone(cfg.threads):  # nothing samples meanwhile: every core
