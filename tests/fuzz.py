@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import re
 import resource
 import time
 import tracemalloc
@@ -152,6 +153,38 @@ def hostile_actions(valid: list[str], tool_names: list[str]) -> st.SearchStrateg
                          "<tool_call>" * 500, "</tool_call>" * 500, "<think>" * 300]),
         st.none() | st.integers() | st.binary(max_size=20) | st.lists(st.text(max_size=3)),
     )
+
+
+# ------------------------------------------------------------------------- model replies
+def hostile_replies(valid: list[str], markers: list[str]) -> st.SearchStrategy[str]:
+    """Replies a broken or adversarial model could write in a family's format: ``valid`` are
+    well-formed replies in it, ``markers`` its tags and special tokens. Valid replies cut at any
+    point, mutated, repeated into many calls, glued to marker spam, and deepened into nesting past
+    every bound."""
+    pieces = st.sampled_from(valid) | st.sampled_from(markers) | st.text(max_size=20)
+    cut = st.tuples(st.sampled_from(valid), st.floats(0, 1)).map(lambda t: t[0][: int(len(t[0]) * t[1])])
+    deep = st.tuples(st.sampled_from(valid), st.integers(1, 20_000), st.sampled_from(["[", "{\"a\":", "{"]),
+                     st.floats(0, 1)).map(lambda t: _deepened(*t))
+    return st.one_of(
+        st.lists(pieces, max_size=12).map("".join),
+        cut,
+        st.tuples(st.sampled_from(valid), edits).map(lambda t: _mutate(*t)),
+        st.tuples(st.sampled_from(valid), st.integers(2, 3000)).map(lambda t: t[0] * t[1]),
+        st.tuples(st.sampled_from(markers), st.integers(2, 5000)).map(lambda t: t[0] * t[1]),
+        deep,
+        st.tuples(deep | cut, st.lists(pieces, max_size=4).map("".join)).map("".join),
+    )
+
+
+def special_markers(text: str) -> list[str]:
+    """The tag-like pieces of ``text`` (``<|call|>``, ``<tool_call>``, ``<arg_key>``)."""
+    return re.findall(r"<[^<>\s]{1,40}>", text)
+
+
+def _deepened(reply: str, depth: int, opener: str, at: float) -> str:
+    """``reply`` with ``depth`` unclosed ``opener`` inserted inside its first argument value."""
+    i = reply.find(":", reply.find("{") + 1) + 1 or int(len(reply) * at)
+    return reply[:i] + opener * depth + reply[i:]
 
 
 # ---------------------------------------------------------------------------- snapshots

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 from trace_envs import ToolEnv, bounded_json
@@ -104,6 +105,10 @@ class TemplateDialect:
         fields = self.response_template["fields"]["tool_calls"]
         self._call_open = re.compile(fields.get("open_pattern") or re.escape(fields["open"]))
         self._call_close = re.compile(fields.get("close_pattern") or re.escape(fields["close"]))
+        opens = [f.get("open_pattern") or re.escape(f["open"]) for k, f in self.response_template["fields"].items()
+                 if k != "tool_calls" and (f.get("open_pattern") or f.get("open"))]
+        self._section_open = re.compile("|".join(opens) or "(?!)")
+        """Where a thinking or answer section opens (harmony's channels, ``<think>``)."""
 
     # ----------------------------------------------------------------- family facts
     @classmethod
@@ -269,17 +274,91 @@ class TemplateDialect:
 
     # ---------------------------------------------------------------------- parsing
     def parse(self, text: str, env: ToolEnv | None = None) -> AssistantMessage:
-        """The reply as a structured action. Arguments are typed by the env's tool schemas (a
-        string argument stays a string in XML dialects); a malformed call becomes a
-        :class:`~trace_envs.ToolCall` with an ``error`` the env reports to the model."""
+        """The reply as a structured action; never raises, and costs time linear in the reply.
+
+        Arguments are typed by the env's tool schemas (a string argument stays a string in XML
+        dialects); a malformed call becomes a :class:`~trace_envs.ToolCall` with an ``error`` the
+        env reports to the model. Model output is untrusted, so it is bounded before any library
+        reads it: a reply over the env's action limit is refused whole, each call block is parsed
+        on its own (the library's scan of a whole reply grows with calls x length: 39 s for 4,000
+        GLM calls) after its nesting depth is measured without recursion, calls past the env's
+        per-turn limit are counted but not parsed, and anything the library still raises is an
+        error the model reads instead of a crashed turn.
+        """
+        limit = getattr(env, "max_action_chars", MAX_REPLY_CHARS)
+        if len(text) > limit:
+            return _refused(f"the reply is {len(text)} characters long; the limit is {limit}")
+        try:
+            return self._parse(text, env)
+        except Exception as exc:  # noqa: BLE001 - no reply may crash a turn (RecursionError included)
+            return _refused(f"the reply could not be parsed ({type(exc).__name__}); write tool "
+                            "calls in the format the system prompt shows")
+
+    def _parse(self, text: str, env: ToolEnv | None) -> AssistantMessage:
         tools = env.tool_schemas() if env is not None else None
-        blocks = self._call_blocks(text)
-        if all(error is None for _, error in blocks):
+        max_calls = getattr(env, "max_calls_per_turn", MAX_CALLS)
+        calls: list[ToolCall] = []
+        rest: list[str] = []
+        pos = 0
+        for start, end, closed in self._call_blocks(text):
+            rest.append(text[pos:start])
+            pos = end
+            if len(calls) >= max_calls:  # never run: counted so the env can say how many were
+                calls.append(ToolCall("", error="not run"))
+            else:
+                calls.append(self._parse_call(text[start:end], closed, tools))
+        rest.append(text[pos:])
+        base = self._content("".join(rest), tools)
+        return AssistantMessage(base.content, tuple(calls), base.reasoning)
+
+    def _call_blocks(self, text: str) -> Iterator[tuple[int, int, bool]]:
+        """Start, end and whether it was closed, of each tool-call region of the reply, in one
+        pass (a region left open runs to the end of the reply)."""
+        suffixed = text + self.parse_suffix
+        pos = 0
+        while (opened := self._call_open.search(text, pos)) is not None:
+            closed = self._call_close.search(suffixed, opened.end())
+            end = len(text) if closed is None else min(closed.end(), len(text))
+            yield opened.start(), end, closed is not None
+            pos = max(end, opened.end())
+
+    def _parse_call(self, block: str, closed: bool, tools: list[dict[str, Any]] | None) -> ToolCall:
+        """One call block on its own: a good call, or what is wrong with it for the model to fix."""
+        opened = self._call_open.search(block)
+        name = (opened.groupdict().get("name") or "") if opened else ""
+        error = self._block_error(block)
+        if error is None:
             try:
-                return self._message(self._library_parse(text, tools))
-            except (ValueError, KeyError, TypeError):
-                pass
-        return self._parse_each_call(text, blocks, tools)
+                parsed = self._library_parse(block, tools, in_reply=False).get("tool_calls") or []
+                if len(parsed) == 1:
+                    return tool_call_from(parsed[0])
+                error = "malformed tool call" if closed else "the tool call is cut off"
+            except (ValueError, KeyError, TypeError) as exc:
+                error = "malformed tool call: " + _reason(exc)
+        return ToolCall(name, error=f"{error} in {block.strip()[:200]!r}")
+
+    def _block_error(self, block: str) -> str | None:
+        """What makes a call block unreadable before any parser sees it: nesting past the bound
+        every JSON reader here keeps, or tags the library would drop without a word."""
+        depth = bounded_json.nesting_depth(block)
+        if depth > MAX_CALL_DEPTH:
+            return f"malformed tool call: nested {depth} levels deep; the limit is {MAX_CALL_DEPTH}"
+        for open_tag, close_tag in self.paired_tags:
+            if block.count(open_tag) != block.count(close_tag):
+                return f"malformed tool call: {open_tag}... without a matching {close_tag}"
+        return None
+
+    def _content(self, text: str, tools: list[dict[str, Any]] | None) -> AssistantMessage:
+        """The reply's text and thinking, its call blocks taken out. The library's scan costs
+        sections x length, so a reply with more sections than any real one (a model repeating
+        ``<think></think>``) is read as plain text instead."""
+        sections = self._section_open.finditer(text)
+        if sum(1 for _ in itertools.islice(sections, MAX_SECTIONS + 1)) > MAX_SECTIONS:
+            return AssistantMessage(text.strip())
+        try:
+            return self._message(self._library_parse(text, tools))
+        except (ValueError, KeyError, TypeError):
+            return AssistantMessage(text.strip())
 
     def _library_parse(self, text: str, tools: list[dict[str, Any]] | None, *,
                        in_reply: bool = True) -> dict[str, Any]:
@@ -304,50 +383,19 @@ class TemplateDialect:
         return AssistantMessage(content.strip() if isinstance(content, str) else "", calls,
                                 reasoning.strip() if isinstance(reasoning, str) else "")
 
-    def _call_blocks(self, text: str) -> list[tuple[str, str | None]]:
-        """Each tool-call region of the reply and what is wrong with it, if anything."""
-        blocks: list[tuple[str, str | None]] = []
-        pos = 0
-        while (opened := self._call_open.search(text, pos)) is not None:
-            closed = self._call_close.search(text + self.parse_suffix, opened.end())
-            end = len(text) if closed is None else min(closed.end(), len(text))
-            block = text[opened.start(): end]
-            error = None
-            for open_tag, close_tag in self.paired_tags:
-                if block.count(open_tag) != block.count(close_tag):
-                    error = f"malformed tool call: {open_tag}... without a matching {close_tag}"
-            blocks.append((block, error))
-            pos = max(end, opened.end())
-        return blocks
 
-    def _parse_each_call(self, text: str, blocks: list[tuple[str, str | None]],
-                         tools: list[dict[str, Any]] | None) -> AssistantMessage:
-        """The fallback for a reply the library refuses as a whole: each call parsed on its own,
-        so a good call still runs and a bad one comes back as an error the model can fix."""
-        calls: list[ToolCall] = []
-        rest = text
-        for block, error in blocks:
-            rest = rest.replace(block, "", 1)
-            name_match = self._call_open.search(block)
-            name = (name_match.groupdict().get("name") or "") if name_match else ""
-            if error is None:
-                try:
-                    parsed = self._library_parse(block, tools, in_reply=False).get("tool_calls") or []
-                    if len(parsed) == 1:
-                        calls.append(tool_call_from(parsed[0]))
-                        continue
-                    error = "malformed tool call"
-                except (ValueError, KeyError, TypeError) as exc:
-                    error = "malformed tool call: " + _reason(exc)
-            calls.append(ToolCall(name, error=f"{error} in {block.strip()[:200]!r}"))
-        try:
-            base = self._message(self._library_parse(rest, tools))
-        except (ValueError, KeyError, TypeError):
-            base = AssistantMessage(rest.strip())
-        if not calls:
-            calls.append(ToolCall("", error="the reply could not be parsed; write tool calls in "
-                                            "the format the system prompt shows"))
-        return AssistantMessage(base.content, tuple(calls), base.reasoning)
+MAX_REPLY_CHARS = 32_768
+"""The reply bound without an env to ask (``ToolEnv.max_action_chars``' default)."""
+MAX_CALLS = 8
+"""Calls parsed per reply without an env to ask (``ToolEnv.max_calls_per_turn``' default)."""
+MAX_SECTIONS = 16
+"""Thinking/answer sections a reply may open and still be read section by section."""
+"""Calls parsed per reply without an env to ask (``ToolEnv.max_calls_per_turn``' default)."""
+
+
+def _refused(reason: str) -> AssistantMessage:
+    """A reply nothing is read from: one malformed call, so the env answers with ``reason``."""
+    return AssistantMessage("", (ToolCall("", error=reason),))
 
 
 @functools.cache
