@@ -141,6 +141,46 @@ def test_a_malformed_call_is_an_error_observation(dialects, family, search_env):
     assert obs in tail and tail.endswith(d.generation_prompt)  # the model reads it next turn
 
 
+PUBLISHED_FORMS = [
+    # OpenAI's harmony guide: the recipient in the channel header, with <|constrain|>
+    ("harmony", '<|channel|>commentary to=functions.calculator <|constrain|>json<|message|>{"expression": "2*3"}<|call|>'),
+    ("harmony", '<|channel|>commentary to=functions.calculator<|message|>{"expression": "2*3"}<|call|>'),
+    ("harmony", '<|channel|>analysis<|message|>multiply<|end|><|start|>assistant<|channel|>commentary '
+                'to=functions.calculator <|constrain|>json<|message|>{"expression": "2*3"}<|call|>'),
+    ("harmony", ' to=functions.calculator<|channel|>commentary <|constrain|>json<|message|>{"expression": "2*3"}<|call|>'),
+    # Llama 3.x replies beside Meta's {"name", "parameters"}
+    ("llama3_json", '{"name": "calculator", "arguments": {"expression": "2*3"}}'),
+    ("llama3_json", '{"type": "function", "name": "calculator", "parameters": {"expression": "2*3"}}'),
+    ("llama3_json", '{ "name": "calculator", "parameters": {"expression": "2*3"}}'),
+    # GLM-4.7: no newlines between the name and the arguments
+    ("glm4", "<tool_call>calculator<arg_key>expression</arg_key><arg_value>2*3</arg_value></tool_call>"),
+]
+
+
+@pytest.mark.parametrize("family, reply", [f for f in PUBLISHED_FORMS if f[0] in FAMILIES])
+def test_every_published_call_form_is_read(dialects, family, reply):
+    env = CalculatorEnv()
+    env.reset(seed=0)
+    action = dialects[family].parse(reply, env)
+    if template_parser():
+        assert [(c.name, c.arguments, c.error) for c in action.tool_calls] == [("calculator", {"expression": "2*3"}, None)]
+    else:  # trl's legacy schemas know only the template's own form: an error the model reads, never a final answer
+        assert action.tool_calls
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_call_cut_off_after_its_tag_is_an_error_not_an_answer(dialects, family):
+    dialect, env = dialects[family], CalculatorEnv()
+    env.reset(seed=0)
+    call = dialect.render_action(AssistantMessage("", (ToolCall("calculator", {"expression": "2*3"}),)))
+    opened = dialect._call_marker.search(call)
+    assert opened is not None
+    for cut in (opened.end(), opened.end() + 3):
+        observation, reward, terminated, truncated, info = env.step(dialect.parse(call[:cut], env))
+        assert not terminated and "error" in info, (call[:cut], observation)
+        env.reset(seed=0)
+
+
 @pytest.mark.parametrize("family", sorted(MULTI_CALL & set(FAMILIES)))
 def test_a_good_call_beside_a_malformed_one_still_runs(dialects, family, search_env):
     d = dialects[family]

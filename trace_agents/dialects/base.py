@@ -68,6 +68,9 @@ class TemplateDialect:
     """Tags that must pair up inside a call: the library drops an unclosed XML argument silently."""
     stop: ClassVar[tuple[str, ...]] = ()
     """Stop strings for generation; the family's end-of-turn tokens end a turn by themselves."""
+    call_marker: ClassVar[str] = r"<tool_call>"
+    """Where the family's calls start (a regex): left in a reply after every readable call was
+    taken out, it is a call cut off or garbled, which the model is told, not a final answer."""
     trl_template: ClassVar[str] = ""
     """The name of the family's response template in ``trl.chat_template_utils``."""
     trl_schema: ClassVar[str] = ""
@@ -107,6 +110,7 @@ class TemplateDialect:
         self._call_close = re.compile(fields.get("close_pattern") or re.escape(fields["close"]))
         opens = [f.get("open_pattern") or re.escape(f["open"]) for k, f in self.response_template["fields"].items()
                  if k != "tool_calls" and (f.get("open_pattern") or f.get("open"))]
+        self._call_marker = re.compile(self.call_marker)
         self._section_open = re.compile("|".join(opens) or "(?!)")
         """Where a thinking or answer section opens (harmony's channels, ``<think>``)."""
 
@@ -308,7 +312,11 @@ class TemplateDialect:
             else:
                 calls.append(self._parse_call(text[start:end], closed, tools))
         rest.append(text[pos:])
-        base = self._content("".join(rest), tools)
+        remains = "".join(rest)
+        if (cut := self._call_marker.search(remains)) is not None:
+            snippet = remains[cut.start(): cut.start() + 200].strip()
+            calls.append(ToolCall("", error=f"malformed tool call: cut off or unreadable in {snippet!r}"))
+        base = self._content(remains, tools)
         return AssistantMessage(base.content, tuple(calls), base.reasoning)
 
     def _call_blocks(self, text: str) -> Iterator[tuple[int, int, bool]]:

@@ -7,7 +7,23 @@ a marker in :func:`detect`, and a round-trip test with its real chat template
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 from trace_agents.dialects.base import TemplateDialect
+
+
+def _patched(template: dict[str, Any], **tool_calls: Any) -> dict[str, Any]:
+    """trl's response template with its ``tool_calls`` field widened to the forms the family's
+    models write that the template's own patterns miss."""
+    template = copy.deepcopy(template)
+    field = template["fields"]["tool_calls"]
+    for key, value in tool_calls.items():
+        if key == "tag_pattern":
+            field["content_args"]["tag_pattern"] = value
+        else:
+            field[key] = value
+    return template
 
 
 class Hermes(TemplateDialect):
@@ -39,8 +55,18 @@ class Llama3JSON(TemplateDialect):
     end_of_turn = ("<|eot_id|>", "<|eom_id|>")
     parse_suffix = "<|eot_id|>"
     one_call_per_message = True
+    call_marker = r'^\s*\{\s*"(?:name|type)"'
     trl_template = "llama3_template"
     trl_schema = "llama3_schema"
+
+    @classmethod
+    def load_response_template(cls) -> dict[str, Any]:
+        """Also the forms Llama 3.x models write beside Meta's ``{"name", "parameters"}``:
+        ``"arguments"`` for ``"parameters"``, a leading ``"type": "function"``, spaces after
+        ``{`` (vLLM's ``llama3_json`` parser reads them too)."""
+        return _patched(super().load_response_template(), open_pattern=(
+            r'\{\s*(?:"type"\s*:\s*"function"\s*,\s*)?"name"\s*:\s*"(?P<name>[^"]+)"\s*,\s*'
+            r'"(?:parameters|arguments)"\s*:\s*'))
 
 
 class Harmony(TemplateDialect):
@@ -53,7 +79,18 @@ class Harmony(TemplateDialect):
     message_end = ("<|end|>",)
     thinking_key = "thinking"
     one_call_per_message = True
+    call_marker = r"to=functions\."
     trl_template = "gptoss_template"
+
+    @classmethod
+    def load_response_template(cls) -> dict[str, Any]:
+        """The recipient before the channel (the chat template's rendering, ``to=functions.f
+        <|channel|>commentary json<|message|>``) or after it (OpenAI's harmony guide,
+        ``<|channel|>commentary to=functions.f <|constrain|>json<|message|>``), with or without
+        the ``<|constrain|>`` and ``json`` hints."""
+        return _patched(super().load_response_template(), open_pattern=(
+            r"(?:<\|channel\|>commentary\s+)?to=functions\.(?P<name>[^\s<]+)\s*"
+            r"(?:<\|channel\|>commentary)?\s*(?:<\|constrain\|>)?\s*(?:json)?\s*<\|message\|>"))
 
 
 class GLM4(TemplateDialect):
@@ -68,6 +105,14 @@ class GLM4(TemplateDialect):
     trl_template = "glm4moe_template"
     trl_schema = "glm4moe_schema"
 
+    @classmethod
+    def load_response_template(cls) -> dict[str, Any]:
+        """Also GLM-4.7's compact form, without newlines between name and arguments
+        (``<tool_call>f<arg_key>k</arg_key><arg_value>v</arg_value></tool_call>``)."""
+        return _patched(super().load_response_template(),
+                        open_pattern=r"<tool_call>(?P<name>[^\s<]+)\s*",
+                        tag_pattern=r"<arg_key>(?P<key>[^<]+)</arg_key>\s*<arg_value>(?P<value>.*?)</arg_value>")
+
 
 class Gemma4(TemplateDialect):
     """Gemma 4: ``<|tool_call>call:name{key:<|"|>text<|"|>,n:3}<tool_call|>``; the model stops at
@@ -75,6 +120,7 @@ class Gemma4(TemplateDialect):
 
     name = "gemma4"
     end_of_turn = ("<turn|>", "<|tool_response>")
+    call_marker = r"<\|tool_call>"
     opens_next = ("<|tool_response>",)
     trl_template = "gemma4_template"
 
