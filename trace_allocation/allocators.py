@@ -17,6 +17,7 @@ every method fits the same budget in whichever unit it is charged.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -191,9 +192,17 @@ class TreeAllocator(Allocator):
         self.include_final = include_final
         self.uncertainty = uncertainty
         self.rng = rng
+        self._step_key = 0
+        """Drawn from ``rng`` by every Stage 1 plan: the step's part of each prompt's draws."""
         self.name = name or f"tree_{roots}_{prefixes}"
 
     def plan_roots(self, prompt_texts: Sequence[str], budget: Budget) -> np.ndarray:
+        counts = self._plan_roots(prompt_texts, budget)
+        if self.prefixes == "uniform":
+            self._step_key = int(self.rng.integers(2**63))
+        return counts
+
+    def _plan_roots(self, prompt_texts: Sequence[str], budget: Budget) -> np.ndarray:
         prices = budget.plan_prices(prompt_texts, self.continuations_per_root)
         if self.roots == "uniform":
             order = self.rng.permutation(len(prompt_texts))
@@ -230,14 +239,23 @@ class TreeAllocator(Allocator):
             q = reproduce_probs(values, np.array([c.reward for c in candidates]))
             ks = allocate_prefixes(q, allowance, costs) if priced else allocate_prefixes(q, count)
         elif priced:
+            rng = self._prompt_rng(tree)
             ks = np.zeros(len(candidates), dtype=np.int64)
             left = allowance + 1e-9
             while True:
-                j = int(self.rng.integers(len(candidates)))
+                j = int(rng.integers(len(candidates)))
                 if costs[j] > left:
                     break
                 ks[j] += 1
                 left -= costs[j]
         else:
-            ks = np.bincount(self.rng.integers(len(candidates), size=count), minlength=len(candidates))
+            ks = np.bincount(self._prompt_rng(tree).integers(len(candidates), size=count),
+                             minlength=len(candidates))
         return [(c.node, int(k)) for c, k in zip(candidates, ks) if k]
+
+    def _prompt_rng(self, tree: RolloutTree) -> np.random.Generator:
+        """Uniform prefix draws from a stream of (step, prompt): prompts finish their bare rollouts
+        in whatever order the engine and tools allow, so a shared stream would hand the same draws
+        to different prompts run to run (and resume would not be exact)."""
+        prompt = f"{tree.prompt_id}\0{tree.root.prefix_text}".encode("utf-8", "surrogatepass")
+        return np.random.default_rng([self._step_key, zlib.crc32(prompt)])

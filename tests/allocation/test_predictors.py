@@ -154,6 +154,12 @@ class _Drifting:
     def update(self, texts, targets, weights=None):
         self.seen.update(zip(texts, np.asarray(targets, dtype=float)))
 
+    def state_dict(self):
+        return {"seen": dict(self.seen)}
+
+    def load_state_dict(self, state):
+        self.seen = dict(state["seen"])
+
 
 def test_blend_is_the_beta_posterior_around_the_text_prediction_before_any_evidence():
     from trace_allocation.predictors import BlendedPredictor

@@ -1,7 +1,9 @@
 """Shared success predictors V~(H): one protocol, several models.
 
 `predict(texts) -> probs` scores prefixes (prompt alone or prompt + turns);
-`update(texts, targets, weights)` refits online on backup targets of the current policy's trees.
+`update(texts, targets, weights)` refits online on backup targets of the current policy's trees;
+`state_dict()` / `load_state_dict(state)` carry what was learned through a checkpoint (JSON values
+and numpy arrays only, so a checkpoint never holds a pickle).
 `EncoderPredictor` (torch) is imported lazily so `import trace_allocation` stays numpy-only.
 """
 
@@ -27,6 +29,10 @@ class SuccessPredictor(Protocol):
     def predict(self, texts: Sequence[str]) -> np.ndarray: ...
 
     def update(self, texts: Sequence[str], targets: np.ndarray, weights: np.ndarray | None = None) -> None: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 def __getattr__(name: str):

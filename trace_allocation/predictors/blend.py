@@ -89,13 +89,11 @@ class BlendedPredictor:
         return float(np.clip(noise / max(excess, 1e-3 * weight) - 1.0, 0.5, 200.0))
 
     def state_dict(self) -> dict:
-        text = self.text_model.state_dict() if hasattr(self.text_model, "state_dict") else None
-        return {"text_model": text, "prior": dict(self._prior), "moments": self._moments.tolist(),
+        return {"text_model": self.text_model.state_dict(), "prior": dict(self._prior), "moments": self._moments.tolist(),
                 "evidence": {k: list(v) for k, v in self._evidence.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["text_model"] is not None:
-            self.text_model.load_state_dict(state["text_model"])
+        self.text_model.load_state_dict(state["text_model"])
         self._prior = {k: float(v) for k, v in state["prior"].items()}
         self._moments = np.asarray(state["moments"], dtype=float)
         self._evidence = {k: [float(s), float(f)] for k, (s, f) in state["evidence"].items()}

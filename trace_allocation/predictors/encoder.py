@@ -58,6 +58,42 @@ class EncoderPredictor:
         self.optimizer = torch.optim.AdamW(params, lr=learning_rate)
         self._cache: dict[str, object] = {}
 
+    def state_dict(self) -> dict:
+        """The head, the encoder when it trains, and AdamW's moments, as numpy arrays (a checkpoint
+        stores them beside its JSON, never as pickles). The embedding cache is not state: a frozen
+        encoder makes the same vectors again."""
+        moments = self.optimizer.state_dict()["state"]
+        return {
+            "head": _numpy(self.head.state_dict()),
+            "encoder": _numpy(self.encoder.state_dict()) if self.train_encoder else None,
+            "optimizer": [{k: np.asarray(v.detach().cpu().numpy()) for k, v in moments[i].items()}
+                          if i in moments else {} for i in range(len(self._params()))],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`; a state of another shape (another encoder, or one saved
+        with ``train_encoder`` set otherwise) is a clear ``ValueError``."""
+        torch = self._torch
+        try:
+            if (state["encoder"] is not None) != self.train_encoder:
+                raise ValueError("saved with train_encoder=" + str(state["encoder"] is not None))
+            self.head.load_state_dict(_tensors(state["head"], torch, self.device))
+            if self.train_encoder:
+                self.encoder.load_state_dict(_tensors(state["encoder"], torch, self.device))
+            moments = state["optimizer"]
+            if len(moments) != len(self._params()):
+                raise ValueError(f"{len(moments)} optimizer slots for {len(self._params())} parameters")
+            groups = self.optimizer.state_dict()["param_groups"]
+            self.optimizer.load_state_dict({
+                "state": {i: _tensors(m, torch, self.device) for i, m in enumerate(moments) if m},
+                "param_groups": groups,
+            })
+        except (KeyError, TypeError, RuntimeError, ValueError) as exc:
+            raise ValueError(f"encoder predictor state does not fit this predictor: {exc}"[:500]) from None
+
+    def _params(self) -> list:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         if not len(texts):
             return np.zeros(0)
@@ -105,3 +141,12 @@ class EncoderPredictor:
             return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         last = batch["attention_mask"].sum(1) - 1
         return hidden[self._torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def _numpy(tensors: dict) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in tensors.items()}
+
+
+def _tensors(arrays: dict, torch, device: str) -> dict:
+    """Arrays back as tensors; AdamW keeps its ``step`` count as a CPU scalar tensor."""
+    return {k: torch.as_tensor(np.asarray(v)).to("cpu" if k == "step" else device) for k, v in arrays.items()}
