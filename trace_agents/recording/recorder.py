@@ -185,7 +185,7 @@ def _resume(out: Path, meta: Meta) -> int:
         theirs = Meta.model_validate_json(meta_file.read_bytes())
     except ValueError as exc:
         raise ValueError(f"{meta_file} is not a recording's meta: {exc}") from None
-    differ = [k for k in meta.model_fields if getattr(theirs, k) != getattr(meta, k)]
+    differ = [k for k in Meta.model_fields if getattr(theirs, k) != getattr(meta, k)]
     if differ:
         raise ValueError(f"{out} holds a recording made with other settings ({', '.join(differ)}): "
                          "resume with the same ones, or record into another folder")
