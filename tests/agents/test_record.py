@@ -225,6 +225,8 @@ def test_cli_records_resumes_and_subsamples(tmp_path, capsys):
     assert main([*args, "--bare", "2"]) == 0
     assert "chunk 1: prompts 2-3 written (4/4)" in capsys.readouterr().out
     assert len(load_recording(out).prompts) == 4
+    assert main([*args, "--bare", "2", "--prompts", "8", "--max-seconds", "0"]) == 0
+    assert "holds 4 prompts" in capsys.readouterr().out  # out of time before a new chunk
     assert main([*args, "--bare", "2"]) == 0  # nothing left to do
     assert "chunk" not in capsys.readouterr().out
     assert main([*args, "--bare", "3"]) == 2

@@ -45,6 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk", type=int, default=32, help="prompts per chunk file")
     p.add_argument("--batch", type=int, default=64,
                    help="engine batch rows (and rows per hidden-state forward)")
+    p.add_argument("--max-seconds", type=float, metavar="S",
+                   help="start no new chunk after S seconds (run again to continue)")
     p.add_argument("--seed", type=int, help="prompt order and sampling seed (default: the config's)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="torch CPU threads (default: the config's `threads`)")
@@ -162,13 +164,15 @@ def _record(args: argparse.Namespace) -> int:
                                            "mean reward")
             console.print(f"chunk {k}: prompts {records[0].index}-{records[-1].index} written "
                           f"({tally['prompts']}/{target}), {n} episodes in {seconds:.1f} s "
-                          f"({n / seconds:.1f} episodes/s)", highlight=False)
+                          f"({n / seconds:.1f} episodes/s)", highlight=False,
+                          soft_wrap=True)
 
         try:
             held = asyncio.run(record(args.out, model, tokenizer, env, meta, prompts=target,
-                                      batch=args.batch, on_episode=seen, on_chunk=written))
+                                      batch=args.batch, max_seconds=args.max_seconds,
+                                      on_episode=seen, on_chunk=written))
         except ValueError as exc:
             raise UserError(str(exc)) from None
     console.print(f"{args.out} holds {held} prompts; read it with "
-                  "trace_agents.recording.load_recording", highlight=False)
+                  "trace_agents.recording.load_recording", highlight=False, soft_wrap=True)
     return 0

@@ -208,13 +208,14 @@ def make_meta(label: str, model: Any, env: ToolEnv, env_spec: dict[str, Any],
 
 
 async def record(out: Path, model: Any, tokenizer: Any, env: ToolEnv, meta: Meta, *,
-                 prompts: int, batch: int, on_episode: Callable[[Episode], None] | None = None,
+                 prompts: int, batch: int, max_seconds: float | None = None, on_episode: Callable[[Episode], None] | None = None,
                  on_chunk: Callable[[int, list[PromptRecord], float], None] | None = None) -> int:
     """Record ``prompts`` prompts (rounded up to whole chunks, at most the split) into ``out``,
     continuing the chunks already there; returns how many prompts the folder holds.
 
     ``meta`` (:func:`make_meta`) says what is recorded and how: the plan, the sampling, the
-    dialect; ``batch`` is the engine's batch rows and the hidden-state forward's. ``on_chunk(k, records, seconds)`` follows each
+    dialect; ``batch`` is the engine's batch rows and the hidden-state forward's. Past
+    ``max_seconds`` no new chunk starts (what is written stays usable; a later call continues). ``on_chunk(k, records, seconds)`` follows each
     chunk written."""
     plan = Plan(meta.bare, meta.prefix_rollouts, meta.continuations, meta.chunk, meta.seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -224,9 +225,12 @@ async def record(out: Path, model: Any, tokenizer: Any, env: ToolEnv, meta: Meta
     backend = HFBackend(model, tokenizer, max_batch=batch)
     runner = RolloutRunner(backend, tokenizer=tokenizer, sampling=SamplingParams(**meta.sampling),
                            max_concurrency=batch, on_episode=on_episode, dialect=meta.dialect)
+    began = time.perf_counter()
     try:
         for k in range(done, chunks):
             started = time.perf_counter()
+            if max_seconds is not None and started - began >= max_seconds:
+                break
             backend.flush_cache()  # every chunk starts from the same engine state
             indices = range(k * plan.chunk, min((k + 1) * plan.chunk, len(order)))
             sampled = await asyncio.gather(*(
@@ -234,9 +238,10 @@ async def record(out: Path, model: Any, tokenizer: Any, env: ToolEnv, meta: Meta
             requests = [r for s in sampled for r in _hidden_requests(s)]
             records, hidden = _records(list(sampled), hidden_states(model, requests, batch))
             write_chunk(chunk_path(out, k), Recording(meta, records, hidden))
+            done = k + 1
             if on_chunk is not None:
                 on_chunk(k, records, time.perf_counter() - started)
     finally:
         await backend.aclose()
         runner.env_pool.shutdown(wait=False, cancel_futures=True)
-    return min(max(chunks, done) * plan.chunk, len(order))
+    return min(done * plan.chunk, len(order))
