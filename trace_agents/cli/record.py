@@ -105,6 +105,8 @@ def _policy(args: argparse.Namespace, cfg: Any, console: Console) -> tuple[str, 
     if not args.warm_start:
         model, tokenizer = load()
         return label, model, tokenizer
+    if not cfg.warmup.examples:
+        raise UserError("--warm-start: the config has no warm-start (warmup.examples is 0)")
     if label != name or name != cfg.model.name:
         raise UserError("--warm-start applies the config's warm-start to the config's own base "
                         f"model ({cfg.model.name}), not to {name}")
