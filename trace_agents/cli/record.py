@@ -65,11 +65,15 @@ def run(args: argparse.Namespace) -> int:
         return _subsample(args)
     if args.config is None:
         raise UserError("--config is required: the training config whose env and sampling to use")
-    for name in ("prompts", "bare", "continuations", "chunk", "batch"):
+    for name in ("prompts", "batch"):
         if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
-    if not 0 <= args.prefix_rollouts <= args.bare:
-        raise UserError(f"--prefix-rollouts must be between 0 and --bare ({args.bare})")
+            raise UserError(f"--{name} must be at least 1 (got {getattr(args, name)})")
+    from trace_agents.recording.recorder import Plan
+
+    try:  # checked before the model loads; the seed is filled in from the config later
+        Plan(args.bare, args.prefix_rollouts, args.continuations, args.chunk)
+    except ValueError as exc:
+        raise UserError(f"{exc} (--bare, --prefix-rollouts, --continuations, --chunk)") from None
     return _record(args)
 
 
