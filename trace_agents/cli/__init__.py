@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "train": "trace_agents.cli.train",
     "eval": "trace_agents.cli.eval",
     "simulate": "trace_agents.cli.simulate",
+    "record": "trace_agents.cli.record",
     "serve-retriever": "trace_agents.cli.serve_retriever",
 }
 

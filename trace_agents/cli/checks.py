@@ -5,6 +5,8 @@ Each raises `UserError` with a one- or two-line message that says what to change
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from trace_agents.cli import UserError
@@ -48,3 +50,47 @@ def check_backend(kind: str, url: str | None) -> None:
     if kind != "hf" and not url:
         raise UserError(f"--backend {kind} needs the server's address: add --url http://HOST:PORT "
                         "(or use --backend hf to run the model in this process)")
+
+
+def model_loaders(model: str, arms: list[str] | None = None) -> list[tuple[str, Callable[[], Any]]]:
+    """(label, loader) per policy that ``model`` names, checked without loading anything: a
+    built-in model or Hugging Face folder, or each trained allocator ("arm") of a `trace-rl
+    train` run folder (or its checkpoint folder), only those in ``arms`` when given."""
+    from trace_agents.train.config import CONFIG_NAME, ConfigError, load_config
+
+    run_dir = None
+    if Path(model).is_dir():
+        from trace_agents.train.checkpoint import run_dir_of
+
+        run_dir = run_dir_of(model)
+    if run_dir is None:
+        from trace_agents.train.run_dir import holds_run
+
+        if holds_run(Path(model)):
+            raise UserError(f"{model} is a run without a checkpoint yet (none is saved before "
+                            f"its first step ends): continue it with trace-rl train --resume")
+        if arms:
+            raise UserError(f"--arm needs a trace-rl train run folder; {model} is not one")
+        check_model(model)
+
+        def load() -> Any:
+            from trace_agents.models import load_model
+
+            return load_model(model)
+
+        return [(model, load)]
+    from trace_agents.train.checkpoint import load_trained, trained_arms
+
+    try:
+        cfg = load_config(run_dir / CONFIG_NAME)
+    except ConfigError as exc:
+        raise UserError(f"cannot read the run's config: {exc}") from None
+    base = cfg.model
+    check_model(base.name)
+    saved = trained_arms(run_dir)
+    known = [a for a in cfg.allocators if a in saved]
+    unknown = sorted(set(arms or []) - set(known))
+    if unknown:
+        raise UserError(f"no trained {', '.join(unknown)} in {run_dir}: it holds {', '.join(known)}")
+    return [(f"{run_dir}:{arm}", lambda arm=arm: load_trained(run_dir, arm, base.name, base.dtype))
+            for arm in known if not arms or arm in arms]

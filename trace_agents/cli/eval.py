@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -63,49 +62,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _models(args: argparse.Namespace) -> list[tuple[str, Any]]:
-    """(label, loader) per model to evaluate; checked without loading anything."""
-    from trace_agents.cli.checks import check_model
-    from trace_agents.train.config import CONFIG_NAME, ConfigError, load_config
-
-    run_dir = None
-    if Path(args.model).is_dir():
-        from trace_agents.train.checkpoint import run_dir_of
-
-        run_dir = run_dir_of(args.model)
-    if run_dir is None:
-        from trace_agents.train.run_dir import holds_run
-
-        if holds_run(Path(args.model)):
-            raise UserError(f"{args.model} is a run without a checkpoint yet (none is saved before "
-                            f"its first step ends): continue it with trace-rl train --resume")
-        if args.arm:
-            raise UserError(f"--arm needs a trace-rl train run folder; {args.model} is not one")
-        check_model(args.model)
-        return [(args.model, lambda: _load(args.model))]
-    from trace_agents.train.checkpoint import load_trained, trained_arms
-
-    try:
-        cfg = load_config(run_dir / CONFIG_NAME)
-    except ConfigError as exc:
-        raise UserError(f"cannot read the run's config: {exc}") from None
-    base = cfg.model
-    check_model(base.name)
-    saved = trained_arms(run_dir)
-    arms = [a for a in cfg.allocators if a in saved]
-    unknown = sorted(set(args.arm or []) - set(arms))
-    if unknown:
-        raise UserError(f"no trained {', '.join(unknown)} in {run_dir}: it holds {', '.join(arms)}")
-    return [(f"{run_dir}:{arm}", lambda arm=arm: load_trained(run_dir, arm, base.name, base.dtype))
-            for arm in arms if not args.arm or arm in args.arm]
-
-
-def _load(name: str) -> tuple[Any, Any]:
-    from trace_agents.models import load_model
-
-    return load_model(name)
-
-
 def _warnings(model: str, benchmarks: list[Any]) -> list[str]:
     if model in KNOWN_ZERO:
         return [KNOWN_ZERO[model]]
@@ -117,7 +73,7 @@ def _warnings(model: str, benchmarks: list[Any]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from trace_agents.backends import make_backend
     from trace_agents.backends.base import SamplingParams
-    from trace_agents.cli.checks import check_backend, make_env
+    from trace_agents.cli.checks import check_backend, make_env, model_loaders
     from trace_agents.evaluate import evaluate, resolve
     from trace_agents.progress import Reporter
 
@@ -140,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         from trace_agents.models import set_threads
 
         set_threads(args.threads)
-    models = _models(args)
+    models = model_loaders(args.model, args.arm)
     if args.no_progress:
         import transformers
 
