@@ -139,7 +139,8 @@ def test_an_aborted_request_ends_the_episode_as_failed(tokenizer):
     server.stop_reason = "aborted"
     ep = asyncio.run(loop.run({}, **row())).extra_fields[EPISODE_KEY]
     assert ep.failed and ep.stop_reason == "aborted" and ep.reward == 0.0
-    assert ep.turns == [] and ep.response_ids == []  # the partial action was never played
+    assert ep.turns == [] and ep.response_mask == [0]  # the partial action was never played: one masked token
+    AgentLoopOutput(**ep.verl_fields(), extra_fields={}).as_dict()  # verl scores the last response token
     sampler = TraceSampler(TreeAllocator(LexicalPredictor(2**10), rng=None))
     budget = Budget(2)
     sampler.observe([ep], budget)

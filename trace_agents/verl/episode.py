@@ -332,6 +332,8 @@ class EpisodeRunner:
         limits = Limits(self.max_tokens_per_turn or self.response_length,
                         response_tokens=self.response_length - len(ep.response_ids), step_timeout_s=self.step_timeout_s)
         _record(ep, await play(generate, self.dialect, env, prompt, limits=limits, context=len(prompt)))
+        if not ep.response_ids:  # failed before any token; verl scores a row's last response token
+            _append(ep, sorted(self.dialect.stop_ids)[:1] or ep.prompt_ids[-1:], 0, None)
         return ep
 
 
