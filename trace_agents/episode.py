@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from trace_agents.backends.base import BackendError, Completion, Prompt
 from trace_agents.dialects import Dialect
@@ -29,11 +29,9 @@ from trace_envs import Snapshot, ToolEnv
 Status = Literal["terminated", "truncated", "failed"]
 
 
-class Generate(Protocol):
-    """One generation: ``prompt`` in the dialect's form, at most ``max_tokens`` new tokens;
-    ``turn`` (the env's turn count) lets a caller derive a per-turn sampling seed."""
-
-    def __call__(self, prompt: Prompt, max_tokens: int, turn: int) -> Awaitable[Completion]: ...
+Generate = Callable[[Prompt, int, int], Awaitable[Completion]]
+"""``generate(prompt, max_tokens, turn)``: the prompt in the dialect's form, at most ``max_tokens``
+new tokens; ``turn`` (the env's turn count) lets a caller derive a per-turn sampling seed."""
 
 
 @dataclass(frozen=True)
@@ -128,13 +126,13 @@ async def play(generate: Generate, dialect: Dialect, env: ToolEnv, prompt: Promp
 
 async def _turns(episode: Episode, generate: Generate, dialect: Dialect, env: ToolEnv, prompt: Prompt,
                  limits: Limits, context: int, pool: Executor | None) -> None:
-    used = 0
+    used = 0  # tokens this episode added
     while True:
         left = None if limits.response_tokens is None else limits.response_tokens - used
         max_tokens = limits.turn_tokens if left is None else min(limits.turn_tokens, left)
         if left is not None and left <= 0:
             return _stop(episode, "response_length")
-        if limits.context_tokens and context + max_tokens > limits.context_tokens:
+        if limits.context_tokens and context + used + max_tokens > limits.context_tokens:
             return _stop(episode, "context")  # the context is full: like running out of turns
         started = time.perf_counter()
         out = await generate(prompt, max_tokens, env.turn)
@@ -143,15 +141,19 @@ async def _turns(episode: Episode, generate: Generate, dialect: Dialect, env: To
             episode.status, episode.stop_reason, episode.error = "failed", "aborted", "the engine aborted generation"
             return
         ids = tuple(out.token_ids[:max_tokens])
-        out = replace(out, token_ids=list(ids), logprobs=None if out.logprobs is None else out.logprobs[: len(ids)])
+        logprobs = None if out.logprobs is None else tuple(out.logprobs[: len(ids)])
         started = time.perf_counter()
-        text = dialect.read(out)
+        text = dialect.read(replace(out, token_ids=list(ids)))
         action = dialect.parse(text, env)
-        observation, reward, terminated, truncated, info = await _step(env, action, pool, limits.step_timeout_s)
+        try:
+            observation, reward, terminated, truncated, info = await asyncio.wait_for(
+                env.astep(action, pool), limits.step_timeout_s)
+        except TimeoutError:
+            raise TimeoutError(f"env step exceeded its {limits.step_timeout_s:g} s deadline") from None
         shown = None if terminated or truncated else observation
         tail = tuple(dialect.after_action_ids(ids, action, shown, info))
         episode.env_seconds += time.perf_counter() - started
-        turn = Turn(text, shown, ids, None if out.logprobs is None else tuple(out.logprobs), tail, float(reward),
+        turn = Turn(text, shown, ids, logprobs, tail, float(reward),
                     terminated, truncated, info, out.finish_reason, out.prompt_tokens, out.cached_tokens,
                     env.snapshot(), action)
         if not turn.ended and left is not None and len(ids) + len(tail) >= left:
@@ -163,16 +165,7 @@ async def _turns(episode: Episode, generate: Generate, dialect: Dialect, env: To
             episode.stop_reason, episode.reward = "answer" if terminated else "max_turns", turn.reward
             return
         prompt = dialect.extend(prompt, turn)
-        context += len(ids) + len(tail)
         used += len(ids) + len(tail)
-
-
-async def _step(env: ToolEnv, action: Any, pool: Executor | None,
-                timeout_s: float | None) -> tuple[str, Any, bool, bool, dict[str, Any]]:
-    try:
-        return await asyncio.wait_for(env.astep(action, pool), timeout_s)
-    except TimeoutError:
-        raise TimeoutError(f"env step exceeded its {timeout_s:g} s deadline") from None
 
 
 def _stop(episode: Episode, reason: str) -> None:

@@ -125,9 +125,9 @@ def prefix_messages(node: Node) -> list[Message]:
 def _prompt(node: Node) -> Prompt:
     """What a continuation from ``node`` generates from, in the tree's dialect: the exact token
     prefix, or (chat messages) the conversation."""
-    dialect = start_of(node).dialect
+    start = start_of(node)
     turns = [n.handle for n in node.path()[1:]]
-    return functools.reduce(dialect.extend, turns, dialect.prompt(start_of(node).prompt_ids, start_of(node).messages))
+    return functools.reduce(start.dialect.extend, turns, start.dialect.prompt(start.prompt_ids, start.messages))
 
 
 def transcript(node: Node) -> str:
