@@ -113,14 +113,14 @@ def blocking_tools(n: int = 8) -> dict[str, Any]:
     for name, env in [("blocking_s", OnLoopSearchEnv(retriever=slow)),
                       ("pooled_s", SearchEnv(retriever=slow))]:
         seconds, episodes = asyncio.run(_search_episodes(env, n))
-        assert all(e.turns == 2 and e.status == "terminated" for e in episodes), episodes
+        assert all(len(e.turns) == 2 and e.status == "terminated" for e in episodes), episodes
         out[name] = seconds
     for name, app in [("async_http_s", concurrent_app(slow)),
                       ("async_http_batching_server_s", create_app(slow))]:
         with background_server(app) as url:
             env = SearchEnv(retriever="http", url=url, timeout=5.0)
             seconds, episodes = asyncio.run(_search_episodes(env, n))
-            assert all(e.turns == 2 and e.status == "terminated" for e in episodes), episodes
+            assert all(len(e.turns) == 2 and e.status == "terminated" for e in episodes), episodes
             out[name] = seconds
     out["blocking_over_pooled"] = out["blocking_s"] / out["pooled_s"]
     out["blocking_over_async"] = out["blocking_s"] / out["async_http_s"]

@@ -99,7 +99,7 @@ async def evaluate(
         "failed": len(episodes) - len(finished),
         "accuracy": float(np.mean([e.reward or 0.0 for e in finished])) if finished else 0.0,
         "score": float(np.mean([i.get("score", 0.0) for i in infos])) if infos else 0.0,
-        "turns": float(np.mean([e.turns for e in finished])) if finished else 0.0,
+        "turns": float(np.mean([len(e.turns) for e in finished])) if finished else 0.0,
     }
     for key in benchmark.metrics:
         report[key] = float(np.mean([i.get(key, 0.0) for i in infos])) if infos else 0.0

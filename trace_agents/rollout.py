@@ -8,8 +8,11 @@ env and chat template add after them (masked). The token prefix of a node is the
 the segments on its path, so a continuation sends the server the very ids its parent saw and the
 server's prefix cache (SGLang RadixAttention, vLLM prefix caching) serves them.
 
-Failures never lose a rollout: a generation that still fails after the backend's retries ends the
-episode as ``failed`` (kept, with the error, its completed turns in the tree without a reward).
+Episodes are played by the one episode loop, :func:`trace_agents.episode.play` (verl's agent loop
+plays the same), with the backend's ``generate``; this module turns its turns into nodes. Failures
+never lose a rollout: an exception in generation (after the backend's retries), parsing or an env
+step, or an engine abort, ends the episode as ``failed`` (kept, with the error, its completed turns
+in the tree without a reward).
 
 Env steps never run on the event loop: ``env.astep`` runs a synchronous env's ``step`` in the
 runner's bounded worker pool, and envs whose tools do I/O await it there (the search env's HTTP
@@ -24,27 +27,18 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
 
 import numpy as np
 
-from trace_agents.backends.base import Backend, BackendError, Completion, SamplingParams
-from trace_agents.dialects import Dialect, TurnOutcome, make_dialect, play_turn
-from trace_agents.react import (
-    STOP_STRINGS,
-    Message,
-    ObservationRole,
-    initial_messages,
-    observation_role,
-    turn_messages,
-    turn_text,
-)
+from trace_agents.backends.base import Backend, Completion, Prompt, SamplingParams
+from trace_agents.dialects import Dialect, MessagesDialect, make_dialect
+from trace_agents.episode import Episode as Played
+from trace_agents.episode import Limits, Turn, play
+from trace_agents.react import Message, turn_text
 from trace_allocation.tree import Node, RolloutTree, prefix_text
 from trace_envs import Snapshot, ToolEnv
-
-Status = Literal["terminated", "truncated", "failed"]
 
 
 @dataclass(frozen=True)
@@ -60,56 +54,20 @@ class Start:
     snapshot: Snapshot
     rng: np.random.Generator
     """Draws the sampling seed of every episode of this tree, in the order rollouts are asked for."""
-    dialect: Dialect | None = None
-    """How the tree's model is prompted and parsed (None: chat-message rollouts, text dialect)."""
+    dialect: Dialect
+    """How the tree's model is prompted and parsed (chat-message backends: ``MessagesDialect``)."""
 
 
-@dataclass(frozen=True)
-class Turn:
-    """Handle of a turn node: what the model did, what the env answered, and the state after."""
-
-    action: str
-    """The reply text: the model's tokens as the dialect reads them (chat messages: the server's
-    text); the turn's action in transcripts."""
-    observation: str | None
-    """None when the episode ended at this turn."""
-    action_ids: tuple[int, ...]
-    """The model's tokens: trainable."""
-    action_logprobs: tuple[float, ...] | None
-    env_ids: tuple[int, ...]
-    """Template and observation tokens after the action, up to the next generation prompt: masked."""
-    reward: float
-    terminated: bool
-    truncated: bool
-    info: dict[str, Any]
-    finish_reason: str
-    prompt_tokens: int
-    cached_tokens: int | None
-    snapshot: Snapshot
-    env_action: Any = None
-    """What ``env.step`` received: the text, or the dialect's parsed message."""
-
-    @property
-    def observation_role(self) -> ObservationRole:
-        return observation_role(self.info)
-
-
-@dataclass
-class Episode:
-    """One rollout (bare or continuation) and how it ended; failed ones are kept, not dropped."""
+@dataclass(kw_only=True)
+class Episode(Played):
+    """One rollout (bare or continuation) and where it sits in its tree; its turns are the nodes
+    below ``start`` down to ``leaf`` (None when it played none)."""
 
     tree: RolloutTree
     start: Node
     """The node it was resumed from (the root for a bare rollout)."""
     continuation: bool
-    status: Status | None = None
     leaf: Node | None = None
-    reward: float | None = None
-    error: str | None = None
-    turns: int = 0
-    generated_tokens: int = 0
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -160,12 +118,16 @@ def prefix_messages(node: Node) -> list[Message]:
     start = start_of(node)
     messages = list(start.messages)
     for n in node.path()[1:]:
-        turn: Turn = n.handle
-        if start.dialect is None:
-            messages += turn_messages(turn.action, turn.observation, turn.observation_role)
-        else:
-            messages += start.dialect.turn_messages(turn.env_action, turn.observation, turn.info)
+        messages += start.dialect.turn_messages(n.handle.env_action, n.handle.observation, n.handle.info)
     return messages
+
+
+def _prompt(node: Node) -> Prompt:
+    """What a continuation from ``node`` generates from, in the tree's dialect: the exact token
+    prefix, or (chat messages) the conversation."""
+    start = start_of(node)
+    turns = [n.handle for n in node.path()[1:]]
+    return functools.reduce(start.dialect.extend, turns, start.dialect.prompt(start.prompt_ids, start.messages))
 
 
 def transcript(node: Node) -> str:
@@ -209,16 +171,14 @@ class RolloutRunner:
             raise ValueError("chat-message backends speak the react dialect; a family's dialect "
                              "needs token-id prompts (SGLang /generate, /v1/completions, HF)")
         self.backend = backend
-        self.format: Dialect | None = (
-            make_dialect(tokenizer, dialect, chat_template_kwargs) if backend.accepts_token_ids else None
+        self.dialect: Dialect = (
+            make_dialect(tokenizer, dialect, chat_template_kwargs) if backend.accepts_token_ids else MessagesDialect()
         )
         """The model family's dialect (``auto``: from the chat template); chat-message backends
-        speak the text dialect."""
-        stop = self.format.stop if self.format else STOP_STRINGS
-        ends = sorted(self.format.stop_ids) if self.format else []
+        speak the react format in messages."""
         self.sampling = replace(
-            sampling, stop=tuple(dict.fromkeys(sampling.stop + stop)),
-            stop_token_ids=tuple(dict.fromkeys((*sampling.stop_token_ids, *ends))),
+            sampling, stop=tuple(dict.fromkeys(sampling.stop + self.dialect.stop)),
+            stop_token_ids=tuple(dict.fromkeys((*sampling.stop_token_ids, *sorted(self.dialect.stop_ids)))),
         )
         """The turn ends at the dialect's stop strings and end-of-turn tokens on every engine."""
         self.max_context_tokens = max_context_tokens
@@ -238,11 +198,11 @@ class RolloutRunner:
         """Reset ``env`` on the task and make the tree's root. A fork of the reset env is kept as
         the template every node of the tree resumes from, so ``env`` stays free for other trees."""
         prompt, _ = env.reset(seed=seed, options={"task_id": task_id})
-        messages = self.format.initial_messages(env, prompt) if self.format else initial_messages(env, prompt)
-        ids = self.format.initial_ids(env, prompt) if self.format else []
+        messages = self.dialect.initial_messages(env, prompt)
+        ids = self.dialect.initial_ids(env, prompt)
         rng = np.random.default_rng(int(self.rng.integers(2**62)))
         start = Start(env.fork(), task_id, prompt, tuple(messages), tuple(ids), env.snapshot(),
-                      rng, self.format)
+                      rng, self.dialect)
         return RolloutTree(task_id, prompt, handle=start)
 
     async def rollouts(self, tree: RolloutTree, node: Node, k: int) -> list[Episode]:
@@ -260,79 +220,37 @@ class RolloutRunner:
         return episodes
 
     async def _episode(self, tree: RolloutTree, start: Node, seed: int) -> Episode:
-        episode = Episode(tree, start, continuation=start.parent is not None)
+        """Play one episode through :func:`trace_agents.episode.play`, then hang its turns below
+        ``start`` (a failed one's completed turns too, without a reward)."""
+        limits = Limits(self.sampling.max_tokens, context_tokens=self.max_context_tokens,
+                        step_timeout_s=self.step_timeout_s)
+        generate = functools.partial(self._generate, seed)
         async with self._slots:
-            try:
-                await self._play(episode, seed)
-            except BackendError as exc:
-                episode.status, episode.error = "failed", str(exc)
-            except Exception as exc:  # one broken episode must not sink the others of the step
-                episode.status, episode.error = "failed", f"{type(exc).__name__}: {exc}"
+            played = await play(generate, start_of(start).dialect, resume_env(start), _prompt(start),
+                                limits=limits, context=len(prefix_ids(start)), pool=self.env_pool)
+        episode = Episode(**vars(played), tree=tree, start=start, continuation=start.parent is not None)
+        node = start
+        for turn in episode.turns:
+            node = node.add_child("", handle=turn, continuation=node is start and episode.continuation)
+            node.text = functools.partial(transcript, node)  # rendered only if a predictor asks
+        if node is not start:
+            episode.leaf = node
+            if episode.status in ("terminated", "truncated"):
+                node.finish(episode.reward)  # type: ignore[arg-type]  (a played turn: never None)
         self._account(episode)
         if self.on_episode is not None:
             self.on_episode(episode)
         return episode
 
-    async def _play(self, episode: Episode, seed: int) -> None:
-        node = episode.start
-        env = resume_env(node)
-        ids = prefix_ids(node) if self.format else []
-        messages = prefix_messages(node) if not self.format else []
-        first = True
-        while True:
-            params = self.sampling.with_seed((seed + env.turn) % 2**63)
-            if self.max_context_tokens and len(ids) + params.max_tokens > self.max_context_tokens:
-                episode.status = "truncated"  # the context is full: like running out of turns
-                if node is not episode.start:
-                    episode.reward = node.finish(0.0).reward
-                return
-            out = await self.backend.generate(ids if self.format else messages, params)
-            step = functools.partial(self._step, env)
-            if self.format:
-                played = await play_turn(self.format, env, out.token_ids, step)
-            else:  # chat messages: the server's text is the action, no token segments
-                obs, reward, terminated, truncated, info = await step(out.text)
-                shown = None if terminated or truncated else obs
-                played = TurnOutcome(out.text, out.text, shown, float(reward), terminated, truncated, info, [])
-                messages += turn_messages(out.text, shown, observation_role(info))
-            turn = Turn(
-                action=played.text, observation=played.observation,
-                action_ids=tuple(out.token_ids),
-                action_logprobs=None if out.logprobs is None else tuple(out.logprobs),
-                env_ids=tuple(played.tail_ids), reward=played.reward, terminated=played.terminated,
-                truncated=played.truncated, info=played.info, finish_reason=out.finish_reason,
-                prompt_tokens=out.prompt_tokens, cached_tokens=out.cached_tokens,
-                snapshot=env.snapshot(), env_action=played.action,
-            )
-            node = node.add_child("", handle=turn, continuation=first and episode.continuation)
-            node.text = functools.partial(transcript, node)  # rendered only if a predictor asks
-            first = False
-            ids += list(out.token_ids) + played.tail_ids
-            self._count(episode, out)
-            if played.ended:
-                node.finish(played.reward)
-                episode.status = "terminated" if played.terminated else "truncated"
-                episode.leaf, episode.reward = node, played.reward
-                return
-            episode.leaf = node
-
-    async def _step(self, env: ToolEnv, action: Any) -> tuple[str, Any, bool, bool, dict[str, Any]]:
-        try:
-            return await asyncio.wait_for(env.astep(action, self.env_pool), self.step_timeout_s)
-        except TimeoutError:
-            raise TimeoutError(f"env step exceeded its {self.step_timeout_s:g} s deadline") from None
-
-    def _count(self, episode: Episode, out: Completion) -> None:
-        episode.turns += 1
-        episode.generated_tokens += len(out.token_ids)
-        episode.prompt_tokens += out.prompt_tokens
-        episode.cached_tokens += out.cached_tokens or 0
+    def _generate(self, seed: int, prompt: Prompt, max_tokens: int, turn: int) -> Awaitable[Completion]:
+        """The backend's generation, seeded per episode and turn."""
+        return self.backend.generate(prompt, replace(self.sampling, max_tokens=max_tokens, seed=(seed + turn) % 2**63))
 
     def _account(self, episode: Episode) -> None:
         s = self.stats
         s["episodes"] += 1
         s["failed"] += episode.status == "failed"
-        s["turns"] += episode.turns
+        s["turns"] += len(episode.turns)
         s["generated_tokens"] += episode.generated_tokens
         s["prompt_tokens"] += episode.prompt_tokens
         s["cached_tokens"] += episode.cached_tokens
@@ -345,7 +263,7 @@ def episodes_summary(episodes: Sequence[Episode]) -> dict[str, float]:
         "episodes": len(episodes),
         "failed": len(episodes) - len(done),
         "reward_mean": float(np.mean(rewards)) if rewards else 0.0,
-        "turns": sum(e.turns for e in episodes),
+        "turns": sum(len(e.turns) for e in episodes),
         "generated_tokens": sum(e.generated_tokens for e in episodes),
         "prompt_tokens": sum(e.prompt_tokens for e in episodes),
         "cached_tokens": sum(e.cached_tokens for e in episodes),

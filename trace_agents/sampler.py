@@ -183,9 +183,9 @@ class TraceSampler:
         charge = budget.charge_continuation if continuation else budget.charge_root
         for e in episodes:
             try:
-                charge(turns=e.turns, tokens=e.generated_tokens)
+                charge(turns=len(e.turns), tokens=e.generated_tokens)
             except BudgetExceeded:
-                self.unpaid += budget.cost(continuation=continuation, turns=e.turns, tokens=e.generated_tokens)
+                self.unpaid += budget.cost(continuation=continuation, turns=len(e.turns), tokens=e.generated_tokens)
 
     def _fit_predictor(self, trees: Sequence[RolloutTree]) -> float | None:
         """Refit the shared predictor on the trees' backup targets; return its Brier score on

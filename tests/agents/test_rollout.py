@@ -54,7 +54,7 @@ def test_turns_record_token_segments_that_match_the_chat_template(tiny, calc):
     episodes = asyncio.run(runner.rollouts(tree, tree.root, 3))
     fmt = ChatFormat(tok)
     assert [e.status for e in episodes] == ["terminated"] * 3
-    assert all(e.turns == 3 for e in episodes) and all(n.bare for n in tree.nodes())
+    assert all(len(e.turns) == 3 for e in episodes) and all(n.bare for n in tree.nodes())
     for node in tree.nodes():
         if node.is_leaf:
             continue
@@ -131,7 +131,7 @@ def test_failed_generation_keeps_the_episode_marked_failed(tiny, calc):
     episodes = asyncio.run(runner.rollouts(tree, tree.root, 2))
     assert [e.status for e in episodes] == ["failed", "terminated"]
     failed = episodes[0]
-    assert "server gone" in failed.error and failed.turns == 1 and failed.reward is None
+    assert "server gone" in failed.error and len(failed.turns) == 1 and failed.reward is None
     assert failed.leaf.reward is None  # no reward: backup and Stage 2 ignore it
     assert runner.stats["failed"] == 1 and runner.stats["episodes"] == 2
     tree.backup()
@@ -145,7 +145,7 @@ def test_context_limit_truncates_unrewarded(tiny, calc):
     tree = runner.new_tree(calc, calc.tasks[3].id)
     runner.max_context_tokens = len(tree.root.handle.prompt_ids) + 64 + 10  # room for one turn
     (episode,) = asyncio.run(runner.rollouts(tree, tree.root, 1))
-    assert episode.status == "truncated" and episode.turns == 1
+    assert episode.status == "truncated" and len(episode.turns) == 1
     assert episode.reward == 0.0 and episode.leaf.reward == 0.0
 
 

@@ -66,7 +66,7 @@ def test_one_step_per_allocator_is_accounted(tiny, calc, allocator, tmp_path):
     record = json.loads(log.read_text().splitlines()[-1])
     assert record["allocator"] == allocator.name and record["cost"] == budget.spent
     assert record["cost_trajectory"] == budget.spent
-    assert record["cost_turns"] == sum(e.turns for e in result.episodes)
+    assert record["cost_turns"] == sum(len(e.turns) for e in result.episodes)
     assert record["cost_tokens"] == sum(e.generated_tokens for e in result.episodes)
     assert record["mixed_trees"] == sum(t.is_mixed for t in result.trees)
     if allocator.name == "dapo":

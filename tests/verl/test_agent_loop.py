@@ -138,11 +138,14 @@ def test_an_aborted_request_ends_the_episode_as_failed(tokenizer):
     loop, server = build(tokenizer, script(calc("2+3")))
     server.stop_reason = "aborted"
     ep = asyncio.run(loop.run({}, **row())).extra_fields[EPISODE_KEY]
-    assert ep.failed and ep.stop_reason == "aborted" and ep.reward == 0.0 and len(ep.turns) == 1
+    assert ep.failed and ep.stop_reason == "aborted" and ep.reward == 0.0
+    assert ep.turns == [] and ep.response_mask == [0]  # the partial action was never played: one masked token
+    AgentLoopOutput(**ep.verl_fields(), extra_fields={}).as_dict()  # verl scores the last response token
     sampler = TraceSampler(TreeAllocator(LexicalPredictor(2**10), rng=None))
     budget = Budget(2)
     sampler.observe([ep], budget)
-    assert budget.spent == 1.0 and next(sampler.trees["u1"].leaves()).reward is None  # charged, not scored
+    root = sampler.trees["u1"].root
+    assert budget.spent == 1.0 and root.children == [] and root.reward is None  # charged, not scored
 
 
 def test_verls_chat_template_kwargs_reach_the_dialect(tokenizer):

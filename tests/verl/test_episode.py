@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.fuzz import examples
 from tests.verl.conftest import ChatMLTokenizer, ScriptedServer, answer, calc, script, spec
 from trace_agents.dialects import TextDialect
 from trace_agents.react import initial_messages, system_prompt
@@ -245,3 +246,82 @@ def test_any_script_in_a_family_dialect_gives_a_consistent_trajectory(xml_dialec
             assert "Error: malformed tool call" in turn.observation
     for call, turn in zip(server.calls[1:], ep.turns):  # each turn resent the exact running prefix
         assert call["prompt_ids"] == ep.prompt_ids + ep.response_ids[: turn.offset]
+
+
+# ------------------------------------------------------------------------------------ failures
+FAULTS = {"GONE": "ConnectionError", "BOOM": "RecursionError", "CRASH": "RuntimeError"}
+"""A reply holding the key fails generation, parsing or the env step with that exception."""
+
+
+class Brittle(TextDialect):
+    """The react dialect with a parser that gives up on one reply (as a template parser may on
+    deeply nested JSON)."""
+
+    def parse(self, text, env=None):
+        if "BOOM" in text:
+            raise RecursionError("maximum recursion depth exceeded")
+        return super().parse(text, env)
+
+
+class FlakyServer(ScriptedServer):
+    async def generate(self, request_id, *, prompt_ids, sampling_params):
+        out = await super().generate(request_id, prompt_ids=prompt_ids, sampling_params=sampling_params)
+        if "GONE" in self.tokenizer.decode(out.token_ids):
+            raise ConnectionError("server gone")
+        return out
+
+
+@pytest.fixture
+def crashing_step(monkeypatch):
+    from trace_envs.calculator.env import CalculatorEnv
+
+    step = CalculatorEnv.step
+
+    def crashing(self, action):
+        if "CRASH" in str(action):
+            raise RuntimeError("tool backend died")
+        return step(self, action)
+
+    monkeypatch.setattr(CalculatorEnv, "step", crashing)
+
+
+@examples(24)
+@given(fault=st.sampled_from(sorted(FAULTS)), before=st.integers(0, 3), resume=st.booleans())
+def test_an_exception_in_generation_parsing_or_the_env_step_fails_only_that_episode(crashing_step, fault, before,
+                                                                                     resume):
+    """The episode ends failed with the error kept and its completed turns recorded (branchable,
+    serialisable); a healthy episode played alongside is untouched."""
+    tok = ChatMLTokenizer()
+    fault_at: dict[str, int | None] = {"turn": None}  # None: the parent, which answers after two calls
+
+    def policy(prompt: str, _n: int) -> str:
+        done = prompt.count("<tool_response>\n")
+        if fault_at["turn"] is None:
+            return calc("1+1") if done < 2 else "<answer>0</answer>"
+        return fault if done >= fault_at["turn"] else calc("1+1")
+
+    faulty = EpisodeRunner(FlakyServer(tok, policy).generate, Brittle(tok), response_length=4096)
+    healthy = make_runner(script(calc("2+3"), f"<answer>{answer()}</answer>"))[0]
+    inherited = 0
+    if resume:
+        parent = play(faulty, spec())
+        inherited, fault_at["turn"] = 1, 1 + before
+        broken = faulty.resume(parent.branch(1), {})
+    else:
+        fault_at["turn"] = before
+        broken = faulty.run(spec(), {}, prompt_key="p0")
+
+    async def both():
+        return await asyncio.gather(broken, healthy.run(spec(), {}, prompt_key="p1"))
+
+    ep, ok = asyncio.run(both())
+    assert ok.reward == 1.0 and not ok.failed and ok.error is None
+    assert ep.failed and ep.stop_reason == "error" and ep.reward == 0.0 and not ep.terminated
+    assert ep.error.startswith(FAULTS[fault])
+    assert len(ep.turns) == inherited + before and all(t.observation == "2" and t.snapshot for t in ep.turns)
+    if ep.turns:
+        assert len(ep.response_ids) == len(ep.response_mask) == ep.turns[-1].offset
+    else:  # one masked token: verl scores a row's last response token
+        assert ep.response_mask == [0] and len(ep.response_ids) == 1
+    stored = AgentLoopOutput(**ep.verl_fields(), extra_fields={"trace_episode": ep}).as_dict()
+    assert Episode.from_dict(stored["extra_fields"]["trace_episode"]) == ep

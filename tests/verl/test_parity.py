@@ -1,4 +1,5 @@
-"""TRACE through verl and through the native sampler agree on one step.
+"""The two wings agree: both play episodes with the one loop (`trace_agents.episode.play`), and
+TRACE through verl and through the native sampler agree on one step.
 
 Same seeds, same predictor, same scripted policy, same tokenizer: the native `trace_agents.sampler
 .TraceSampler` step against verl's path as it runs there — `TraceTrainer` (the real verl trainer
@@ -172,3 +173,45 @@ def test_a_trace_step_through_verl_matches_the_native_sampler(tokenizer):
     probe = [key[1] for key in n_adv] + [key[0] for key in n_adv]
     np.testing.assert_allclose(v_pred.predict(probe), n_pred.predict(probe))
     assert not np.allclose(n_pred.predict(probe), 0.5)  # the refit happened
+
+
+def test_both_wings_are_adapters_of_the_one_episode_loop(tokenizer, monkeypatch):
+    """The native runner and verl's EpisodeRunner both play through `trace_agents.episode.play`:
+    the same replies give the loop the same turns on both sides; the native tree hangs them as
+    nodes, verl flattens them into its response (the last turn without its closing tokens)."""
+    import trace_agents.episode
+    import trace_agents.rollout
+    import trace_agents.verl.episode
+
+    played = []
+
+    async def recording(*args, **kwargs):
+        played.append(await trace_agents.episode.play(*args, **kwargs))
+        return played[-1]
+
+    monkeypatch.setattr(trace_agents.rollout, "play", recording)
+    monkeypatch.setattr(trace_agents.verl.episode, "play", recording)
+    env, (task, *_) = tasks()
+
+    def policy(context: str, _params=None) -> str:
+        return calc("2+3") if "<tool_response>\n" not in context else f"<answer>{task.answer}</answer>"
+
+    native = RolloutRunner(ScriptedBackend(policy, tokenizer), tokenizer=tokenizer)
+    tree = native.new_tree(env, task.id)
+    (episode,) = asyncio.run(native.rollouts(tree, tree.root, 1))
+
+    async def generate(request_id, *, prompt_ids, sampling_params):
+        text = policy(tokenizer.decode(prompt_ids, skip_special_tokens=False))
+        return TokenOutput(token_ids=tokenizer.encode(text, add_special_tokens=False), stop_reason="completed")
+
+    runner = EpisodeRunner(generate, TextDialect(tokenizer), response_length=4096)
+    flat = asyncio.run(runner.run(EnvSpec("trace/Calculator-v0", {"suite_options": SUITE}, task.id), {}, prompt_key="p"))
+
+    on_native, on_verl = played
+    same = lambda t: (t.action, t.observation, t.action_ids, t.env_ids, t.reward, t.terminated, t.snapshot.payload)  # noqa: E731
+    assert [same(t) for t in on_native.turns] == [same(t) for t in on_verl.turns] and len(on_verl.turns) == 2
+    assert [n.handle for n in episode.leaf.path()[1:]] == on_native.turns and episode.reward == flat.reward == 1.0
+    ids = [i for t in on_verl.turns for i in t.action_ids + t.env_ids]
+    assert flat.response_ids == ids[: len(ids) - len(on_verl.turns[-1].env_ids)]
+    first = len(on_verl.turns[0].action_ids) + len(on_verl.turns[0].env_ids)
+    assert [t.offset for t in flat.turns] == [first, len(flat.response_ids)]

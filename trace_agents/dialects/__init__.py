@@ -9,8 +9,10 @@ Every dialect offers the same calls, used by rollouts, the warm-start and the ve
 ``action_text(action_ids)`` and ``parse(text, env)`` (what ``env.step`` receives),
 ``after_action_ids(action_ids, action, observation, info)`` (the masked tokens after an
 action), ``turn_messages`` (the same turn as chat messages), ``render_action(message)`` (a
-structured message as the model would write it) and ``stop`` (stop strings). :func:`play_turn`
-plays one turn with them, for the native rollouts and verl's agent loop alike. See
+structured message as the model would write it) and ``stop`` (stop strings); and, for the one
+episode loop (:func:`trace_agents.episode.play`, the native rollouts' and verl's agent loop's),
+``prompt``/``read``/``extend`` (the running prompt in the dialect's form). ``MessagesDialect`` is
+the ``react`` format over chat messages, for servers that take no token ids. See
 ``docs/dialects.md``.
 """
 
@@ -21,17 +23,16 @@ from typing import Any
 
 from trace_agents.dialects.base import TemplateDialect
 from trace_agents.dialects.families import FAMILIES, detect
-from trace_agents.dialects.text import TextDialect
-from trace_agents.dialects.turn import TurnOutcome, play_turn
+from trace_agents.dialects.text import MessagesDialect, TextDialect
 
-Dialect = TextDialect | TemplateDialect
+Dialect = TextDialect | TemplateDialect | MessagesDialect
 DIALECTS = ("react", *FAMILIES)
 
 
 def make_dialect(tokenizer: Any, name: str | Dialect = "auto",
                  chat_template_kwargs: Mapping[str, Any] | None = None) -> Dialect:
     """The dialect ``name`` (``auto``: detected from the tokenizer's chat template)."""
-    if isinstance(name, (TextDialect, TemplateDialect)):
+    if isinstance(name, (TextDialect, TemplateDialect, MessagesDialect)):
         return name
     if name == "auto":
         template = getattr(tokenizer, "chat_template", None)
@@ -43,5 +44,4 @@ def make_dialect(tokenizer: Any, name: str | Dialect = "auto",
     return FAMILIES[name](tokenizer, chat_template_kwargs)
 
 
-__all__ = ["DIALECTS", "Dialect", "TemplateDialect", "TextDialect", "TurnOutcome", "detect", "make_dialect",
-           "play_turn"]
+__all__ = ["DIALECTS", "Dialect", "MessagesDialect", "TemplateDialect", "TextDialect", "detect", "make_dialect"]

@@ -30,6 +30,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
+from trace_agents.dialects.turn import TokenPrompt
 from trace_envs import ToolEnv, bounded_json
 from trace_envs.actions import MAX_CALL_DEPTH, ToolCall
 from trace_envs.structured import AssistantMessage, tool_call_from
@@ -39,7 +40,7 @@ _PROBE = "TRACE_PROBE_2f7c"
 """A stand-in content that survives every template (tojson would escape control characters)."""
 
 
-class TemplateDialect:
+class TemplateDialect(TokenPrompt):
     """A model family's tool-calling convention, read from its chat and response templates.
 
     Subclasses (one per family, :mod:`trace_agents.dialects.families`) declare the family's facts:

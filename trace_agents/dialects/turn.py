@@ -1,54 +1,31 @@
-"""One turn through a dialect: the model's tokens in; the env's answer and the masked tokens out.
+"""What the episode loop (:func:`trace_agents.episode.play`) asks of a dialect that speaks token ids.
 
-The native rollouts (:mod:`trace_agents.rollout`) and verl's agent loop
-(:mod:`trace_agents.verl.episode`) both play a turn with :func:`play_turn`, so the two paths read a
-reply, step the env and cut the token segment after it the same way, in every dialect, and their
-transcripts (the predictor's H_t) hold the same action text.
+The loop keeps the running prompt in the dialect's form; for the model families and the ``react``
+text format it is token ids, read and extended here the same way for all of them, so a
+continuation's prefix is the plain concatenation of its path's segments.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, SupportsFloat
-
-from trace_envs import ToolEnv
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from trace_agents.dialects import Dialect
-
-StepResult = tuple[str, SupportsFloat, bool, bool, dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class TurnOutcome:
-    text: str
-    """The reply as the dialect reads it (the model's tokens less the end of turn): the turn's
-    action in transcripts."""
-    action: Any
-    """What ``env.step`` received: the text (``react``) or the parsed message."""
-    observation: str | None
-    """None when the episode ended at this turn."""
-    reward: float
-    terminated: bool
-    truncated: bool
-    info: dict[str, Any]
-    tail_ids: list[int]
-    """The masked tokens after the action: end of turn, observation, next generation prompt (or
-    what closes the last turn)."""
-
-    @property
-    def ended(self) -> bool:
-        return self.terminated or self.truncated
+    from trace_agents.backends.base import Completion
+    from trace_agents.episode import Turn
 
 
-async def play_turn(dialect: Dialect, env: ToolEnv, action_ids: Sequence[int],
-                    step: Callable[[Any], Awaitable[StepResult]] | None = None) -> TurnOutcome:
-    """Parse the model's ``action_ids`` in ``dialect``, step ``env`` with the result (``step``:
-    how the caller runs a step, default ``env.astep``) and cut the tokens that follow."""
-    text = dialect.action_text(action_ids)
-    action = dialect.parse(text, env)
-    observation, reward, terminated, truncated, info = await (step or env.astep)(action)
-    shown = None if terminated or truncated else observation
-    tail = dialect.after_action_ids(action_ids, action, shown, info)
-    return TurnOutcome(text, action, shown, float(reward), terminated, truncated, info, list(tail))
+class TokenPrompt:
+    """Mixed into every dialect whose prompts are token ids (each has its own ``action_text``)."""
+
+    def prompt(self, ids: Sequence[int], messages: Sequence[Any]) -> list[int]:
+        """The prompt a generation gets, of the two renderings of the opening: the ids."""
+        return list(ids)
+
+    def read(self, completion: Completion) -> str:
+        """The reply as the dialect reads it, from the model's tokens."""
+        return self.action_text(completion.token_ids)  # type: ignore[attr-defined]
+
+    def extend(self, prompt: Sequence[int], turn: Turn) -> list[int]:
+        """The prompt after ``turn``: the model's tokens, then the env's."""
+        return [*prompt, *turn.action_ids, *turn.env_ids]

@@ -4,14 +4,14 @@
   agent-loop YAML;
 * ``trace_agents.verl.trainer``: TRACE as a verl V1 trainer (``trainer.v1.trainer_mode=trace``),
   its agent-loop worker and manager, and the one-command launcher ``python -m trace_agents.verl.main``;
-* `EpisodeRunner`: the ReAct loop by token ids through verl's ``generate``, recording each turn's
-  env snapshot and token offset, and resuming a continuation from them;
+* `EpisodeRunner`: the native rollouts' episode loop (``trace_agents.episode.play``) by token ids
+  through verl's ``generate``, recording each turn's env snapshot and token offset, and resuming a
+  continuation from them;
 * `TraceSampler`, `plan_prompt`: TRACE's Stage 1 counts, per-prompt Stage 2 branches, trees,
   tree advantages and the predictor refit, in verl's batch terms.
 
 Prompts, parsing and token segments come from the model family's dialect
-(`trace_agents.dialects`): each turn is `trace_agents.dialects.play_turn`, as in the in-process
-rollouts.
+(`trace_agents.dialects`), as in the in-process rollouts.
 
 Everything exported here imports without verl. See docs/verl.md.
 """

@@ -3,7 +3,7 @@
 Imports verl 0.9 (``AgentLoopBase``, ``AgentLoopOutput`` and ``register`` from
 ``verl.experimental.agent_loop.agent_loop``); verl's rollout workers import it through the
 agent-loop YAML (``_target_: trace_agents.verl.agent_loop.TraceEnvAgentLoop``). All logic lives in
-`EpisodeRunner`.
+`EpisodeRunner` (which plays with the native rollouts' loop, ``trace_agents.episode.play``).
 
 A run with a `Branch` in keyword ``trace_branch`` (the TRACE worker's continuations) resumes that
 branch; any other run plays ``extra_info``'s env and task from the start.
@@ -32,11 +32,13 @@ class TraceEnvAgentLoop(AgentLoopBase):
       engine's own stop parameters (vLLM and SGLang);
     * ``train_prefix`` (default false): also train a continuation's inherited prefix tokens;
     * ``max_tokens_per_turn`` (default none): cap each generation (``rollout.response_length``
-      caps the whole trajectory).
+      caps the whole trajectory);
+    * ``step_timeout_s`` (default 120): each env step's deadline (past it the episode fails).
     """
 
     def __init__(self, *args: Any, dialect: str = "auto", stop_at_action_end: bool = True,
-                 train_prefix: bool = False, max_tokens_per_turn: int | None = None, **kwargs: Any) -> None:
+                 train_prefix: bool = False, max_tokens_per_turn: int | None = None,
+                 step_timeout_s: float | None = 120.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         rollout = self.config.actor_rollout_ref.rollout
         template_kwargs = self.config.data.get("apply_chat_template_kwargs", None) or {}
@@ -49,6 +51,7 @@ class TraceEnvAgentLoop(AgentLoopBase):
             stop=stop_params(rollout.name, spoken) if stop_at_action_end else None,
             train_prefix=train_prefix,
             max_tokens_per_turn=max_tokens_per_turn,
+            step_timeout_s=step_timeout_s,
         )
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:

@@ -3,15 +3,16 @@
 `EpisodeRunner.run` plays an env from its first turn; `EpisodeRunner.resume` continues a recorded
 episode from one of its turns (env restored from that turn's snapshot, generation continued from
 the exact token prefix on the parent's sticky session, so the server's prefix cache hits). Both
-return an `Episode`: the verl output fields plus, per turn, the texts, the env snapshot and the
-token offset where a continuation starts, which is what the TRACE sampler branches from.
+play with the native rollouts' loop, :func:`trace_agents.episode.play` (its limits, env-step
+deadline, engine abort and failure handling included), and flatten its turns into an `Episode`:
+the verl output fields plus, per turn, the texts, the env snapshot and the token offset where a
+continuation starts, which is what the TRACE sampler branches from.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,8 +22,11 @@ import gymnasium as gym
 
 import trace_envs  # noqa: F401  (registers the trace/* envs for gym.make)
 from trace_envs import Snapshot, ToolEnv
-from trace_agents.dialects import Dialect, play_turn
-from trace_agents.react import ObservationRole, observation_role, turn_text
+from trace_agents.backends.base import Completion
+from trace_agents.dialects import Dialect
+from trace_agents.episode import Episode as Played
+from trace_agents.episode import Limits, play
+from trace_agents.react import ObservationRole, turn_text
 from trace_allocation.tree import prefix_text
 
 
@@ -85,6 +89,9 @@ class EnvSpec:
 
 @dataclass(frozen=True)
 class Turn:
+    """A played turn (``trace_agents.episode.Turn``) as it travels through verl: its tokens live
+    in the episode's response, up to ``offset``; its snapshot as bytes."""
+
     action: str
     observation: str | None
     """None on the turn that ended the episode."""
@@ -146,8 +153,10 @@ class Episode:
     terminated: bool = False
     truncated: bool = False
     stop_reason: str = ""
-    """"answer", "max_turns" (the env's turn limit), "response_length" (verl's token limit) or
-    "aborted" (the engine aborted a request: the episode failed and trains nothing)."""
+    """As :attr:`trace_agents.episode.Episode.stop_reason`: "answer", "max_turns" (the env's turn
+    limit), "response_length" (verl's token limit), or, for a failed episode that trains nothing,
+    "aborted" (the engine aborted a request) or "error" (an exception, kept in ``error``)."""
+    error: str | None = None
     parent: tuple[str, int] | None = None
     """(parent episode id, turn) for a continuation; None for a root rollout."""
     generate_seconds: float = 0.0
@@ -161,8 +170,8 @@ class Episode:
 
     @property
     def failed(self) -> bool:
-        """No outcome: the engine aborted generation, so the reward means nothing."""
-        return self.stop_reason == "aborted"
+        """No outcome (an engine abort or an exception), so the reward means nothing."""
+        return self.stop_reason in ("aborted", "error")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | Episode) -> Episode:
@@ -183,7 +192,7 @@ class Episode:
             response_logprobs=None if d.get("response_logprobs") is None else list(d["response_logprobs"]),
             turns=[t if isinstance(t, Turn) else Turn.from_dict(t) for t in d["turns"]],
             reward=float(d["reward"]), terminated=bool(d["terminated"]), truncated=bool(d["truncated"]),
-            stop_reason=str(d.get("stop_reason", "")),
+            stop_reason=str(d.get("stop_reason", "")), error=d.get("error"),
             parent=None if parent is None else (str(parent[0]), int(parent[1])),
             generate_seconds=float(d.get("generate_seconds", 0.0)), env_seconds=float(d.get("env_seconds", 0.0)),
             engine_stop_reason=d.get("engine_stop_reason"),
@@ -252,9 +261,8 @@ class EpisodeRunner:
     ``train_prefix=False`` (the TRACE default) masks a continuation's inherited prefix to 0, so its
     loss covers only its new tokens; the prefix still conditions the forward pass.
     ``max_tokens_per_turn`` caps each generation (the in-process rollouts' ``max_tokens``); verl's
-    ``response_length`` caps the whole trajectory. ``dialect`` is the model family's tool-call
-    format (``trace_agents.dialects.make_dialect``): each turn goes through
-    ``trace_agents.dialects.play_turn``, as in the native rollouts.
+    ``response_length`` caps the whole trajectory; ``step_timeout_s`` is each env step's deadline.
+    ``dialect`` is the model family's tool-call format (``trace_agents.dialects.make_dialect``).
     """
 
     def __init__(
@@ -267,6 +275,7 @@ class EpisodeRunner:
         stop: Mapping[str, Any] | None = None,
         train_prefix: bool = False,
         max_tokens_per_turn: int | None = None,
+        step_timeout_s: float | None = 120.0,
     ) -> None:
         if response_length < 1:
             raise ValueError("response_length must be at least 1")
@@ -279,6 +288,7 @@ class EpisodeRunner:
         self.stop = dict(stop or {})
         self.train_prefix = train_prefix
         self.max_tokens_per_turn = max_tokens_per_turn
+        self.step_timeout_s = step_timeout_s
 
     async def run(self, spec: EnvSpec, sampling_params: Mapping[str, Any], *, prompt_key: str) -> Episode:
         env = await asyncio.to_thread(spec.make)
@@ -310,38 +320,38 @@ class EpisodeRunner:
         return await self._play(env, episode, sampling_params)
 
     async def _play(self, env: ToolEnv, ep: Episode, sampling_params: Mapping[str, Any]) -> Episode:
-        while True:
-            remaining = self.response_length - len(ep.response_ids)
-            if remaining <= 0:
-                return _stopped(ep, "response_length")
-            params = {**sampling_params, **self.stop, "max_tokens": min(remaining, self.max_tokens_per_turn or remaining)}
-            started = time.perf_counter()
-            out = await self.generate(ep.session, prompt_ids=ep.prompt_ids + ep.response_ids,
-                                      sampling_params=params)
-            ep.generate_seconds += time.perf_counter() - started
+        async def generate(prompt: Sequence[int], max_tokens: int, _turn: int) -> Completion:
+            out = await self.generate(ep.session, prompt_ids=list(prompt),
+                                      sampling_params={**sampling_params, **self.stop, "max_tokens": max_tokens})
             _note_engine(ep, out)
-            action_ids, logprobs = _tokens(out)
-            action_ids = action_ids[:remaining]
-            _append(ep, action_ids, 1, logprobs)
-            if ep.engine_stop_reason in ("aborted", "abort"):  # a partial action: no outcome to learn from
-                ep.turns.append(Turn(self.dialect.action_text(action_ids), None, None, len(ep.response_ids)))
-                ep.reward, ep.truncated, ep.stop_reason = 0.0, True, "aborted"
-                return ep
-            started = time.perf_counter()
-            turn = await play_turn(self.dialect, env, action_ids)
-            ep.env_seconds += time.perf_counter() - started
-            if turn.ended:  # the response ends with the model's tokens: no closer appended
-                ep.turns.append(Turn(turn.text, None, None, len(ep.response_ids)))
-                ep.reward, ep.terminated, ep.truncated = turn.reward, turn.terminated, turn.truncated
-                ep.stop_reason = "answer" if turn.terminated else "max_turns"
-                return ep
-            if len(ep.response_ids) + len(turn.tail_ids) >= self.response_length:
-                ep.turns.append(Turn(turn.text, None, None, len(ep.response_ids)))
-                return _stopped(ep, "response_length")
-            _append(ep, turn.tail_ids, 0, None)
-            snapshot = env.snapshot().to_bytes()
-            ep.turns.append(Turn(turn.text, turn.observation, snapshot, len(ep.response_ids),
-                                 observation_role(turn.info)))
+            ids, logprobs = _tokens(out)
+            aborted = ep.engine_stop_reason in ("aborted", "abort")
+            return Completion("", ids, logprobs, "abort" if aborted else "stop", len(prompt))
+
+        prompt = ep.prompt_ids + ep.response_ids
+        limits = Limits(self.max_tokens_per_turn or self.response_length,
+                        response_tokens=self.response_length - len(ep.response_ids), step_timeout_s=self.step_timeout_s)
+        _record(ep, await play(generate, self.dialect, env, prompt, limits=limits, context=len(prompt)))
+        if not ep.response_ids:  # failed before any token; verl scores a row's last response token
+            _append(ep, sorted(self.dialect.stop_ids)[:1] or ep.prompt_ids[-1:], 0, None)
+        return ep
+
+
+def _record(ep: Episode, played: Played) -> None:
+    """Flatten the played turns into verl's response: a turn that ended the episode keeps no
+    observation, snapshot or closing tokens (the response ends with the model's tokens)."""
+    for turn in played.turns:
+        _append(ep, list(turn.action_ids), 1, None if turn.action_logprobs is None else list(turn.action_logprobs))
+        if turn.ended:
+            ep.turns.append(Turn(turn.action, None, None, len(ep.response_ids)))
+        else:
+            _append(ep, list(turn.env_ids), 0, None)
+            ep.turns.append(Turn(turn.action, turn.observation, turn.snapshot.to_bytes(), len(ep.response_ids),
+                                 turn.observation_role))
+    ep.reward, ep.stop_reason, ep.error = played.reward or 0.0, played.stop_reason, played.error
+    ep.terminated, ep.truncated = played.status == "terminated", played.status != "terminated"
+    ep.generate_seconds += played.generate_seconds
+    ep.env_seconds += played.env_seconds
 
 
 def _note_engine(ep: Episode, out: Any) -> None:
@@ -369,12 +379,6 @@ def _append(ep: Episode, ids: list[int], mask: int, logprobs: list[float] | None
         ep.response_logprobs += known + [0.0] * (len(ids) - len(known))
     ep.response_ids += ids
     ep.response_mask += [mask] * len(ids)
-
-
-def _stopped(ep: Episode, reason: str) -> Episode:
-    """verl's token limit hit before an answer: a failed rollout (reward 0), like the env's turn limit."""
-    ep.reward, ep.truncated, ep.stop_reason = 0.0, True, reason
-    return ep
 
 
 __all__ = ["Branch", "EnvSpec", "Episode", "EpisodeRunner", "Generate", "Turn", "stop_params"]
