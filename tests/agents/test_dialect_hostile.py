@@ -19,7 +19,9 @@ pytest.importorskip("trl")
 
 from tests import fuzz
 from tests.agents.family_tokenizers import TEMPLATES, family_tokenizer
-from trace_agents.dialects import make_dialect, play_turn
+from trace_agents.backends.base import Completion
+from trace_agents.dialects import make_dialect
+from trace_agents.episode import Limits, play
 from trace_agents.dialects.base import template_parser
 from trace_agents.dialects.families import FAMILIES as FAMILY_CLASSES
 from trace_envs.actions import ToolCall
@@ -69,16 +71,22 @@ def test_no_reply_raises_or_stalls_in_any_family(family, dialects):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_whole_turn_survives_any_reply(family, dialects):
-    """Tokens in, observation and masked tokens out, for replies that once raised (RecursionError
-    from nesting), went quadratic, or were cut off."""
+    """Through the one episode loop, tokens in: replies that once raised (RecursionError from
+    nesting), went quadratic, or were cut off end their turn with an observation, never as a
+    failed episode."""
     dialect = dialects[family]
-    env = CalculatorEnv()
+    env = CalculatorEnv(max_turns=1)
     valid, _ = _replies(dialect)
     nested = fuzz._deepened(valid[-1], 1000, "[", 0.5)
     for reply in (nested, valid[-1] * 2000, valid[-1][: len(valid[-1]) // 2], '<tool_call>{"":"","":' + "[" * 1000):
         env.reset(seed=0)
-        outcome = asyncio.run(play_turn(dialect, env, dialect.encode(reply)))
-        assert outcome.observation is None or isinstance(outcome.observation, str)
+        ids = dialect.encode(reply)
+
+        async def generate(prompt, max_tokens, turn, ids=ids):
+            return Completion(reply, ids, None, "stop", len(prompt))
+
+        episode = asyncio.run(play(generate, dialect, env, [], limits=Limits(turn_tokens=len(ids))))
+        assert episode.error is None and episode.status != "failed" and len(episode.turns) == 1
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -86,7 +86,7 @@ def weights_digest(model: Any) -> str:
 
 def _outcome(e: Episode) -> Outcome:
     reward = None if e.status == "failed" else float(e.reward or 0.0)
-    return Outcome(reward=reward, status=e.status or "failed", turns=e.turns,
+    return Outcome(reward=reward, status=e.status or "failed", turns=len(e.turns),
                    tokens=e.generated_tokens)
 
 
