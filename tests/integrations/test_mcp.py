@@ -216,3 +216,45 @@ def test_an_interrupted_start_kills_the_server(tag: str) -> None:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+# ------------------------------------------------------------------------------ the CLI
+def _raise(exc: BaseException):
+    def fail(*args: object, **kwargs: object) -> None:
+        raise exc
+
+    return fail
+
+
+CLI_PATHS = {  # argv after the command, and what fails on the way (module, name, exception)
+    "train error": ("train", [], ("trace_agents.train.loop", "run", RuntimeError("boom")), 1),
+    "train Ctrl-C": ("train", [], ("trace_agents.train.loop", "run_step", KeyboardInterrupt()), 130),
+    "eval": ("eval", [], None, 0),
+    "eval error": ("eval", ["--arm", "trace"], None, 2),
+    "eval Ctrl-C": ("eval", [], ("trace_agents.evaluate", "evaluate", KeyboardInterrupt()), 130),
+}
+
+
+@pytest.mark.parametrize("path", list(CLI_PATHS))
+def test_the_cli_closes_every_env_it_opens(path: str, tag: str, tmp_path: Path, monkeypatch) -> None:
+    import importlib
+
+    import yaml
+
+    from trace_agents.cli import main
+
+    command, extra, failure, code = CLI_PATHS[path]
+    config = yaml.safe_load((Path(__file__).parents[2] / "examples" / "tiny.yaml").read_text())
+    config["env"] = {"id": "trace/MCP-v0", "kwargs": {
+        "server": [sys.executable, str(SERVER), "stateless", tag], "suite": "arithmetic",
+        "suite_options": {"size": 20}, "max_turns": 2}}
+    (tmp_path / "mcp.yaml").write_text(yaml.safe_dump(config))
+    if failure is not None:
+        module, name, exc = failure
+        monkeypatch.setattr(importlib.import_module(module), name, _raise(exc))
+    if command == "train":
+        argv = ["train", "--config", str(tmp_path / "mcp.yaml"), "--out", str(tmp_path / "run")]
+    else:
+        argv = ["eval", "--model", "tiny-qwen3", "--bench", str(tmp_path / "mcp.yaml"), "--limit", "1",
+                "--max-tokens", "4"]
+    assert main([*argv, *extra, "--no-progress"]) == code
