@@ -151,6 +151,15 @@ def test_a_suite_option_of_the_wrong_type_is_a_value_error_naming_it(name, value
 
 
 def test_suite_options_are_read_by_their_type_hints():
+    from trace_envs.tasks.suites import arithmetic_suite, register_suite
+
     assert len(load_suite("arithmetic", size="12", seed="3")) == 12
     with pytest.raises(ValueError, match="option stepz: Unexpected keyword argument"):
         load_suite("arithmetic", stepz=2)
+
+    def factory(*, size: int = 3, extra: "OnlyForTypeCheckers | None" = None):  # noqa: F821
+        return arithmetic_suite(size=size)
+
+    register_suite("test-unresolvable-hints", factory)  # registered unchecked
+    assert len(load_suite("test-unresolvable-hints", size=4)) == 4
+

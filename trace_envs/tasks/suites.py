@@ -27,8 +27,12 @@ _FACTORIES: dict[str, SuiteFactory] = {}
 def register_suite(name: str, factory: SuiteFactory) -> None:
     """Make ``load_suite(name, **options)`` call ``factory(**options)``, the options checked
     (and ``"8"`` read as 8) against the factory's type hints first, so that a wrong option is a
-    ``ValueError`` naming it rather than a failure deep inside the factory."""
-    _FACTORIES[name] = pydantic.validate_call(factory, config={"arbitrary_types_allowed": True})
+    ``ValueError`` naming it rather than a failure deep inside the factory. A factory whose hints
+    cannot be resolved here (a name imported only for type checkers) is called unchecked."""
+    try:
+        _FACTORIES[name] = pydantic.validate_call(factory, config={"arbitrary_types_allowed": True})
+    except (NameError, pydantic.PydanticUserError):
+        _FACTORIES[name] = factory
 
 
 def suite_names() -> list[str]:
