@@ -238,9 +238,18 @@ def replaced(value: Any, path: tuple, new: Any) -> Any:
     return [replaced(v, rest, new) if i == head else v for i, v in enumerate(value)]
 
 
+def value_at(value: Any, path: tuple) -> Any:
+    for key in path:
+        value = value[key]
+    return value
+
+
 def state_mutations(state: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
-    """States one value away from ``state``: a value replaced, a key dropped or added."""
+    """States one value away from ``state``: a value replaced (by a hostile value, or by a
+    container found elsewhere in the same state: a folder where a file or a tweet belongs), a
+    key dropped or added."""
     all_paths = paths(state)
+    containers = [p for p in all_paths if isinstance(value_at(state, p), dict | list)]
 
     def drop(path: tuple) -> Any:
         if not path:
@@ -254,9 +263,33 @@ def state_mutations(state: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
 
     return st.one_of(
         st.tuples(st.sampled_from(all_paths), hostile_values).map(lambda t: replaced(state, *t)),
+        st.tuples(st.sampled_from(all_paths[1:] or [()]), st.sampled_from(containers)).map(
+            lambda t: replaced(state, t[0], value_at(state, t[1]))),
         st.sampled_from(all_paths[1:] or [()]).map(drop),
         st.tuples(st.text(max_size=8), hostile_values).map(lambda t: {**state, t[0]: t[1]}),
     )
+
+
+def rng_states() -> st.SearchStrategy[dict[str, Any]]:
+    """NumPy bit-generator states under any generator's name, some one value away: each is
+    valid for its own generator and a near miss (keys it knows, shapes it does not) for another."""
+    states = _bit_generator_states()
+    relabelled = st.tuples(st.sampled_from(states), st.sampled_from([s["bit_generator"] for s in states])).map(
+        lambda t: {**t[0], "bit_generator": t[1]})
+    return relabelled | relabelled.flatmap(state_mutations)
+
+
+@functools.cache
+def _bit_generator_states() -> list[dict[str, Any]]:
+    import numpy as np
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value.tolist() if isinstance(value, np.ndarray) else value
+
+    return [plain(getattr(np.random, name)(0).state)
+            for name in ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")]
 
 
 def byte_mutations(data: bytes) -> st.SearchStrategy[bytes]:

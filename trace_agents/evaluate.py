@@ -9,6 +9,7 @@ Bamboogle, FlashRAG JSONL) evaluates your own data. Each task gets one greedy ep
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,28 +80,32 @@ async def evaluate(
     on_episode: Callable[[Episode], None] | None = None,
 ) -> dict[str, Any]:
     """Run the episodes and average their metrics; ``on_episode`` sees each one as it ends
-    (progress). ``env`` is the benchmark's env when the caller already built it."""
+    (progress). ``env`` is the benchmark's env when the caller already built it (and closes it);
+    otherwise the env made here is closed here."""
     if env is None:
-        env = gym.make(benchmark.env_id, **{**benchmark.kwargs, **(env_overrides or {})})
-    task_ids = [t.id for t in env.tasks][:limit]
-    runner = RolloutRunner(backend, tokenizer=tokenizer, sampling=sampling,
-                           max_concurrency=max_concurrency, dialect=dialect,
-                           on_episode=on_episode)
+        opened = gym.make(benchmark.env_id, **{**benchmark.kwargs, **(env_overrides or {})})
+    else:
+        opened = contextlib.nullcontext(env)
+    with opened as env:
+        task_ids = [t.id for t in env.tasks][:limit]
+        runner = RolloutRunner(backend, tokenizer=tokenizer, sampling=sampling,
+                               max_concurrency=max_concurrency, dialect=dialect,
+                               on_episode=on_episode)
 
-    async def one(task_id: str) -> list[Any]:
-        tree = runner.new_tree(env.fork(), task_id)
-        return await runner.rollouts(tree, tree.root, samples)
+        async def one(task_id: str) -> list[Any]:
+            tree = runner.new_tree(env.fork(), task_id)
+            return await runner.rollouts(tree, tree.root, samples)
 
-    episodes = [e for batch in await asyncio.gather(*(one(t) for t in task_ids)) for e in batch]
-    finished = [e for e in episodes if e.status != "failed"]
-    infos = [e.leaf.handle.info for e in finished if e.leaf is not None]  # no answer → 0
-    report: dict[str, Any] = {
-        "benchmark": benchmark.name, "tasks": len(task_ids), "episodes": len(episodes),
-        "failed": len(episodes) - len(finished),
-        "accuracy": float(np.mean([e.reward or 0.0 for e in finished])) if finished else 0.0,
-        "score": float(np.mean([i.get("score", 0.0) for i in infos])) if infos else 0.0,
-        "turns": float(np.mean([len(e.turns) for e in finished])) if finished else 0.0,
-    }
-    for key in benchmark.metrics:
-        report[key] = float(np.mean([i.get(key, 0.0) for i in infos])) if infos else 0.0
-    return report
+        episodes = [e for batch in await asyncio.gather(*(one(t) for t in task_ids)) for e in batch]
+        finished = [e for e in episodes if e.status != "failed"]
+        infos = [e.leaf.handle.info for e in finished if e.leaf is not None]  # no answer → 0
+        report: dict[str, Any] = {
+            "benchmark": benchmark.name, "tasks": len(task_ids), "episodes": len(episodes),
+            "failed": len(episodes) - len(finished),
+            "accuracy": float(np.mean([e.reward or 0.0 for e in finished])) if finished else 0.0,
+            "score": float(np.mean([i.get("score", 0.0) for i in infos])) if infos else 0.0,
+            "turns": float(np.mean([len(e.turns) for e in finished])) if finished else 0.0,
+        }
+        for key in benchmark.metrics:
+            report[key] = float(np.mean([i.get(key, 0.0) for i in infos])) if infos else 0.0
+        return report

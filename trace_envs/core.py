@@ -269,7 +269,7 @@ class ToolEnv(gym.Env[str, str]):
 
     def snapshot(self) -> Snapshot:
         """An immutable, JSON-backed record of this turn (see :class:`Snapshot`)."""
-        rng = self._rng_state()
+        rng = _plain(self._rng_state())
         return Snapshot.of(
             self.env_id,
             {
@@ -361,6 +361,13 @@ def _rng_from_state(state: dict[str, Any]) -> np.random.Generator:
     bit_generator.__init__(0)  # seeding from a constant avoids an OS entropy read
     try:
         bit_generator.state = state
-    except (ValueError, TypeError, KeyError, OverflowError) as exc:
+    except Exception as exc:  # NumPy's setters check a state by using it: any failure is a bad one
         raise ValueError(f"invalid snapshot: bad {name} state ({_message(exc)})") from None
     return np.random.Generator(bit_generator)
+
+
+def _plain(state: Any) -> Any:
+    """A bit generator's state as JSON values (MT19937, Philox and SFC64 hold arrays)."""
+    if isinstance(state, dict):
+        return {k: _plain(v) for k, v in state.items()}
+    return state.tolist() if isinstance(state, np.ndarray) else state

@@ -46,6 +46,12 @@ BAD_TRAIN = {
     "missing task file": ({"env": {"id": "trace/Calculator-v0",
                                    "kwargs": {"suite": "/nonexistent/tasks.jsonl"}}},
                           "no such task file"),
+    "suite option of the wrong type": ({"env": {"id": "trace/Calculator-v0",
+                                                "kwargs": {"suite_options": {"size": "abc"}}}},
+                                       "suite 'arithmetic': option size: Input should be a valid integer"),
+    "missing dataset folder": ({"env": {"id": "trace/Calculator-v0", "kwargs": {
+        "suite": "hf", "suite_options": {"path": "/nonexistent/saved"}}}},
+        "no such file or folder: /nonexistent/saved"),
     "unknown model": ({"model": {"name": "smollm3"}}, "unknown model 'smollm3'"),
     "server backend without url": ({"backend": {"kind": "sglang"}}, "needs url"),
     "invalid field": ({"budget": {"roots": 1}}, "budget.roots"),

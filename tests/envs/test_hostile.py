@@ -173,8 +173,9 @@ def snapshot_case(env, restore_from, kind):
 @fuzz.examples(300)
 @given(data=st.data())
 def test_hostile_snapshot_states_are_refused_or_safe(data):
-    source = make_env([calc("7*6"), calc("ans/5")])
-    state = data.draw(fuzz.state_mutations(source.snapshot().state()))
+    source = make_env([calc("7*6"), calc("ans/5")]).snapshot().state()
+    state = data.draw(fuzz.state_mutations(source)
+                      | fuzz.rng_states().map(lambda rng: {**source, "rng": rng}))
     target = make_env([calc("3")])
     try:
         snapshot = Snapshot.of(target.env_id, state)

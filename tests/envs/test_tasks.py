@@ -3,7 +3,10 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from tests import fuzz
 from trace_envs import TaskSuite, load_suite
 from trace_envs.tasks.math import check_math_answer, last_boxed, load_math_file
 from trace_envs.tasks.word_problems import generate_word_problems
@@ -134,3 +137,29 @@ def test_duplicate_ids_rejected():
     t = Task("a", "p", "1", lambda r, t: None)
     with pytest.raises(ValueError, match="duplicate"):
         TaskSuite("s", [t, t])
+
+
+_not_an_int = (st.text(st.characters(categories=["L"]), min_size=1, max_size=5) | st.none()
+               | st.lists(st.integers(), max_size=2) | st.floats().filter(lambda x: not x.is_integer()))
+
+
+@fuzz.examples(100)
+@given(name=st.sampled_from(["steps", "digits", "size", "seed"]), value=_not_an_int)
+def test_a_suite_option_of_the_wrong_type_is_a_value_error_naming_it(name, value):
+    with pytest.raises(ValueError, match=f"suite 'arithmetic': option {name}: "):
+        load_suite("arithmetic", **{name: value})
+
+
+def test_suite_options_are_read_by_their_type_hints():
+    from trace_envs.tasks.suites import arithmetic_suite, register_suite
+
+    assert len(load_suite("arithmetic", size="12", seed="3")) == 12
+    with pytest.raises(ValueError, match="option stepz: Unexpected keyword argument"):
+        load_suite("arithmetic", stepz=2)
+
+    def factory(*, size: int = 3, extra: "OnlyForTypeCheckers | None" = None):  # noqa: F821
+        return arithmetic_suite(size=size)
+
+    register_suite("test-unresolvable-hints", factory)  # registered unchecked
+    assert len(load_suite("test-unresolvable-hints", size=4)) == 4
+

@@ -1,10 +1,14 @@
-"""A small MCP server for the tests: `python mcp_server.py MODE [PORT]` (stdio without a port).
+"""A small MCP server for the tests: `python mcp_server.py MODE [PORT] [TAG]` (stdio without a port).
 
-MODE: ``stateless`` (add, fail), ``stateful`` (+ a counter held in this process) or
-``restorable`` (+ trace_snapshot/trace_restore of that counter).
+MODE: ``stateless`` (add, fail), ``stateful`` (+ a counter held in this process),
+``restorable`` (+ trace_snapshot/trace_restore of that counter) or ``stubborn`` (stateless, but
+it ignores SIGTERM and keeps running after its stdin closes: only SIGKILL ends it). TAG only
+marks the process for tests.processes.tagged.
 """
 
+import signal
 import sys
+import time
 
 from mcp.server import MCPServer
 
@@ -48,7 +52,12 @@ if mode == "restorable":
         return "ok"
 
 
-if len(sys.argv) > 2:
-    server.run(transport="streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
+port = next((int(a) for a in sys.argv[2:] if a.isdigit()), None)
+if mode == "stubborn":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if port is not None:
+    server.run(transport="streamable-http", host="127.0.0.1", port=port)
 else:
     server.run()
+while mode == "stubborn":  # stdin closed: a well-behaved server would exit here
+    time.sleep(1)

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import trace_envs
+from tests import fuzz
 from trace_envs import Snapshot
 from trace_envs.search.qa import load_qa_file
 from trace_envs.tasks.math import load_math_file
@@ -77,6 +78,52 @@ def test_a_bad_row_is_a_clear_error(tmp_path: Path, cache: str) -> None:
         hf_suite(str(path), cache_dir=cache)
     with pytest.raises(ValueError, match="kind must be"):
         hf_suite(str(path), kind="code", cache_dir=cache)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("container", ["Dataset", "DatasetDict"])
+def test_save_to_disk_folders_load_by_path_and_by_suite_name(tmp_path: Path, container: str) -> None:
+    import datasets
+
+    rows = [{"id": "a", "question": "2 + 3?", "answer": "5"}, {"id": "b", "question": "1 + 1?", "answer": "2"}]
+    dataset = datasets.Dataset.from_list(rows)
+    folder = tmp_path / "saved"
+    (dataset if container == "Dataset" else datasets.DatasetDict({"test": dataset})).save_to_disk(str(folder))
+    split = {"hf_split": "test"} if container == "DatasetDict" else {}
+    assert [t.id for t in hf_suite(str(folder), **split)] == ["a", "b"]
+    env = gym.make("trace/Calculator-v0", suite="hf", suite_options={"path": str(folder), **split})
+    assert env.reset(options={"task_id": "a"})[1]["task_id"] == "a"
+    if container == "DatasetDict":
+        with pytest.raises(ValueError, match=r"holds the splits \['test'\], not 'train'"):
+            hf_suite(str(folder))
+
+
+_part = st.text(st.characters(categories=["L", "N"], include_characters="_-"), min_size=1, max_size=8)
+_local_looking = st.one_of(  # paths that can only be local: never a hub id ("name", "owner/name")
+    st.lists(_part, min_size=1, max_size=3).map(lambda p: "ABS/" + "/".join(p)),
+    st.tuples(st.sampled_from(["./", "../", "~/"]), _part).map("".join),
+    st.lists(_part, min_size=3, max_size=4).map("/".join),
+    st.tuples(_part, st.sampled_from(sorted({".jsonl", ".json", ".parquet", ".csv", ".arrow"}))).map("".join),
+    _part.map(lambda p: "INSIDE/" + p),
+)
+
+
+@fuzz.examples(60)
+@given(path=_local_looking)
+def test_a_missing_local_path_is_one_line_and_never_a_hub_lookup(tmp_path_factory, monkeypatch, path: str) -> None:
+    import datasets
+
+    root = tmp_path_factory.mktemp("missing")
+    (root / "inside").mkdir()
+    monkeypatch.chdir(root)
+    path = path.replace("ABS", str(root / "absent")).replace("INSIDE", "inside")
+    monkeypatch.setattr(datasets, "load_dataset", _hub_lookup)
+    with pytest.raises(FileNotFoundError) as err:
+        hf_suite(path)
+    assert str(err.value).startswith(f"no such file or folder: {path} ") and "\n" not in str(err.value)
+
+
+def _hub_lookup(*args: object, **kwargs: object) -> None:
+    raise AssertionError(f"looked up on the hub: {args}")
 
 
 _text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=30)

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("mcp")
 
+from tests import processes  # noqa: E402
 from trace_envs import Snapshot  # noqa: E402
-from trace_envs.integrations.mcp import ForkUnsupported, MCPConnection, MCPToolEnv  # noqa: E402
+from trace_envs.integrations.mcp import SHUTDOWN_S, ForkUnsupported, MCPConnection, MCPToolEnv  # noqa: E402
 
 SERVER = Path(__file__).with_name("mcp_server.py")
+HOSTILE = Path(__file__).with_name("mcp_hostile.py")
 SUITE = {"suite": "arithmetic", "suite_options": {"size": 6}}
 
 
@@ -150,3 +154,107 @@ def test_streamable_http_and_a_dead_server() -> None:
         env.close()
     finally:
         proc.kill()
+
+
+# ------------------------------------------------------------------ server processes
+@pytest.fixture
+def tag():
+    """A mark in the server's command line, so that it is found even as an orphan; the test
+    fails if any process so marked, or any new process below this one, outlives it."""
+    value = f"trace-test-{uuid.uuid4().hex}"
+    before = processes.descendants()
+    yield value
+    assert processes.tagged(value) == [], "a server process was left running"
+    assert processes.descendants() <= before, "a child process was left running"
+
+
+def test_a_server_that_never_answers_is_killed_at_the_handshake_deadline(tag: str) -> None:
+    with pytest.raises(TimeoutError) as failure:  # it ignores SIGTERM too: SIGKILL ends it
+        MCPConnection([sys.executable, str(HOSTILE), "silent", tag], timeout_s=3)
+    assert str(failure.value).endswith("failed to start: no answer to the handshake within 3 s; "
+                                       "its stderr ends: listening")
+
+
+def test_a_server_that_dies_at_start_is_one_line_with_its_stderr(tag: str) -> None:
+    with pytest.raises(ConnectionError) as failure:
+        MCPToolEnv(server=[sys.executable, str(HOSTILE), "crash", tag], **SUITE)
+    message = str(failure.value)
+    assert "\n" not in message and f"MCP server {sys.executable} " in message
+    assert message.endswith("its stderr ends: Traceback (most recent call last): | "
+                            "ModuleNotFoundError: No module named 'frobnicate'")
+
+
+def test_a_server_that_ignores_eof_and_sigterm_is_killed_on_close_and_at_exit(tag: str) -> None:
+    env = MCPToolEnv(server=[sys.executable, str(SERVER), "stubborn", tag], **SUITE)
+    env.reset(seed=0)
+    assert env.step(call("add", a=1, b=2))[0] == "3" and len(processes.tagged(tag)) == 1
+    started = time.monotonic()
+    env.close()
+    assert time.monotonic() - started < SHUTDOWN_S and processes.tagged(tag) == []
+    # a script that never closes its env: the server still ends when the script does
+    script = (f"import sys; from trace_envs.integrations.mcp import MCPToolEnv; "
+              f"env = MCPToolEnv(server={[sys.executable, str(SERVER), 'stubborn', tag]!r}, **{SUITE!r}); "
+              "env.reset(seed=0); print(env.step('<answer>1</answer>')[0])")
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2], timeout=120,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert done.returncode == 0 and processes.tagged(tag) == []
+
+
+def test_an_interrupted_start_kills_the_server(tag: str) -> None:
+    """Ctrl-C while the handshake is pending (here SIGALRM once the server runs)."""
+    def interrupt(*_: object) -> None:
+        if not processes.tagged(tag):
+            signal.setitimer(signal.ITIMER_REAL, 0.2)  # not started yet: look again soon
+            return
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            MCPConnection([sys.executable, str(HOSTILE), "silent", tag], timeout_s=120)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# ------------------------------------------------------------------------------ the CLI
+def _raise(exc: BaseException):
+    def fail(*args: object, **kwargs: object) -> None:
+        raise exc
+
+    return fail
+
+
+CLI_PATHS = {  # argv after the command, and what fails on the way (module, name, exception)
+    "train error": ("train", [], ("trace_agents.train.loop", "run", RuntimeError("boom")), 1),
+    "train Ctrl-C": ("train", [], ("trace_agents.train.loop", "run_step", KeyboardInterrupt()), 130),
+    "eval": ("eval", [], None, 0),
+    "eval error": ("eval", ["--arm", "trace"], None, 2),
+    "eval Ctrl-C": ("eval", [], ("trace_agents.evaluate", "evaluate", KeyboardInterrupt()), 130),
+}
+
+
+@pytest.mark.parametrize("path", list(CLI_PATHS))
+def test_the_cli_closes_every_env_it_opens(path: str, tag: str, tmp_path: Path, monkeypatch) -> None:
+    import importlib
+
+    import yaml
+
+    from trace_agents.cli import main
+
+    command, extra, failure, code = CLI_PATHS[path]
+    config = yaml.safe_load((Path(__file__).parents[2] / "examples" / "tiny.yaml").read_text())
+    config["env"] = {"id": "trace/MCP-v0", "kwargs": {
+        "server": [sys.executable, str(SERVER), "stateless", tag], "suite": "arithmetic",
+        "suite_options": {"size": 20}, "max_turns": 2}}
+    (tmp_path / "mcp.yaml").write_text(yaml.safe_dump(config))
+    if failure is not None:
+        module, name, exc = failure
+        monkeypatch.setattr(importlib.import_module(module), name, _raise(exc))
+    if command == "train":
+        argv = ["train", "--config", str(tmp_path / "mcp.yaml"), "--out", str(tmp_path / "run")]
+    else:
+        argv = ["eval", "--model", "tiny-qwen3", "--bench", str(tmp_path / "mcp.yaml"), "--limit", "1",
+                "--max-tokens", "4"]
+    assert main([*argv, *extra, "--no-progress"]) == code

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from tests import fuzz
 from trace_agents.cli import main as cli
 from trace_agents.train.config import ConfigError, load_config
 
@@ -73,3 +74,27 @@ def test_the_threads_flag_overrides_the_config(config_file: Path, tmp_path: Path
     printed = capsys.readouterr()
     assert "threads: Input should be greater than or equal to 0" in printed.out + printed.err
     assert not (tmp_path / "run").exists()
+
+
+@fuzz.examples(150)
+@given(st.text(st.sampled_from("[]{}:,'\"*&!|>-@` \tx1\n"), max_size=12))
+def test_a_malformed_override_or_config_is_one_line(text: str) -> None:
+    """Whatever YAML fails to parse, as an override or as the config file, the message is one
+    line (PyYAML's own spans several, with a caret under the spot)."""
+    try:
+        yaml.safe_load(text)
+    except yaml.YAMLError:
+        pass
+    else:
+        return
+    assume(text.strip())  # an empty override is the empty string, not YAML
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text("{}")
+        with pytest.raises(ConfigError) as override:
+            load_config(path, dotted=[f"optim.lr={text}"])
+        path.write_text(text)
+        with pytest.raises(ConfigError) as config:
+            load_config(path)
+    for err in (override, config):
+        assert "not valid YAML" in str(err.value) and "\n" not in str(err.value), str(err.value)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -71,13 +72,9 @@ def _warnings(model: str, benchmarks: list[Any]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trace_agents.backends import make_backend
-    from trace_agents.backends.base import SamplingParams
-    from trace_agents.cli.checks import check_backend, make_env, model_loaders
-    from trace_agents.evaluate import evaluate, resolve
-    from trace_agents.progress import Reporter
+    from trace_agents.cli.checks import check_backend, make_env
+    from trace_agents.evaluate import resolve
 
-    console, status = Console(), Console(stderr=True)
     for name, value in (("--limit", args.limit), ("--samples", args.samples),
                         ("--max-tokens", args.max_tokens), ("--max-turns", args.max_turns)):
         if value is not None and value < 1:
@@ -90,8 +87,21 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # ConfigError included
         raise UserError(str(exc)) from None
     overrides = {"max_turns": args.max_turns} if args.max_turns else {}
-    envs = [make_env(b.env_id, {**b.kwargs, **overrides}, where=f"benchmark {b.name}")
-            for b in benchmarks]
+    with contextlib.ExitStack() as envs_open:  # closed on every path: no tool server outlives us
+        envs = [envs_open.enter_context(make_env(b.env_id, {**b.kwargs, **overrides},
+                                                 where=f"benchmark {b.name}"))
+                for b in benchmarks]
+        return _run(args, benchmarks, envs)
+
+
+def _run(args: argparse.Namespace, benchmarks: list[Any], envs: list[Any]) -> int:
+    from trace_agents.backends import make_backend
+    from trace_agents.backends.base import SamplingParams
+    from trace_agents.cli.checks import model_loaders
+    from trace_agents.evaluate import evaluate
+    from trace_agents.progress import Reporter
+
+    console, status = Console(), Console(stderr=True)
     if args.backend == "hf":
         from trace_agents.models import set_threads
 

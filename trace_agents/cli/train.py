@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     check_model(cfg.model.name)
     check_backend(cfg.backend.kind, cfg.backend.url)
-    make_env(cfg.env.id, {"split": cfg.env.split, **cfg.env.kwargs}, where="env.id")
+    make_env(cfg.env.id, {"split": cfg.env.split, **cfg.env.kwargs}, where="env.id").close()
     if args.resume is None:
         try:  # refused here, before the model loads; the loop checks again
             prepare(out, overwrite=False) if not args.overwrite else None

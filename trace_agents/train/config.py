@@ -175,7 +175,7 @@ def load_config(
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of fields")
     data.update(overrides or {})
@@ -189,6 +189,13 @@ def load_config(
         raise ConfigError(f"{source}: invalid config\n{problems}") from None
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error in one line (its own spans several, with a caret under the spot)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(exc, 'problem', None) or type(exc).__name__}{where}"
+
+
 def apply_override(data: dict[str, Any], item: str) -> None:
     """Set ``data[a][b][c]`` from ``"a.b.c=value"``; the value is read as YAML (``[trace, grpo]``,
     ``true``, ``8``); pydantic then checks it like any config value."""
@@ -199,7 +206,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from None
+        raise ConfigError(f"override {item!r}: value is not valid YAML: {yaml_problem(exc)}") from None
     node = data
     for depth, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})

@@ -133,8 +133,7 @@ def warm_started(cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any, conso
         model.load_state_dict(load_file(str(path)))
         console.print(f"format warm-start: loaded from cache {path}")
         return
-    env = gym.make(cfg.env.id, split=cfg.env.split, **cfg.env.kwargs)
-    with threads_alone(cfg.threads):
+    with gym.make(cfg.env.id, split=cfg.env.split, **cfg.env.kwargs) as env, threads_alone(cfg.threads):
         stats = warm_start(model, tokenizer, env, examples=w.examples, epochs=w.epochs, lr=w.lr,
                            seed=cfg.seed, dialect=cfg.model.dialect,
                            compute_dtype=compute_dtype(cfg.model.dtype))
@@ -156,25 +155,39 @@ def build_arms(cfg: TrainConfig, *, progress: bool, warm: bool,
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sampling = SamplingParams(temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
                               max_tokens=cfg.sampling.max_tokens)
-    arms = []
-    for i, name in enumerate(cfg.allocators):
-        model = base if i == len(cfg.allocators) - 1 else copy.deepcopy(base)
-        env = gym.make(cfg.env.id, split=cfg.env.split, **cfg.env.kwargs)
-        alloc_rng = np.random.default_rng(cfg.seed)
-        engine_model = model
-        if cfg.backend.kind == "hf" and precision != torch.float32:
-            engine_model = copy.deepcopy(model).to(precision).eval()
-        backend = make_backend(cfg.backend.kind, engine_model, tokenizer, url=cfg.backend.url,
-                               model_name=cfg.model.name, timeout_s=cfg.backend.timeout_s,
-                               max_concurrency=cfg.backend.max_concurrency)
-        runner = RolloutRunner(backend, tokenizer=tokenizer, sampling=sampling,
-                               max_concurrency=cfg.backend.max_concurrency, seed=cfg.seed,
-                               dialect=cfg.model.dialect)
-        sampler = TraceSampler(runner, make_allocator(name, cfg, alloc_rng), progress=progress)
-        updater = PolicyUpdater(model, pad_id=pad_id, config=cfg.optim, compute_dtype=precision)
-        arms.append(Arm(name, env, model, updater,
-                        backend, runner, sampler, np.random.default_rng(cfg.seed), alloc_rng))
+    arms: list[Arm] = []
+    try:
+        for i, name in enumerate(cfg.allocators):
+            model = base if i == len(cfg.allocators) - 1 else copy.deepcopy(base)
+            arms.append(_arm(name, cfg, model, tokenizer, precision, sampling, pad_id, progress))
+    except BaseException:  # the envs made so far may own tool servers: stop them
+        close_envs(arms)
+        raise
     return arms
+
+
+def close_envs(arms: list[Arm]) -> None:
+    for arm in arms:
+        arm.env.close()
+
+
+def _arm(name: str, cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any, precision: torch.dtype,
+         sampling: SamplingParams, pad_id: int, progress: bool) -> Arm:
+    alloc_rng = np.random.default_rng(cfg.seed)
+    engine_model = model
+    if cfg.backend.kind == "hf" and precision != torch.float32:
+        engine_model = copy.deepcopy(model).to(precision).eval()
+    backend = make_backend(cfg.backend.kind, engine_model, tokenizer, url=cfg.backend.url,
+                           model_name=cfg.model.name, timeout_s=cfg.backend.timeout_s,
+                           max_concurrency=cfg.backend.max_concurrency)
+    runner = RolloutRunner(backend, tokenizer=tokenizer, sampling=sampling,
+                           max_concurrency=cfg.backend.max_concurrency, seed=cfg.seed,
+                           dialect=cfg.model.dialect)
+    sampler = TraceSampler(runner, make_allocator(name, cfg, alloc_rng), progress=progress)
+    updater = PolicyUpdater(model, pad_id=pad_id, config=cfg.optim, compute_dtype=precision)
+    env = gym.make(cfg.env.id, split=cfg.env.split, **cfg.env.kwargs)  # last: nothing after it can fail
+    return Arm(name, env, model, updater, backend, runner, sampler, np.random.default_rng(cfg.seed),
+               alloc_rng)
 
 
 def _calibration(trees: list[Any], predictor: SuccessPredictor | None) -> dict[str, Any] | None:
@@ -244,20 +257,22 @@ async def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, stop_after: i
     _seed_everything(cfg.seed)
     set_threads(cfg.threads)
     arms = build_arms(cfg, progress=progress, warm=not resume, console=console)
-    start = 0
-    if resume:
-        loaded = load_checkpoint(out_dir, models={a.name: a.model for a in arms},
-                                 optimizers={a.name: a.updater.optimizer for a in arms})
-        for arm in arms:
-            arm.load_state(loaded.states[arm.name])
-            await sync_weights(arm.backend, arm.model, out_dir / "weights" / arm.name)
-        start = loaded.step + 1
-        log.truncate_after(loaded.step)
-        console.print(f"resumed {out_dir} after step {loaded.step}")
-    else:
-        (out_dir / CONFIG_NAME).write_text(yaml.safe_dump(cfg.model_dump()), encoding="utf-8")
-    sinks = open_sinks(cfg.tracking, out_dir, config=cfg.model_dump(), first_step=start, resume=resume)
+    sinks: list[Any] = []
     try:
+        start = 0
+        if resume:
+            loaded = load_checkpoint(out_dir, models={a.name: a.model for a in arms},
+                                     optimizers={a.name: a.updater.optimizer for a in arms})
+            for arm in arms:
+                arm.load_state(loaded.states[arm.name])
+                await sync_weights(arm.backend, arm.model, out_dir / "weights" / arm.name)
+            start = loaded.step + 1
+            log.truncate_after(loaded.step)
+            console.print(f"resumed {out_dir} after step {loaded.step}")
+        else:
+            (out_dir / CONFIG_NAME).write_text(yaml.safe_dump(cfg.model_dump()), encoding="utf-8")
+        sinks = open_sinks(cfg.tracking, out_dir, config=cfg.model_dump(), first_step=start,
+                           resume=resume)
         for step in range(start, cfg.steps):
             for arm in arms:
                 record = await run_step(arm, step, cfg, out_dir)
@@ -277,7 +292,8 @@ async def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, stop_after: i
                                 states={a.name: a.state() for a in arms})
             if stop_after is not None and step + 1 >= stop_after:
                 break
-    finally:
+    finally:  # on every path, Ctrl-C included: no tool server outlives the run
+        close_envs(arms)
         for sink in sinks:
             sink.close()
         for arm in arms:

@@ -146,16 +146,17 @@ def decode_instances(state: Any, reference: Instances) -> Instances:
         expected = vars(reference[name])
         if not isinstance(attrs, dict) or set(attrs) != set(expected):
             raise ValueError(f"{name} state must have exactly the attributes {sorted(expected)}")
-        try:
-            values = {k: _decode(v) for k, v in attrs.items()}
+        directory_type, _ = fs_types()
+        tree = "root" if isinstance(expected.get("root"), directory_type) else None
+        try:  # folders and files only where the file tree is: anywhere else, a fork could not copy them
+            values = {k: _decode(v, tree=k == tree) for k, v in attrs.items()}
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise ValueError(f"{name} state: {type(exc).__name__}: {exc}") from None
         for key, value in values.items():
             if key != "_current_dir" and not _compatible(expected[key], value):
                 raise ValueError(f"{name}.{key} is a {type(value).__name__}, "
                                  f"expected a {type(expected[key]).__name__}")
-        directory_type, _ = fs_types()
-        if isinstance(expected.get("root"), directory_type):
+        if tree:
             _check_tree(values["root"])
             values["_current_dir"] = _follow(values["root"], values["_current_dir"])
         obj = object.__new__(backend_class(name))
@@ -249,7 +250,9 @@ def _encode(value: Any) -> Any:
     raise TypeError(f"cannot snapshot BFCL state of type {kind.__name__}")
 
 
-def _decode(value: Any, parent: Any = None) -> Any:
+def _decode(value: Any, parent: Any = None, *, tree: bool = False) -> Any:
+    """``value`` decoded; ``tree``: it is the file system's root, the one place that may hold
+    (tagged) folders and files."""
     if isinstance(value, list):
         return [_decode(v) for v in value]
     if not isinstance(value, dict):
@@ -276,10 +279,12 @@ def _decode(value: Any, parent: Any = None) -> Any:
             raise ValueError("bad datetime")
         return datetime.datetime.fromisoformat(value["iso"])
     directory_type, file_type = fs_types()
+    if tag in ("dir", "file") and not tree:
+        raise ValueError(f"a {'folder' if tag == 'dir' else 'file'} outside the file tree")
     if tag == "dir":
         directory = object.__new__(directory_type)
         directory.name, directory.parent = value["name"], parent
-        directory.contents = {_hashable(k): _decode(v, directory) for k, v in value["contents"]}
+        directory.contents = {_hashable(k): _decode(v, directory, tree=True) for k, v in value["contents"]}
         if not all(isinstance(v, (directory_type, file_type)) for v in directory.contents.values()):
             raise ValueError("a folder holds something that is not a file or folder")
         return directory

@@ -36,24 +36,47 @@ def hf_suite(
     cache_dir: str | None = None,
     name: str | None = None,
 ) -> TaskSuite:
-    """Load ``path`` with ``datasets.load_dataset`` and map its rows to tasks.
+    """Load ``path`` and map its rows to tasks.
 
-    ``path`` is a local file (its suffix picks the builder), a local directory, a builder name
-    with ``data_files`` (``"json"``, ``"parquet"``...), or a hub data set (needs network).
+    ``path`` is a local file (its suffix picks the builder), a folder written by
+    ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk`` (read with ``load_from_disk``; a
+    ``Dataset`` folder is one split, so ``hf_split`` picks only among a ``DatasetDict``'s), any
+    other local folder, a builder name with ``data_files`` (``"json"``, ``"parquet"``...), or a
+    hub data set (needs network). A path that looks local (see :func:`_looks_local`) but is not
+    there is a ``FileNotFoundError``, never a hub lookup.
     """
     import datasets
 
-    local = Path(path)
+    local = Path(path).expanduser()
     if local.is_file():
         builder = _BUILDERS.get(local.suffix.lower())
         if builder is None:
             raise ValueError(f"{path}: unsupported file type (use one of {sorted(_BUILDERS)})")
         dataset = datasets.load_dataset(builder, data_files=str(local), split=hf_split, cache_dir=cache_dir)
-    else:
+    elif (local / "dataset_dict.json").is_file() or (local / "state.json").is_file():
+        dataset = datasets.load_from_disk(str(local))
+        if isinstance(dataset, datasets.DatasetDict):
+            if hf_split not in dataset:
+                raise ValueError(f"{path} holds the splits {sorted(dataset)}, not {hf_split!r}: "
+                                 "choose one with hf_split")
+            dataset = dataset[hf_split]
+    elif local.is_dir() or not _looks_local(path):
         dataset = datasets.load_dataset(path, config, split=hf_split, data_files=data_files,
                                         revision=revision, cache_dir=cache_dir)
+    else:
+        raise FileNotFoundError(f"no such file or folder: {path} (a hub data set is named "
+                                "'name' or 'owner/name')")
     label = name or f"hf:{path}" + (f"[{config}]" if config else "") + f":{hf_split}"
     return suite_from_dataset(dataset, kind=kind, name=label, source=path, qa_format=qa_format)
+
+
+def _looks_local(path: str) -> bool:
+    """Whether ``path`` can only be a local path, not a hub id (``name`` or ``owner/name``):
+    absolute, ``./``/``../``/``~``, a data-file suffix, more than two parts, or inside a
+    folder that exists here."""
+    parts = path.replace("\\", "/").split("/")
+    return (path.startswith((".", "~", "/", "\\")) or Path(path).suffix.lower() in _BUILDERS
+            or len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir()))
 
 
 def suite_from_dataset(

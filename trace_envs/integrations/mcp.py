@@ -25,9 +25,16 @@ Fork semantics depend on where the tool state lives:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
+import math
+import os
+import shlex
+import sys
 import threading
+from collections import deque
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Self
 
@@ -39,6 +46,9 @@ from trace_envs.tools import Tool, ToolError
 
 SNAPSHOT_TOOL = "trace_snapshot"
 RESTORE_TOOL = "trace_restore"
+SHUTDOWN_S = 15.0
+"""Bound on closing a connection: the SDK's stdio shutdown takes at most about 7 s (a grace
+period after EOF, SIGTERM, SIGKILL)."""
 
 
 class ForkUnsupported(RuntimeError):
@@ -50,10 +60,17 @@ ServerSpec = str | Sequence[str] | Any
 
 
 class MCPConnection:
-    """One MCP client session, kept open on its own event-loop thread so sync code can call it."""
+    """One MCP client session, kept open on its own event-loop thread so sync code can call it.
+
+    The client's whole life runs as one task on that loop, inside one cancel scope: the start-up
+    deadline, :meth:`close` and an interrupted start all cancel that scope, so the SDK's own
+    shutdown (close stdin, SIGTERM, SIGKILL for a stdio server) runs on every path and no server
+    process outlives the connection. A connection still open at interpreter exit is closed then.
+    """
 
     def __init__(self, server: ServerSpec, *, timeout_s: float = 30.0) -> None:
         from mcp import Client, StdioServerParameters
+        from mcp.client.stdio import stdio_client
 
         if isinstance(server, str | StdioServerParameters):
             target = server
@@ -64,18 +81,64 @@ class MCPConnection:
         self.timeout_s = timeout_s
         self.lock = threading.RLock()
         """Held across a restore/call/snapshot sequence of a stateful server."""
+        self._stderr = _StderrTail() if isinstance(target, StdioServerParameters) else None
+        transport = target if self._stderr is None else stdio_client(target, errlog=self._stderr.file)
+        self._client = Client(transport, read_timeout_seconds=timeout_s)
+        self._scope: Any = None  # the life task's cancel scope (the loop thread's only)
+        self._cancelled = False
+        self._closed = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="mcp-client", daemon=True)
         self._thread.start()
-        self._client = Client(target, read_timeout_seconds=timeout_s)
-        self._closed = False
+        started: Future = Future()
+        self._life = asyncio.run_coroutine_threadsafe(self._serve(started), self._loop)
+        atexit.register(self.close)
         try:
-            self._run(self._client.__aenter__())
-            self.instructions: str | None = self._client.instructions
-            self.tools = self._list_tools()
-        except BaseException:
+            self.instructions, self.tools = started.result()
+        except BaseException as exc:
             self.close()
+            if isinstance(exc, Exception):
+                raise self._start_error(exc) from exc
             raise
+        if self._stderr is not None:
+            self._stderr.spawned()
+
+    async def _serve(self, started: Future) -> None:
+        """Start the client, publish its tools, then hold the session open until cancelled."""
+        import anyio
+
+        try:
+            with anyio.CancelScope(deadline=anyio.current_time() + self.timeout_s) as self._scope:
+                if self._cancelled:
+                    self._scope.cancel()
+                async with self._client:
+                    tools = await self._list_tools()
+                    self._scope.deadline = math.inf
+                    started.set_result((self._client.instructions, tools))
+                    await anyio.sleep_forever()
+            if not started.done():
+                started.set_exception(TimeoutError(f"no answer to the handshake within {self.timeout_s:g} s"))
+        except BaseException as exc:
+            if not started.done():
+                started.set_exception(exc)
+            raise
+
+    def _cancel(self) -> None:
+        """On the loop thread: end the life task (whether it is starting or serving)."""
+        self._cancelled = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def _start_error(self, exc: Exception) -> Exception:
+        """One line: which server, what went wrong, and the last lines it wrote to stderr."""
+        while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+            exc = exc.exceptions[0]
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        tail = self._stderr.text() if self._stderr is not None else ""
+        message = f"MCP server {_describe(self.server)} failed to start: {reason}"
+        if tail:
+            message += f"; its stderr ends: {tail}"
+        return (TimeoutError if isinstance(exc, TimeoutError) else ConnectionError)(message)
 
     def _run(self, coroutine: Any, timeout_s: float | None = None) -> Any:
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
@@ -85,10 +148,10 @@ class MCPConnection:
             future.cancel()
             raise TimeoutError(f"no answer from the MCP server within {timeout_s or self.timeout_s} s") from None
 
-    def _list_tools(self) -> list[Any]:
+    async def _list_tools(self) -> list[Any]:
         tools, cursor = [], None
         while True:
-            page = self._run(self._client.list_tools(cursor=cursor))
+            page = await self._client.list_tools(cursor=cursor)
             tools.extend(page.tools)
             cursor = page.next_cursor
             if not cursor:
@@ -101,21 +164,68 @@ class MCPConnection:
         return self._run(self._client.call_tool(name, dict(arguments)))
 
     def close(self) -> None:
+        """Stop the session and its server (bounded: the SDK escalates to SIGKILL), then the loop."""
         if self._closed:
             return
         self._closed = True
+        atexit.unregister(self.close)
+        self._loop.call_soon_threadsafe(self._cancel)
         try:
-            self._run(self._client.__aexit__(None, None, None), timeout_s=10)
-        except Exception:  # the server may already be gone; the thread still stops below
+            self._life.result(timeout=SHUTDOWN_S)
+        except BaseException:  # the failure that ended it was reported already, or is moot now
             pass
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._loop.close()
+        if self._stderr is not None:
+            self._stderr.close()
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _StderrTail:
+    """A stdio server's stderr: passed on to ours line by line, its last lines kept so that a
+    server that dies at start is reported with its own last words."""
+
+    def __init__(self, lines: int = 3) -> None:
+        read_fd, write_fd = os.pipe()
+        self.file = os.fdopen(write_fd, "w")
+        """The write end, for the server; ours is closed once the server holds its own."""
+        self._lines: deque[str] = deque(maxlen=lines)
+        self._thread = threading.Thread(target=self._pump, args=(os.fdopen(read_fd, "rb"),),
+                                        name="mcp-stderr", daemon=True)
+        self._thread.start()
+
+    def _pump(self, pipe: Any) -> None:
+        with pipe:
+            while line := pipe.readline(8192):
+                text = line.decode(errors="replace")
+                sys.stderr.write(text)
+                if text.strip():
+                    self._lines.append(text.strip()[:200])
+
+    def spawned(self) -> None:
+        self.file.close()
+
+    def text(self) -> str:
+        return " | ".join(self._lines)
+
+    def close(self) -> None:
+        """Wait (bounded) for the server's last words; the server is gone by now."""
+        self.file.close()
+        self._thread.join(timeout=5)
+
+
+def _describe(server: Any) -> str:
+    if isinstance(server, str):
+        return server
+    text = shlex.join([server.command, *server.args])
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def result_text(result: Any) -> str:

@@ -13,16 +13,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pydantic
+
+from trace_envs.integrations.hf_datasets import hf_suite
 from trace_envs.tasks.base import Task, TaskSuite
 from trace_envs.tasks.math import load_math_file, math_grader
+from trace_envs.validation import validation_problems
 
 SuiteFactory = Callable[..., TaskSuite]
 _FACTORIES: dict[str, SuiteFactory] = {}
 
 
 def register_suite(name: str, factory: SuiteFactory) -> None:
-    """Make ``load_suite(name, **options)`` call ``factory(**options)``."""
-    _FACTORIES[name] = factory
+    """Make ``load_suite(name, **options)`` call ``factory(**options)``, the options checked
+    (and ``"8"`` read as 8) against the factory's type hints first, so that a wrong option is a
+    ``ValueError`` naming it rather than a failure deep inside the factory. A factory whose hints
+    cannot be resolved here (a name imported only for type checkers) is called unchecked."""
+    try:
+        _FACTORIES[name] = pydantic.validate_call(factory, config={"arbitrary_types_allowed": True})
+    except (NameError, pydantic.PydanticUserError):
+        _FACTORIES[name] = factory
 
 
 def suite_names() -> list[str]:
@@ -38,7 +48,11 @@ def load_suite(spec: str, **options: Any) -> TaskSuite:
 def _load_cached(spec: str, options_json: str) -> TaskSuite:
     options = json.loads(options_json)
     if spec in _FACTORIES:
-        return _FACTORIES[spec](**options)
+        try:
+            return _FACTORIES[spec](**options)
+        except pydantic.ValidationError as exc:
+            problems = "; ".join(f"option {p}" for p in validation_problems(exc, limit=3))
+            raise ValueError(f"suite {spec!r}: {problems}") from None
     if Path(spec).suffix.lower() in {".jsonl", ".json", ".parquet"}:
         return load_math_file(spec, **options)
     raise KeyError(f"unknown suite {spec!r}: use a task file path or one of {suite_names()}")
@@ -90,12 +104,4 @@ register_suite("gsm_symbolic", gsm_symbolic_suite)
 register_suite("champ", champ_suite)
 
 
-def hf_suite(**options: Any) -> TaskSuite:
-    """``load_suite("hf", path=..., ...)``: a Hugging Face ``datasets`` source (see
-    :func:`trace_envs.integrations.hf_datasets.hf_suite`); ``datasets`` is imported only here."""
-    from trace_envs.integrations.hf_datasets import hf_suite as load
-
-    return load(**options)
-
-
-register_suite("hf", hf_suite)
+register_suite("hf", hf_suite)  # `datasets` is imported only when it loads
