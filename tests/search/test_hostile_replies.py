@@ -16,7 +16,8 @@ from tests.hostile_http import SLACK, Plan, plans, timed
 from tests.search.conftest import search_call
 from trace_envs.search.client import APIS, HttpRetriever
 from trace_envs.search.env import SearchEnv
-from trace_envs.search.retrievers import Hit, RetrievalError
+from trace_envs.search.corpus import Hit
+from trace_envs.search.retrievers import RetrievalError
 
 TEMPLATE = {"result": [[{"document": {"id": "d1", "contents": "Title\nSome text."}, "score": 1.5},
                         {"document": {"id": "d2", "title": "T", "text": "x"}, "score": 0}]]}

@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from trace_envs.search.corpus import Corpus, Passage
+from trace_envs.search.corpus import Corpus, Hit, Passage
 from trace_envs.search.retrievers import (
-    BM25Retriever, Hit, Retriever, build_retriever, shared_retriever,
+    BM25Retriever, Retriever, build_retriever, shared_retriever,
 )
 
 SMALL = Corpus([

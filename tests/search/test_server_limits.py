@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from tests.hostile_http import JSON
 from trace_envs.search.corpus import Passage
 from trace_envs.search.limits import ServerLimits
-from trace_envs.search.retrievers import Hit
+from trace_envs.search.corpus import Hit
 from trace_envs.search.server import background_server, create_app
 
 LIMITS = ServerLimits(max_body_bytes=64 * 1024, max_queries=50, max_query_chars=200, max_topk=10,

@@ -31,7 +31,7 @@ import types
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from trace_envs.bfcl import state
+from trace_envs.bfcl.backends import backend_class, copy_tree, fs_types
 
 MAX_FS_DEPTH = 32
 """The deepest folder a file system may hold (the root is depth 0)."""
@@ -100,7 +100,7 @@ def install() -> None:
 
         gorilla_file_system.datetime = types.SimpleNamespace(datetime=_EpisodeDatetime)  # type: ignore[attr-defined]
         for class_name in MULTI_TURN_CLASSES:
-            cls = state.backend_class(class_name)
+            cls = backend_class(class_name)
             for name, method in list(vars(cls).items()):
                 if inspect.isfunction(method) and _mutable_defaults(method):
                     setattr(cls, name, _with_fresh_defaults(method))
@@ -138,7 +138,7 @@ def refusal(instance: Any, name: str, arguments: Mapping[str, Any]) -> str | Non
         return f"precision must be between 0 and {MAX_PRECISION}"
     if name == "power" and _power_too_large(arguments.get("base"), arguments.get("exponent")):
         return f"power: the result would exceed {MAX_POWER_BITS} bits"
-    directory_type, _ = state.fs_types()
+    directory_type, _ = fs_types()
     if not isinstance(getattr(instance, "root", None), directory_type):
         return None
     cwd = instance._current_dir
@@ -170,7 +170,7 @@ def refusal(instance: Any, name: str, arguments: Mapping[str, Any]) -> str | Non
 
 def after_call(instance: Any, name: str, arguments: Mapping[str, Any]) -> None:
     """Make a folder that ``cp``/``mv`` just wrote own its children, as in a real file system."""
-    directory_type, _ = state.fs_types()
+    directory_type, _ = fs_types()
     if name not in ("cp", "mv") or not isinstance(getattr(instance, "root", None), directory_type):
         return
     cwd = instance._current_dir
@@ -181,7 +181,7 @@ def after_call(instance: Any, name: str, arguments: Mapping[str, Any]) -> None:
         landed = landed.contents[source]  # copied or moved *into* an existing folder
     if not isinstance(landed, directory_type):
         return
-    landed.contents = state.copy_tree(landed, landed.parent)[0].contents
+    landed.contents = copy_tree(landed, landed.parent)[0].contents
     for child in landed.contents.values():
         if isinstance(child, directory_type):
             child.parent = landed
@@ -201,7 +201,7 @@ def _depth(directory: Any) -> int:
 
 
 def _height(directory: Any) -> int:
-    directory_type, _ = state.fs_types()
+    directory_type, _ = fs_types()
     best, stack = 0, [(directory, 0)]
     while stack:
         node, level = stack.pop()
@@ -211,7 +211,7 @@ def _height(directory: Any) -> int:
 
 
 def _count(directory: Any) -> int:
-    directory_type, _ = state.fs_types()
+    directory_type, _ = fs_types()
     total, stack = 0, [directory]
     while stack:
         node = stack.pop()

@@ -22,7 +22,7 @@ from typing import Any
 from trace_envs.bfcl.calls import parse_call
 from trace_envs.bfcl.data import SUBSETS
 from trace_envs.bfcl.env import BFCLEnv
-from trace_envs.bfcl.state import backend_class
+from trace_envs.bfcl.backends import backend_class
 from trace_envs.bfcl.verdict import bfcl_verdict
 from trace_envs.tasks.base import Task
 

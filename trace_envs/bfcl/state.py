@@ -14,29 +14,15 @@ from __future__ import annotations
 
 import copy
 import datetime
-import functools
-import importlib
 import math
 import random
 from typing import Any
 
 from trace_envs.bfcl import guards
+from trace_envs.bfcl.backends import backend_class, copy_tree, fs_types
 
 Instances = dict[str, Any]
 _TAG = "$t"
-
-
-def backend_class(class_name: str) -> type:
-    from bfcl_eval.constants.executable_backend_config import CLASS_FILE_PATH_MAPPING
-
-    return getattr(importlib.import_module(CLASS_FILE_PATH_MAPPING[class_name]), class_name)
-
-
-@functools.cache
-def fs_types() -> tuple[type, type]:
-    from bfcl_eval.eval_checker.multi_turn_eval.func_source_code import gorilla_file_system as fs
-
-    return fs.Directory, fs.File
 
 
 def load_instances(entry: dict[str, Any], long_context: bool) -> Instances:
@@ -76,24 +62,6 @@ def _copy_instance(obj: Any) -> Any:
     else:
         clone.__dict__.update({k: _copy(v) for k, v in attrs.items()})
     return clone
-
-
-def copy_tree(directory: Any, parent: Any) -> tuple[Any, dict[int, Any]]:
-    """Copy a Directory tree, relinking parents; map old directory ids to their copies."""
-    directory_type, file_type = fs_types()
-    clone = object.__new__(directory_type)
-    clone.name, clone.parent, clone.contents = directory.name, parent, {}
-    by_id = {id(directory): clone}
-    for name, item in directory.contents.items():
-        if isinstance(item, directory_type):
-            sub, sub_ids = copy_tree(item, clone)
-            by_id.update(sub_ids)
-            clone.contents[name] = sub
-        else:
-            f = object.__new__(file_type)
-            f.__dict__.update(item.__dict__)  # name, content (str) and a datetime: immutable
-            clone.contents[name] = f
-    return clone, by_id
 
 
 _IMMUTABLE = (str, int, float, bool, type(None), datetime.datetime, datetime.date)

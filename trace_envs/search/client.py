@@ -29,7 +29,8 @@ import pydantic
 
 from trace_envs import http
 from trace_envs.search.corpus import Passage
-from trace_envs.search.retrievers import Hit, RetrievalError
+from trace_envs.search.corpus import Hit
+from trace_envs.search.retrievers import RetrievalError
 
 Api = Literal["search-r1", "skyrl", "gem"]
 APIS: tuple[str, ...] = ("search-r1", "skyrl", "gem")

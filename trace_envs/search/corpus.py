@@ -44,6 +44,14 @@ class Passage:
         raise ValueError(f"passage {pid!r} has neither 'text' nor 'contents'")
 
 
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A retrieved passage and its score (higher is better)."""
+
+    passage: Passage
+    score: float
+
+
 class Corpus(Sequence[Passage]):
     """An immutable list of passages (shared read-only by every retriever, env and fork)."""
 

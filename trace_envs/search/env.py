@@ -25,7 +25,8 @@ from trace_envs.core import Response, ToolEnv
 from trace_envs.search.client import HttpRetriever
 from trace_envs.search.corpus import Corpus, cached_corpus
 from trace_envs.search.qa import QAGrader, generated_suite, generated_world, load_qa_file
-from trace_envs.search.retrievers import Hit, RetrievalError, Retriever, shared_retriever
+from trace_envs.search.corpus import Hit
+from trace_envs.search.retrievers import RetrievalError, Retriever, shared_retriever
 from trace_envs.structured import to_action
 from trace_envs.tasks.base import Task, TaskSuite
 from trace_envs.tools import Tool, ToolError, tool, with_answer_tool

