@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from trace_agents.dialects.turn import TokenPrompt
+from trace_agents.dialects.turn import PlayedTurn, TokenPrompt
 from trace_agents.react import (
     STOP_STRINGS, ChatFormat, Message, initial_messages, observation_role, turn_messages,
 )
@@ -23,7 +23,6 @@ from trace_envs.structured import AssistantMessage, tool_call_from
 
 if TYPE_CHECKING:
     from trace_agents.backends.base import Completion
-    from trace_agents.episode import Turn
 
 
 class ReactTurns:
@@ -64,7 +63,7 @@ class MessagesDialect(ReactTurns):
                          info: Mapping[str, Any]) -> list[int]:
         return []
 
-    def extend(self, prompt: Sequence[Message], turn: Turn) -> list[Message]:
+    def extend(self, prompt: Sequence[Message], turn: PlayedTurn) -> list[Message]:
         return [*prompt, *self.turn_messages(turn.env_action, turn.observation, turn.info)]
 
 

@@ -8,11 +8,21 @@ continuation's prefix is the plain concatenation of its path's segments.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from trace_agents.backends.base import Completion
-    from trace_agents.episode import Turn
+
+
+class PlayedTurn(Protocol):
+    """What a dialect reads of a turn the loop played (``trace_agents.episode.Turn`` is one): the
+    dialects sit below the loop and never import it."""
+
+    observation: str | None
+    action_ids: tuple[int, ...]
+    env_ids: tuple[int, ...]
+    info: dict[str, Any]
+    env_action: Any
 
 
 class TokenPrompt:
@@ -26,6 +36,6 @@ class TokenPrompt:
         """The reply as the dialect reads it, from the model's tokens."""
         return self.action_text(completion.token_ids)  # type: ignore[attr-defined]
 
-    def extend(self, prompt: Sequence[int], turn: Turn) -> list[int]:
+    def extend(self, prompt: Sequence[int], turn: PlayedTurn) -> list[int]:
         """The prompt after ``turn``: the model's tokens, then the env's."""
         return [*prompt, *turn.action_ids, *turn.env_ids]
