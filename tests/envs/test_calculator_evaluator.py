@@ -89,10 +89,10 @@ def test_rejections(expr, message):
     "((((((((((" * 30 + "1" + "))))))))))" * 30,
 ])
 def test_oversized_inputs_fail_fast(expr):
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: a loaded machine must not fail the bound
     with pytest.raises(CalculatorError):
         evaluate(expr)
-    assert time.perf_counter() - start < 0.5
+    assert time.process_time() - start < 0.5
 
 
 def test_format_number():
@@ -114,12 +114,12 @@ _funcs = st.sampled_from(["sqrt(", "factorial(", "log(", "comb(", "gcd(", "sin("
 @given(st.lists(st.one_of(_atoms, _ops, _funcs), max_size=25))
 def test_fuzz_only_calculator_errors(parts):
     expr = "".join(parts)
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: a loaded machine must not fail the bound
     try:
         evaluate(expr, {"ans": 7})
     except CalculatorError:
         pass
-    assert time.perf_counter() - start < 0.5, expr
+    assert time.process_time() - start < 0.5, expr
 
 
 @settings(max_examples=200, deadline=None)
