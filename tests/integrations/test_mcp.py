@@ -232,6 +232,8 @@ CLI_PATHS = {  # argv after the command, and what fails on the way (module, name
     "eval": ("eval", [], None, 0),
     "eval error": ("eval", ["--arm", "trace"], None, 2),
     "eval Ctrl-C": ("eval", [], ("trace_agents.evaluate", "evaluate", KeyboardInterrupt()), 130),
+    "record": ("record", [], None, 0),
+    "record Ctrl-C": ("record", [], ("trace_agents.recording.recorder", "record", KeyboardInterrupt()), 130),
 }
 
 
@@ -254,6 +256,9 @@ def test_the_cli_closes_every_env_it_opens(path: str, tag: str, tmp_path: Path, 
         monkeypatch.setattr(importlib.import_module(module), name, _raise(exc))
     if command == "train":
         argv = ["train", "--config", str(tmp_path / "mcp.yaml"), "--out", str(tmp_path / "run")]
+    elif command == "record":
+        argv = ["record", "--config", str(tmp_path / "mcp.yaml"), "--out", str(tmp_path / "rec"),
+                "--prompts", "1", "--chunk", "1", "--bare", "1", "--prefix-rollouts", "0"]
     else:
         argv = ["eval", "--model", "tiny-qwen3", "--bench", str(tmp_path / "mcp.yaml"), "--limit", "1",
                 "--max-tokens", "4"]

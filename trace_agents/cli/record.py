@@ -138,47 +138,50 @@ def _record(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     spec = {"id": cfg.env.id, "split": cfg.env.split, "kwargs": cfg.env.kwargs}
     env = make_env(cfg.env.id, {"split": cfg.env.split, **cfg.env.kwargs}, where="env.id")
-    set_threads(cfg.threads if args.threads is None else args.threads)
-    if args.no_progress:
-        import transformers
+    try:  # closed on every path: no tool server outlives the command
+        set_threads(cfg.threads if args.threads is None else args.threads)
+        if args.no_progress:
+            import transformers
 
-        transformers.utils.logging.disable_progress_bar()
-    label, model, tokenizer = _policy(args, cfg, status)
-    plan = Plan(args.bare, args.prefix_rollouts, args.continuations, args.chunk,
-                cfg.seed if args.seed is None else args.seed)
-    sampling = SamplingParams(temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
-                              max_tokens=cfg.sampling.max_tokens)
-    meta = make_meta(label, model, env, spec, sampling, cfg.model.dialect, plan)
-    target = min(-(-args.prompts // args.chunk) * args.chunk, len(env.tasks))
-    console.print(f"recording {label} ({meta.weights}) on {cfg.env.id} {cfg.env.split}: {target} of "
-                  f"{len(env.tasks)} prompts, {plan.bare} bare rollouts each, {plan.continuations} "
-                  f"continuations from every non-final turn of {plan.prefix_rollouts}, device "
-                  f"{next(model.parameters()).device}, batch {args.batch}", highlight=False,
-                  soft_wrap=True)
-    tally = {"episodes": 0, "reward": 0.0, "prompts": 0}
+            transformers.utils.logging.disable_progress_bar()
+        label, model, tokenizer = _policy(args, cfg, status)
+        plan = Plan(args.bare, args.prefix_rollouts, args.continuations, args.chunk,
+                    cfg.seed if args.seed is None else args.seed)
+        sampling = SamplingParams(temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
+                                  max_tokens=cfg.sampling.max_tokens)
+        meta = make_meta(label, model, env, spec, sampling, cfg.model.dialect, plan)
+        target = min(-(-args.prompts // args.chunk) * args.chunk, len(env.tasks))
+        console.print(f"recording {label} ({meta.weights}) on {cfg.env.id} {cfg.env.split}: {target} of "
+                      f"{len(env.tasks)} prompts, {plan.bare} bare rollouts each, {plan.continuations} "
+                      f"continuations from every non-final turn of {plan.prefix_rollouts}, device "
+                      f"{next(model.parameters()).device}, batch {args.batch}", highlight=False,
+                      soft_wrap=True)
+        tally = {"episodes": 0, "reward": 0.0, "prompts": 0}
 
-    with Reporter(f"record {args.out.name}", total=target, console=status,
-                  enabled=not args.no_progress) as bar:
-        def seen(episode: Any) -> None:
-            tally["episodes"] += 1
-            tally["reward"] += episode.reward or 0.0
+        with Reporter(f"record {args.out.name}", total=target, console=status,
+                      enabled=not args.no_progress) as bar:
+            def seen(episode: Any) -> None:
+                tally["episodes"] += 1
+                tally["reward"] += episode.reward or 0.0
 
-        def written(k: int, records: list[Any], seconds: float) -> None:
-            n = sum(len(p.bare) + sum(len(x.continuations) for x in p.prefixes) for p in records)
-            tally["prompts"] = records[-1].index + 1
-            bar.advance(len(records), info=f"{tally['reward'] / max(tally['episodes'], 1):.2f} "
-                                           "mean reward")
-            console.print(f"chunk {k}: prompts {records[0].index}-{records[-1].index} written "
-                          f"({tally['prompts']}/{target}), {n} episodes in {seconds:.1f} s "
-                          f"({n / seconds:.1f} episodes/s)", highlight=False,
-                          soft_wrap=True)
+            def written(k: int, records: list[Any], seconds: float) -> None:
+                n = sum(len(p.bare) + sum(len(x.continuations) for x in p.prefixes) for p in records)
+                tally["prompts"] = records[-1].index + 1
+                bar.advance(len(records), info=f"{tally['reward'] / max(tally['episodes'], 1):.2f} "
+                                               "mean reward")
+                console.print(f"chunk {k}: prompts {records[0].index}-{records[-1].index} written "
+                              f"({tally['prompts']}/{target}), {n} episodes in {seconds:.1f} s "
+                              f"({n / seconds:.1f} episodes/s)", highlight=False,
+                              soft_wrap=True)
 
-        try:
-            held = asyncio.run(record(args.out, model, tokenizer, env, meta, prompts=target,
-                                      batch=args.batch, max_seconds=args.max_seconds,
-                                      on_episode=seen, on_chunk=written))
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-    console.print(f"{args.out} holds {held} prompts; read it with "
-                  "trace_agents.recording.load_recording", highlight=False, soft_wrap=True)
-    return 0
+            try:
+                held = asyncio.run(record(args.out, model, tokenizer, env, meta, prompts=target,
+                                          batch=args.batch, max_seconds=args.max_seconds,
+                                          on_episode=seen, on_chunk=written))
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
+        console.print(f"{args.out} holds {held} prompts; read it with "
+                      "trace_agents.recording.load_recording", highlight=False, soft_wrap=True)
+        return 0
+    finally:
+        env.close()
