@@ -22,8 +22,13 @@ TEMPLATES = {
 EXTRA_TEMPLATES = {
     "qwen3_instruct_2507": "hermes", "qwen2_5": "hermes", "qwen3_5_nothink": "qwen3_xml",
     "qwen3_6": "qwen3_xml", "qwen3_8": "qwen3_xml", "llama3_2": "llama3_json",
-    "gemma4_v5": "gemma4", "llama3": "react", "phi3": "react", "gemma3": "react",
+    "gemma4_v5": "gemma4", "nemotron_3_nano": "qwen3_xml", "nemotron_3_super": "qwen3_xml",
+    "nemotron_3_ultra": "qwen3_xml", "nemotron_3_5_lightning": "qwen3_xml",
+    "llama3": "react", "phi3": "react", "gemma3": "react",
 }
+TEMPLATE_KWARGS = {t: {"enable_thinking": False} for t in EXTRA_TEMPLATES if t.startswith("nemotron")}
+"""Nemotron 3 renders a reply without thinking as ``<think></think>``, which continues only the
+generation prompt of ``enable_thinking=False`` (with thinking on, its replies always think)."""
 _SPECIAL = re.compile(r"<\|[A-Za-z_0-9\"]+\|>|<\|[A-Za-z_\"]+>|<[A-Za-z_\"]+\|>|\[gMASK\]|<sop>")
 
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("trl")
 
-from tests.agents.family_tokenizers import EXTRA_TEMPLATES, TEMPLATES, family_tokenizer, template_text
+from tests.agents.family_tokenizers import EXTRA_TEMPLATES, TEMPLATE_KWARGS, TEMPLATES, family_tokenizer, template_text
 from trace_agents.backends import SamplingParams, ScriptedBackend
 from trace_agents.dialects import TextDialect, detect, make_dialect
 from trace_agents.dialects.base import template_parser
@@ -353,7 +353,7 @@ def test_trl_training_templates_make_the_record_exact(family, template):
 
 @pytest.mark.parametrize("template, family", [(t, f) for t, f in EXTRA_TEMPLATES.items() if f in FAMILIES])
 def test_other_templates_of_each_family_run_the_calculator_episode(template, family):
-    d = make_dialect(family_tokenizer(family, template))
+    d = make_dialect(family_tokenizer(family, template), chat_template_kwargs=TEMPLATE_KWARGS.get(template))
     assert d.name == family
     env = CalculatorEnv(suite_options={"size": 20, "seed": 0})
     task = env.tasks[0]
@@ -374,3 +374,13 @@ def test_warm_start_demonstrations_are_written_in_the_dialect(dialects, family):
     actions = [d.encode(d.render_action(m)) for m in env.demonstration(task)]
     assert trained[: len(actions[0])] == actions[0] and trained[len(actions[0])] in d.end_ids
     assert d.decode(trained).count(str(task.answer)) == 1  # the answer, never the tool's result
+
+
+@pytest.mark.parametrize("template", [t for t in TEMPLATE_KWARGS if t.startswith("nemotron")])
+def test_nemotron_3_thinks_and_calls_in_the_qwen3_xml_format(template, search_env):
+    """With thinking on (its default) Nemotron 3's replies open inside ``<think>``."""
+    d = make_dialect(family_tokenizer("qwen3_xml", template))
+    calls = (ToolCall("search", {"query": "75001", "topk": 2}), ToolCall("search", {"query": "Zoë"}))
+    reply = d.render_action(AssistantMessage("", calls, "erst denken"))
+    assert d.generation_prompt.endswith("<think>\n") and not reply.startswith("<think>")
+    assert d.parse(reply, search_env) == AssistantMessage("", calls, "erst denken")
