@@ -18,12 +18,14 @@ TEMPLATES = {
     "harmony": ("gptoss", "<|return|>"),
     "glm4": ("glm4moe", "<|endoftext|>"),
     "gemma4": ("gemma4", "<turn|>"),
+    "lfm2": ("lfm2_2_5", "<|im_end|>"),
 }
 EXTRA_TEMPLATES = {
     "qwen3_instruct_2507": "hermes", "qwen2_5": "hermes", "qwen3_5_nothink": "qwen3_xml",
     "qwen3_6": "qwen3_xml", "qwen3_8": "qwen3_xml", "llama3_2": "llama3_json",
     "gemma4_v5": "gemma4", "nemotron_3_nano": "qwen3_xml", "nemotron_3_super": "qwen3_xml",
     "nemotron_3_ultra": "qwen3_xml", "nemotron_3_5_lightning": "qwen3_xml",
+    "lfm2_v2": "lfm2", "lfm2_2_5_v2": "lfm2", "lfm2": "react",
     "llama3": "react", "phi3": "react", "gemma3": "react",
 }
 TEMPLATE_KWARGS = {t: {"enable_thinking": False} for t in EXTRA_TEMPLATES if t.startswith("nemotron")}

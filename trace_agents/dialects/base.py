@@ -65,6 +65,8 @@ class TemplateDialect(TokenPrompt):
     and that the rollout strips (Llama's ``}<|eot_id|>`` closes a call)."""
     one_call_per_message: ClassVar[bool] = False
     """The template renders one tool call per assistant message (Llama 3.x)."""
+    call_lists: ClassVar[bool] = False
+    """One call block holds a list of calls (LFM2's and Llama 4's ``[f(a=1), g(b=2)]``)."""
     paired_tags: ClassVar[tuple[tuple[str, str], ...]] = ()
     """Tags that must pair up inside a call: the library drops an unclosed XML argument silently."""
     stop: ClassVar[tuple[str, ...]] = ()
@@ -311,7 +313,9 @@ class TemplateDialect(TokenPrompt):
             if len(calls) >= max_calls:  # never run: counted so the env can say how many were
                 calls.append(ToolCall("", error="not run"))
             else:
-                calls.append(self._parse_call(text[start:end], closed, tools))
+                read = self._parse_calls(text[start:end], closed, tools)
+                room = max_calls - len(calls)
+                calls += [*read[:room], *(ToolCall("", error="not run") for _ in read[room:])]
         rest.append(text[pos:])
         remains = "".join(rest)
         if (cut := self._call_marker.search(remains)) is not None:
@@ -331,20 +335,21 @@ class TemplateDialect(TokenPrompt):
             yield opened.start(), end, closed is not None
             pos = max(end, opened.end())
 
-    def _parse_call(self, block: str, closed: bool, tools: list[dict[str, Any]] | None) -> ToolCall:
-        """One call block on its own: a good call, or what is wrong with it for the model to fix."""
+    def _parse_calls(self, block: str, closed: bool, tools: list[dict[str, Any]] | None) -> list[ToolCall]:
+        """One call block on its own: its good calls (one, or a list where the family writes
+        several in one block: LFM2, Llama 4), or what is wrong with it for the model to fix."""
         opened = self._call_open.search(block)
         name = (opened.groupdict().get("name") or "") if opened else ""
         error = self._block_error(block)
         if error is None:
             try:
                 parsed = self._library_parse(block, tools, in_reply=False).get("tool_calls") or []
-                if len(parsed) == 1:
-                    return tool_call_from(parsed[0])
+                if len(parsed) == 1 or (parsed and self.call_lists):
+                    return [tool_call_from(c) for c in parsed]
                 error = "malformed tool call" if closed else "the tool call is cut off"
             except (ValueError, KeyError, TypeError) as exc:
                 error = "malformed tool call: " + _reason(exc)
-        return ToolCall(name, error=f"{error} in {block.strip()[:200]!r}")
+        return [ToolCall(name, error=f"{error} in {block.strip()[:200]!r}")]
 
     def _block_error(self, block: str) -> str | None:
         """What makes a call block unreadable before any parser sees it: nesting past the bound

@@ -125,8 +125,49 @@ class Gemma4(TemplateDialect):
     trl_template = "gemma4_template"
 
 
+def _call_list_template(*, start: str, opens: str, closes: str, end: str,
+                        thinking: tuple[str, str, str] | None = None) -> dict[str, Any]:
+    """A response template for families that write a block of Python-style calls,
+    ``[f(a=1), g(b='x')]``: transformers' strict ``python-call-list`` reader (keyword arguments,
+    literals only, never evaluated), one block at a time (the dialect cuts the reply into blocks),
+    each call of the list a tool call. ``thinking`` is (field, open, close pattern)."""
+    fields: dict[str, Any] = {}
+    if thinking:
+        key, open_tag, close_pattern = thinking
+        fields[key] = {"open": open_tag, "close_pattern": close_pattern, "content": "text"}
+    fields["tool_calls"] = {
+        "open_pattern": opens, "close_pattern": closes, "content": "python-call-list",
+        "transform_each": True,
+        "transform": {"type": "function", "function": {"name": "{name}", "arguments": "{arguments}"}},
+    }
+    fields["content"] = {"close_pattern": end, "content": "text"}
+    return {"defaults": {"role": "assistant"}, "start_anchor": start, "fields": fields}
+
+
+class LFM2(TemplateDialect):
+    """LFM2 (since its template renders calls) and LFM2.5: ``<|tool_call_start|>[f(a='x', n=3),
+    g()]<|tool_call_end|>``, Python-style calls in one block, results in the ``tool`` role.
+
+    trl's ``lfm2_2_5_template`` reads each call with a regex that ends it at its first ``)`` (a
+    string argument ``'(1+2)*3'`` is cut); here the block is read whole by transformers'
+    ``python-call-list`` parser, which needs transformers >= 5.15."""
+
+    name = "lfm2"
+    end_of_turn = ("<|im_end|>",)
+    thinking_key = "thinking"
+    call_lists = True
+    call_marker = r"<\|tool_call_start\|>"
+
+    @classmethod
+    def load_response_template(cls) -> dict[str, Any]:
+        return _call_list_template(
+            start="<|im_start|>assistant\n", opens=r"<\|tool_call_start\|>\s*(?=\[)",
+            closes=r"(?<=\])\s*<\|tool_call_end\|>\s*", end=r"<\|im_end\|>\s*",
+            thinking=("thinking", "<think>", r"</think>\s*"))
+
+
 FAMILIES: dict[str, type[TemplateDialect]] = {
-    d.name: d for d in (Hermes, QwenXML, Llama3JSON, Harmony, GLM4, Gemma4)
+    d.name: d for d in (Hermes, QwenXML, Llama3JSON, Harmony, GLM4, Gemma4, LFM2)
 }
 
 
@@ -142,6 +183,8 @@ def detect(chat_template: str | None) -> str:
         return "gemma4"
     if "<function=" in t and "<parameter=" in t:
         return "qwen3_xml"
+    if "<|tool_call_start|>" in t:
+        return "lfm2"
     if "<|start_header_id|>" in t and "ipython" in t and "tool_calls" in t:
         return "llama3_json"
     if "<tool_call>" in t and "tools" in t:
