@@ -1,5 +1,5 @@
 """Offline stand-ins for each family's tokenizer: the project's tiny BPE with the family's real chat
-template from the ``trl`` wheel, its special tokens added as single tokens and its end-of-turn
+template from the ``trl`` wheel (or shipped with the dialects), its special tokens added as single tokens and its end-of-turn
 token as eos. Rendering, parsing and token segments then behave as with the real tokenizer (only
 ordinary text splits into different pieces)."""
 
@@ -19,6 +19,7 @@ TEMPLATES = {
     "glm4": ("glm4moe", "<|endoftext|>"),
     "gemma4": ("gemma4", "<turn|>"),
     "lfm2": ("lfm2_2_5", "<|im_end|>"),
+    "llama4_pythonic": ("llama4_pythonic", "<|eot|>"),
 }
 EXTRA_TEMPLATES = {
     "qwen3_instruct_2507": "hermes", "qwen2_5": "hermes", "qwen3_5_nothink": "qwen3_xml",
@@ -35,8 +36,14 @@ _SPECIAL = re.compile(r"<\|[A-Za-z_0-9\"]+\|>|<\|[A-Za-z_\"]+>|<[A-Za-z_\"]+\|>|
 
 
 def template_text(name: str) -> str:
-    trl = pytest.importorskip("trl")
-    return (Path(trl.__file__).parent / "chat_templates" / f"{name}.jinja").read_text()
+    """The template shipped with the dialects, else trl's."""
+    from trace_agents.dialects import chat_template
+
+    try:
+        return chat_template(name)
+    except FileNotFoundError:
+        trl = pytest.importorskip("trl")
+        return (Path(trl.__file__).parent / "chat_templates" / f"{name}.jinja").read_text()
 
 
 def family_tokenizer(dialect: str, template: str | None = None):

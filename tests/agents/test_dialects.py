@@ -30,11 +30,14 @@ from trace_envs.structured import AssistantMessage
 FAMILIES = [f for f in TEMPLATES if template_parser() or FAMILY_CLASSES[f].trl_schema]
 """Families this transformers parses: all from 5.15 on; before it (verl's venv), those with a
 legacy response schema in trl."""
-MULTI_CALL = {"hermes", "qwen3_xml", "glm4", "gemma4", "lfm2"}
+MULTI_CALL = {"hermes", "qwen3_xml", "glm4", "gemma4", "lfm2", "llama4_pythonic"}
 """Families whose format holds several calls in one reply (Llama 3.x and harmony: one)."""
 ENDS = {"harmony": ("<|call|>", "<|return|>"), "glm4": ("<|observation|>", "<|user|>"),
         "gemma4": ("<|tool_response>", "<turn|>")}
 """How the model ends a turn with a call / a reply (others: the eos token)."""
+NO_THINKING = {"llama3_json", "gemma4", "llama4_pythonic"}
+"""Families whose template renders no thinking of a reply without a call (Gemma 4: only beside
+a call)."""
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +125,7 @@ def test_thinking_and_a_final_reply_round_trip(dialects, family):
     message = AssistantMessage("Die Antwort ist <answer>Zoë</answer>", reasoning="erst denken")
     parsed = d.parse(d.render_action(message))
     assert parsed.content == message.content and not parsed.tool_calls
-    if family not in ("llama3_json", "gemma4"):  # no thinking / thinking only beside a call
+    if family not in NO_THINKING:
         assert parsed.reasoning == "erst denken"
 
 
@@ -135,6 +138,7 @@ MALFORMED = {
     "glm4": "<tool_call>search\n<arg_key>query</arg_key>\n<arg_value>x\n</tool_call>",
     "gemma4": '<|tool_call>call:search{query:<|"|>x,topk:}<tool_call|>',
     "lfm2": "<|tool_call_start|>[search(query='x', topk=)]<|tool_call_end|>",
+    "llama4_pythonic": '[search(query="x", topk=)]',
 }
 
 
@@ -164,6 +168,8 @@ PUBLISHED_FORMS = [
     ("glm4", "<tool_call>calculator<arg_key>expression</arg_key><arg_value>2*3</arg_value></tool_call>"),
     # LFM2: double-quoted strings, spaces inside the list
     ("lfm2", '<|tool_call_start|>[ calculator(expression="2*3") ]<|tool_call_end|>'),
+    # Llama 4: single-quoted strings (Meta's guide shows both), text on a line before the list
+    ("llama4_pythonic", "Let me compute.\n[calculator(expression='2*3')]"),
 ]
 
 

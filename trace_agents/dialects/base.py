@@ -326,11 +326,12 @@ class TemplateDialect(TokenPrompt):
 
     def _call_blocks(self, text: str) -> Iterator[tuple[int, int, bool]]:
         """Start, end and whether it was closed, of each tool-call region of the reply, in one
-        pass (a region left open runs to the end of the reply)."""
+        pass (a region left open runs to the end of the reply; one whose opener is only a
+        lookahead, Llama 4's ``[``, holds at least that character)."""
         suffixed = text + self.parse_suffix
         pos = 0
         while (opened := self._call_open.search(text, pos)) is not None:
-            closed = self._call_close.search(suffixed, opened.end())
+            closed = self._call_close.search(suffixed, max(opened.end(), opened.start() + 1))
             end = len(text) if closed is None else min(closed.end(), len(text))
             yield opened.start(), end, closed is not None
             pos = max(end, opened.end())

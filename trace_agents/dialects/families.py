@@ -166,8 +166,30 @@ class LFM2(TemplateDialect):
             thinking=("thinking", "<think>", r"</think>\s*"))
 
 
+class Llama4Pythonic(TemplateDialect):
+    """Llama 4 with Python-style calls, ``[f(a="x", n=3), g()]`` as the whole reply (Meta's
+    Llama 4 prompt guide; vLLM's ``llama4_pythonic`` parser), results in the ``ipython`` role.
+    The published template lists no ``tools``: use the one shipped here,
+    ``chat_template("llama4_pythonic")``."""
+
+    name = "llama4_pythonic"
+    end_of_turn = ("<|eot|>", "<|eom|>")
+    parse_suffix = "<|eot|>"
+    call_lists = True
+    call_marker = r"\[\s*[A-Za-z_][\w.-]*\s*\("
+
+    @classmethod
+    def load_response_template(cls) -> dict[str, Any]:
+        """A call list ends the turn (the template writes the text before it, nothing after),
+        or the next list starts."""
+        opens = r"(?=\[\s*[A-Za-z_][\w.-]*\s*\()"
+        return _call_list_template(
+            start="<|header_start|>assistant<|header_end|>\n\n", opens=opens,
+            closes=rf"(?<=\])\s*(?:<\|eo[tm]\|>|{opens})", end=r"<\|eo[tm]\|>\s*|$")
+
+
 FAMILIES: dict[str, type[TemplateDialect]] = {
-    d.name: d for d in (Hermes, QwenXML, Llama3JSON, Harmony, GLM4, Gemma4, LFM2)
+    d.name: d for d in (Hermes, QwenXML, Llama3JSON, Harmony, GLM4, Gemma4, LFM2, Llama4Pythonic)
 }
 
 
@@ -183,6 +205,8 @@ def detect(chat_template: str | None) -> str:
         return "gemma4"
     if "<function=" in t and "<parameter=" in t:
         return "qwen3_xml"
+    if "<|header_start|>" in t and "func_name1(" in t:
+        return "llama4_pythonic"
     if "<|tool_call_start|>" in t:
         return "lfm2"
     if "<|start_header_id|>" in t and "ipython" in t and "tool_calls" in t:
