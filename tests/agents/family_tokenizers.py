@@ -20,6 +20,7 @@ TEMPLATES = {
     "gemma4": ("gemma4", "<turn|>"),
     "lfm2": ("lfm2_2_5", "<|im_end|>"),
     "llama4_pythonic": ("llama4_pythonic", "<|eot|>"),
+    "mistral": ("mistral", "</s>"),
 }
 EXTRA_TEMPLATES = {
     "qwen3_instruct_2507": "hermes", "qwen2_5": "hermes", "qwen3_5_nothink": "qwen3_xml",
@@ -32,7 +33,8 @@ EXTRA_TEMPLATES = {
 TEMPLATE_KWARGS = {t: {"enable_thinking": False} for t in EXTRA_TEMPLATES if t.startswith("nemotron")}
 """Nemotron 3 renders a reply without thinking as ``<think></think>``, which continues only the
 generation prompt of ``enable_thinking=False`` (with thinking on, its replies always think)."""
-_SPECIAL = re.compile(r"<\|[A-Za-z_0-9\"]+\|>|<\|[A-Za-z_\"]+>|<[A-Za-z_\"]+\|>|\[gMASK\]|<sop>")
+_SPECIAL = re.compile(r"<\|[A-Za-z_0-9\"]+\|>|<\|[A-Za-z_\"]+>|<[A-Za-z_\"]+\|>|\[gMASK\]|<sop>|</s>"
+                      r"|\[/?(?:INST|SYSTEM_PROMPT|AVAILABLE_TOOLS|TOOL_CALLS|ARGS|TOOL_RESULTS|THINK)\]")
 
 
 def template_text(name: str) -> str:

@@ -30,7 +30,7 @@ from trace_envs.structured import AssistantMessage
 FAMILIES = [f for f in TEMPLATES if template_parser() or FAMILY_CLASSES[f].trl_schema]
 """Families this transformers parses: all from 5.15 on; before it (verl's venv), those with a
 legacy response schema in trl."""
-MULTI_CALL = {"hermes", "qwen3_xml", "glm4", "gemma4", "lfm2", "llama4_pythonic"}
+MULTI_CALL = {"hermes", "qwen3_xml", "glm4", "gemma4", "lfm2", "llama4_pythonic", "mistral"}
 """Families whose format holds several calls in one reply (Llama 3.x and harmony: one)."""
 ENDS = {"harmony": ("<|call|>", "<|return|>"), "glm4": ("<|observation|>", "<|user|>"),
         "gemma4": ("<|tool_response>", "<turn|>")}
@@ -139,6 +139,7 @@ MALFORMED = {
     "gemma4": '<|tool_call>call:search{query:<|"|>x,topk:}<tool_call|>',
     "lfm2": "<|tool_call_start|>[search(query='x', topk=)]<|tool_call_end|>",
     "llama4_pythonic": '[search(query="x", topk=)]',
+    "mistral": '[TOOL_CALLS]search[ARGS]{"query": }',
 }
 
 
@@ -170,6 +171,8 @@ PUBLISHED_FORMS = [
     ("lfm2", '<|tool_call_start|>[ calculator(expression="2*3") ]<|tool_call_end|>'),
     # Llama 4: single-quoted strings (Meta's guide shows both), text on a line before the list
     ("llama4_pythonic", "Let me compute.\n[calculator(expression='2*3')]"),
+    # Mistral's v11 tokenizer (Mistral Small 3.1, Devstral Small 1.x): no [ARGS]
+    ("mistral", '[TOOL_CALLS]calculator{"expression": "2*3"}'),
 ]
 
 

@@ -188,8 +188,37 @@ class Llama4Pythonic(TemplateDialect):
             closes=rf"(?<=\])\s*(?:<\|eo[tm]\|>|{opens})", end=r"<\|eo[tm]\|>\s*|$")
 
 
+class Mistral(TemplateDialect):
+    """Mistral's v13 tool format (Ministral 3, Devstral Small 2, Mistral Small 3.2, Magistral):
+    ``[TOOL_CALLS]name[ARGS]{json}`` for each call, the turn ended by ``</s>``, results as
+    ``[TOOL_RESULTS]...[/TOOL_RESULTS]``, thinking as ``[THINK]...[/THINK]``. The chat template the
+    checkpoints ship dates its default system prompt and refuses an empty assistant turn: use the
+    one shipped here, ``chat_template("mistral")``."""
+
+    name = "mistral"
+    end_of_turn = ("</s>",)
+    parse_suffix = "</s>"
+    call_marker = r"\[TOOL_CALLS\]"
+
+    @classmethod
+    def load_response_template(cls) -> dict[str, Any]:
+        """A call's JSON runs to the next call or the end of the turn (the format closes neither);
+        also v11's form without ``[ARGS]`` (Mistral Small 3.1, Devstral Small 1.x:
+        ``[TOOL_CALLS]name{json}``)."""
+        return {"defaults": {"role": "assistant"}, "start_anchor_pattern": r"\[/INST\]|\[/TOOL_RESULTS\]",
+                "fields": {
+            "reasoning_content": {"open": "[THINK]", "close_pattern": r"\[/THINK\]\s*", "content": "text"},
+            "tool_calls": {
+                "open_pattern": r"\[TOOL_CALLS\](?P<name>[^\[\]\s{]+)(?:\[ARGS\])?",
+                "close_pattern": r"\s*(?:(?=\[TOOL_CALLS\])|</s>)", "repeats": True, "content": "json",
+                "transform": {"type": "function", "function": {"name": "{name}", "arguments": "{content}"}},
+            },
+            "content": {"close_pattern": r"</s>\s*|$", "content": "text"},
+        }}
+
+
 FAMILIES: dict[str, type[TemplateDialect]] = {
-    d.name: d for d in (Hermes, QwenXML, Llama3JSON, Harmony, GLM4, Gemma4, LFM2, Llama4Pythonic)
+    d.name: d for d in (Hermes, QwenXML, Llama3JSON, Harmony, GLM4, Gemma4, LFM2, Llama4Pythonic, Mistral)
 }
 
 
@@ -205,6 +234,8 @@ def detect(chat_template: str | None) -> str:
         return "gemma4"
     if "<function=" in t and "<parameter=" in t:
         return "qwen3_xml"
+    if "[TOOL_CALLS]" in t and "[ARGS]" in t:
+        return "mistral"
     if "<|header_start|>" in t and "func_name1(" in t:
         return "llama4_pythonic"
     if "<|tool_call_start|>" in t:
