@@ -21,19 +21,20 @@ TEMPLATES = {
     "lfm2": ("lfm2_2_5", "<|im_end|>"),
     "llama4_pythonic": ("llama4_pythonic", "<|eot|>"),
     "mistral": ("mistral", "</s>"),
+    "deepseek_v3": ("deepseek_v3_1", "<｜end▁of▁sentence｜>"),
 }
 EXTRA_TEMPLATES = {
     "qwen3_instruct_2507": "hermes", "qwen2_5": "hermes", "qwen3_5_nothink": "qwen3_xml",
     "qwen3_6": "qwen3_xml", "qwen3_8": "qwen3_xml", "llama3_2": "llama3_json",
     "gemma4_v5": "gemma4", "nemotron_3_nano": "qwen3_xml", "nemotron_3_super": "qwen3_xml",
     "nemotron_3_ultra": "qwen3_xml", "nemotron_3_5_lightning": "qwen3_xml",
-    "lfm2_v2": "lfm2", "lfm2_2_5_v2": "lfm2", "lfm2": "react",
+    "deepseekv3": "react", "deepseek_r1_distill": "react", "lfm2_v2": "lfm2", "lfm2_2_5_v2": "lfm2", "lfm2": "react",
     "llama3": "react", "phi3": "react", "gemma3": "react",
 }
 TEMPLATE_KWARGS = {t: {"enable_thinking": False} for t in EXTRA_TEMPLATES if t.startswith("nemotron")}
 """Nemotron 3 renders a reply without thinking as ``<think></think>``, which continues only the
 generation prompt of ``enable_thinking=False`` (with thinking on, its replies always think)."""
-_SPECIAL = re.compile(r"<\|[A-Za-z_0-9\"]+\|>|<\|[A-Za-z_\"]+>|<[A-Za-z_\"]+\|>|\[gMASK\]|<sop>|</s>"
+_SPECIAL = re.compile(r"<\|[A-Za-z_0-9\"]+\|>|<\|[A-Za-z_\"]+>|<[A-Za-z_\"]+\|>|\[gMASK\]|<sop>|</s>|<｜[^｜]+｜>"
                       r"|\[/?(?:INST|SYSTEM_PROMPT|AVAILABLE_TOOLS|TOOL_CALLS|ARGS|TOOL_RESULTS|THINK)\]")
 
 

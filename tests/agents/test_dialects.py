@@ -30,12 +30,13 @@ from trace_envs.structured import AssistantMessage
 FAMILIES = [f for f in TEMPLATES if template_parser() or FAMILY_CLASSES[f].trl_schema]
 """Families this transformers parses: all from 5.15 on; before it (verl's venv), those with a
 legacy response schema in trl."""
-MULTI_CALL = {"hermes", "qwen3_xml", "glm4", "gemma4", "lfm2", "llama4_pythonic", "mistral"}
+MULTI_CALL = {"hermes", "qwen3_xml", "glm4", "gemma4", "lfm2", "llama4_pythonic", "mistral",
+              "deepseek_v3"}
 """Families whose format holds several calls in one reply (Llama 3.x and harmony: one)."""
 ENDS = {"harmony": ("<|call|>", "<|return|>"), "glm4": ("<|observation|>", "<|user|>"),
         "gemma4": ("<|tool_response>", "<turn|>")}
 """How the model ends a turn with a call / a reply (others: the eos token)."""
-NO_THINKING = {"llama3_json", "gemma4", "llama4_pythonic"}
+NO_THINKING = {"llama3_json", "gemma4", "llama4_pythonic", "deepseek_v3"}
 """Families whose template renders no thinking of a reply without a call (Gemma 4: only beside
 a call)."""
 
@@ -140,6 +141,8 @@ MALFORMED = {
     "lfm2": "<|tool_call_start|>[search(query='x', topk=)]<|tool_call_end|>",
     "llama4_pythonic": '[search(query="x", topk=)]',
     "mistral": '[TOOL_CALLS]search[ARGS]{"query": }',
+    "deepseek_v3": '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>search<｜tool▁sep｜>{"query": }<｜tool▁call▁end｜>'
+                   "<｜tool▁calls▁end｜>",
 }
 
 
@@ -173,6 +176,9 @@ PUBLISHED_FORMS = [
     ("llama4_pythonic", "Let me compute.\n[calculator(expression='2*3')]"),
     # Mistral's v11 tokenizer (Mistral Small 3.1, Devstral Small 1.x): no [ARGS]
     ("mistral", '[TOOL_CALLS]calculator{"expression": "2*3"}'),
+    # DeepSeek-V3 and R1-0528: a "function" type and the arguments in a fenced JSON block
+    ("deepseek_v3", '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>calculator\n```json\n'
+                    '{"expression": "2*3"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>'),
 ]
 
 

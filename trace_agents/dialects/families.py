@@ -217,8 +217,35 @@ class Mistral(TemplateDialect):
         }}
 
 
+class DeepSeekV3(TemplateDialect):
+    """DeepSeek-V3.1/V3.2 (``<｜tool▁call▁begin｜>name<｜tool▁sep｜>{json}<｜tool▁call▁end｜>``) and
+    V3/R1-0528 (``<｜tool▁call▁begin｜>function<｜tool▁sep｜>name`` and the JSON in a fenced
+    block), calls between ``<｜tool▁calls▁begin｜>`` and ``<｜tool▁calls▁end｜>``; the model goes on
+    after the results without a new turn. The published templates render ``arguments`` as a
+    string only: use the one shipped here, ``chat_template("deepseek_v3_1")``."""
+
+    name = "deepseek_v3"
+    end_of_turn = ("<｜end▁of▁sentence｜>",)
+    call_marker = r"<｜tool▁calls?▁begin｜>"
+
+    @classmethod
+    def load_response_template(cls) -> dict[str, Any]:
+        return {"defaults": {"role": "assistant"},
+                "start_anchor_pattern": r"<｜Assistant｜>(?:</think>)?|<｜tool▁outputs?▁end｜>", "fields": {
+            "tool_calls": {
+                "open_pattern": (r"(?:<｜tool▁calls▁begin｜>)?<｜tool▁call▁begin｜>(?:function<｜tool▁sep｜>)?"
+                                 r"(?P<name>[^\n<]+?)(?:\s*```json\s*|<｜tool▁sep｜>)"),
+                "close_pattern": r"\s*(?:```\s*)?<｜tool▁call▁end｜>(?:<｜tool▁calls▁end｜>)?", "repeats": True,
+                "content": "json",
+                "transform": {"type": "function", "function": {"name": "{name}", "arguments": "{content}"}},
+            },
+            "content": {"close_pattern": r"<｜end▁of▁sentence｜>\s*|$", "content": "text"},
+        }}
+
+
 FAMILIES: dict[str, type[TemplateDialect]] = {
-    d.name: d for d in (Hermes, QwenXML, Llama3JSON, Harmony, GLM4, Gemma4, LFM2, Llama4Pythonic, Mistral)
+    d.name: d for d in (Hermes, QwenXML, Llama3JSON, Harmony, GLM4, Gemma4, LFM2, Llama4Pythonic, Mistral,
+                        DeepSeekV3)
 }
 
 
@@ -234,6 +261,8 @@ def detect(chat_template: str | None) -> str:
         return "gemma4"
     if "<function=" in t and "<parameter=" in t:
         return "qwen3_xml"
+    if "<｜tool▁call▁begin｜>" in t and "tools" in t:  # the published V3 and R1 templates list none
+        return "deepseek_v3"
     if "[TOOL_CALLS]" in t and "[ARGS]" in t:
         return "mistral"
     if "<|header_start|>" in t and "func_name1(" in t:
