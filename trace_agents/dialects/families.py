@@ -243,9 +243,35 @@ class DeepSeekV3(TemplateDialect):
         }}
 
 
+class KimiK2(TemplateDialect):
+    """Kimi-K2: ``<|tool_calls_section_begin|><|tool_call_begin|>functions.name:0
+    <|tool_call_argument_begin|>{json}<|tool_call_end|><|tool_calls_section_end|>``, results as
+    ``tool`` messages naming the call's id. The published template takes the ids from the
+    messages, which here carry none: use the one shipped here, ``chat_template("kimi_k2")``."""
+
+    name = "kimi_k2"
+    end_of_turn = ("<|im_end|>",)
+    call_marker = r"<\|tool_call(?:s_section)?_begin\|>"
+
+    @classmethod
+    def load_response_template(cls) -> dict[str, Any]:
+        """The call's id is ``functions.<name>:<index>``; a bare name is read too."""
+        return {"defaults": {"role": "assistant"}, "start_anchor": "<|im_assistant|>assistant<|im_middle|>",
+                "fields": {
+            "tool_calls": {
+                "open_pattern": (r"(?:<\|tool_calls_section_begin\|>)?<\|tool_call_begin\|>\s*(?:functions\.)?"
+                                 r"(?P<name>[^\s<:]+)(?::\d+)?\s*<\|tool_call_argument_begin\|>"),
+                "close_pattern": r"\s*<\|tool_call_end\|>(?:\s*<\|tool_calls_section_end\|>)?", "repeats": True,
+                "content": "json",
+                "transform": {"type": "function", "function": {"name": "{name}", "arguments": "{content}"}},
+            },
+            "content": {"close_pattern": r"<\|im_end\|>\s*|$", "content": "text"},
+        }}
+
+
 FAMILIES: dict[str, type[TemplateDialect]] = {
     d.name: d for d in (Hermes, QwenXML, Llama3JSON, Harmony, GLM4, Gemma4, LFM2, Llama4Pythonic, Mistral,
-                        DeepSeekV3)
+                        DeepSeekV3, KimiK2)
 }
 
 
@@ -261,6 +287,8 @@ def detect(chat_template: str | None) -> str:
         return "gemma4"
     if "<function=" in t and "<parameter=" in t:
         return "qwen3_xml"
+    if "<|tool_call_argument_begin|>" in t:
+        return "kimi_k2"
     if "<｜tool▁call▁begin｜>" in t and "tools" in t:  # the published V3 and R1 templates list none
         return "deepseek_v3"
     if "[TOOL_CALLS]" in t and "[ARGS]" in t:
