@@ -138,8 +138,8 @@ class TemplateDialect(TokenPrompt):
 
         if not cls.trl_schema:
             raise RuntimeError(
-                f"the {cls.name} dialect parses replies with trl's {cls.trl_template}, which needs "
-                f"transformers>=5.15 (installed: {transformers.__version__}); on this release use "
+                f"the {cls.name} dialect parses replies with {cls.trl_template or 'its response template'}, "
+                f"which needs transformers>=5.15 (installed: {transformers.__version__}); on this release use "
                 f"hermes, qwen3_xml, llama3_json or glm4, or react")
         schema = copy.deepcopy(getattr(chat_template_utils, cls.trl_schema))
         function = schema["properties"]["tool_calls"]["items"]["properties"].get("function", {})
