@@ -36,6 +36,24 @@ class Hermes(TemplateDialect):
     trl_schema = "qwen3_schema"
 
 
+class Granite(Hermes):
+    """IBM Granite 4.0: the Hermes JSON calls, results as ``<tool_response>`` blocks in a user
+    turn, every message ended by ``<|end_of_text|>``; its template, less the documents (RAG)
+    part, is shipped here: ``chat_template("granite4")``."""
+
+    name = "granite"
+    end_of_turn = ("<|end_of_text|>",)
+
+    @classmethod
+    def load_response_template(cls) -> dict[str, Any]:
+        """trl's Qwen3 template with Granite's role markers (it has no thinking to read)."""
+        template = copy.deepcopy(super().load_response_template())
+        template["start_anchor"] = "<|start_of_role|>assistant<|end_of_role|>"
+        del template["fields"]["reasoning_content"]
+        template["fields"]["content"]["close_pattern"] = r"<\|end_of_text\|>\s*"
+        return template
+
+
 class QwenXML(TemplateDialect):
     """Qwen3.5, Qwen3.6, Qwen3-Coder: ``<tool_call><function=name><parameter=key>value</parameter>
     </function></tool_call>``; string values are written raw, so the tool schema types them."""
@@ -271,7 +289,7 @@ class KimiK2(TemplateDialect):
 
 FAMILIES: dict[str, type[TemplateDialect]] = {
     d.name: d for d in (Hermes, QwenXML, Llama3JSON, Harmony, GLM4, Gemma4, LFM2, Llama4Pythonic, Mistral,
-                        DeepSeekV3, KimiK2)
+                        DeepSeekV3, KimiK2, Granite)
 }
 
 
@@ -287,6 +305,8 @@ def detect(chat_template: str | None) -> str:
         return "gemma4"
     if "<function=" in t and "<parameter=" in t:
         return "qwen3_xml"
+    if "<|start_of_role|>" in t and "<tool_call>" in t:
+        return "granite"
     if "<|tool_call_argument_begin|>" in t:
         return "kimi_k2"
     if "<｜tool▁call▁begin｜>" in t and "tools" in t:  # the published V3 and R1 templates list none
