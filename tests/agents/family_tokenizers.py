@@ -24,6 +24,7 @@ TEMPLATES = {
     "deepseek_v3": ("deepseek_v3_1", "<｜end▁of▁sentence｜>"),
     "kimi_k2": ("kimi_k2", "<|im_end|>"),
     "granite": ("granite4", "<|end_of_text|>"),
+    "xlam": ("xlam", "<|im_end|>"),
 }
 EXTRA_TEMPLATES = {
     "qwen3_instruct_2507": "hermes", "qwen2_5": "hermes", "qwen3_5_nothink": "qwen3_xml",

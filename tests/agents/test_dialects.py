@@ -31,12 +31,12 @@ FAMILIES = [f for f in TEMPLATES if template_parser() or FAMILY_CLASSES[f].trl_s
 """Families this transformers parses: all from 5.15 on; before it (verl's venv), those with a
 legacy response schema in trl."""
 MULTI_CALL = {"hermes", "qwen3_xml", "glm4", "gemma4", "lfm2", "llama4_pythonic", "mistral",
-              "deepseek_v3", "kimi_k2", "granite"}
+              "deepseek_v3", "kimi_k2", "granite", "xlam"}
 """Families whose format holds several calls in one reply (Llama 3.x and harmony: one)."""
 ENDS = {"harmony": ("<|call|>", "<|return|>"), "glm4": ("<|observation|>", "<|user|>"),
         "gemma4": ("<|tool_response>", "<turn|>")}
 """How the model ends a turn with a call / a reply (others: the eos token)."""
-NO_THINKING = {"llama3_json", "gemma4", "llama4_pythonic", "deepseek_v3", "kimi_k2", "granite"}
+NO_THINKING = {"llama3_json", "gemma4", "llama4_pythonic", "deepseek_v3", "kimi_k2", "granite", "xlam"}
 """Families whose template renders no thinking of a reply without a call (Gemma 4: only beside
 a call)."""
 
@@ -144,6 +144,7 @@ MALFORMED = {
     "deepseek_v3": '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>search<｜tool▁sep｜>{"query": }<｜tool▁call▁end｜>'
                    "<｜tool▁calls▁end｜>",
     "granite": '<tool_call>\n{"name": "search", "arguments": {"query": }\n</tool_call>',
+    "xlam": '[{"name": "search", "arguments": {"query": }}]',
     "kimi_k2": '<|tool_calls_section_begin|><|tool_call_begin|>functions.search:0<|tool_call_argument_begin|>'
                '{"query": }<|tool_call_end|><|tool_calls_section_end|>',
 }

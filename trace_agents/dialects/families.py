@@ -143,18 +143,19 @@ class Gemma4(TemplateDialect):
     trl_template = "gemma4_template"
 
 
-def _call_list_template(*, start: str, opens: str, closes: str, end: str,
+def _call_list_template(*, start: str, opens: str, closes: str, end: str, content: str = "python-call-list",
                         thinking: tuple[str, str, str] | None = None) -> dict[str, Any]:
-    """A response template for families that write a block of Python-style calls,
-    ``[f(a=1), g(b='x')]``: transformers' strict ``python-call-list`` reader (keyword arguments,
-    literals only, never evaluated), one block at a time (the dialect cuts the reply into blocks),
-    each call of the list a tool call. ``thinking`` is (field, open, close pattern)."""
+    """A response template for families that write a list of calls in one block: Python-style
+    calls, ``[f(a=1), g(b='x')]``, read by transformers' strict ``python-call-list`` reader
+    (keyword arguments, literals only, never evaluated), or a JSON array of ``{"name",
+    "arguments"}`` (``content="json"``); one block at a time (the dialect cuts the reply into
+    blocks), each call of the list a tool call. ``thinking`` is (field, open, close pattern)."""
     fields: dict[str, Any] = {}
     if thinking:
         key, open_tag, close_pattern = thinking
         fields[key] = {"open": open_tag, "close_pattern": close_pattern, "content": "text"}
     fields["tool_calls"] = {
-        "open_pattern": opens, "close_pattern": closes, "content": "python-call-list",
+        "open_pattern": opens, "close_pattern": closes, "content": content,
         "transform_each": True,
         "transform": {"type": "function", "function": {"name": "{name}", "arguments": "{arguments}"}},
     }
@@ -287,9 +288,29 @@ class KimiK2(TemplateDialect):
         }}
 
 
+class XLAM(TemplateDialect):
+    """Salesforce xLAM-2 (ChatML): a reply of calls is one JSON array, ``[{"name": "f",
+    "arguments": {...}}]``, results in the ``tool`` role. Its template is vLLM's example, fixed
+    and shipped here: ``chat_template("xlam")``."""
+
+    name = "xlam"
+    end_of_turn = ("<|im_end|>",)
+    parse_suffix = "<|im_end|>"
+    call_lists = True
+    call_marker = r'\[\s*\{\s*"name"'
+
+    @classmethod
+    def load_response_template(cls) -> dict[str, Any]:
+        """The array ends the reply (the template writes nothing beside it), or the next one starts."""
+        opens = r'(?=\[\s*\{\s*"name"\s*:)'
+        return _call_list_template(
+            start="<|im_start|>assistant\n", opens=opens, closes=rf"(?<=\])\s*(?:<\|im_end\|>|{opens})",
+            end=r"<\|im_end\|>\s*|$", content="json")
+
+
 FAMILIES: dict[str, type[TemplateDialect]] = {
     d.name: d for d in (Hermes, QwenXML, Llama3JSON, Harmony, GLM4, Gemma4, LFM2, Llama4Pythonic, Mistral,
-                        DeepSeekV3, KimiK2, Granite)
+                        DeepSeekV3, KimiK2, Granite, XLAM)
 }
 
 
@@ -305,6 +326,8 @@ def detect(chat_template: str | None) -> str:
         return "gemma4"
     if "<function=" in t and "<parameter=" in t:
         return "qwen3_xml"
+    if "make calls in a single JSON array" in t:
+        return "xlam"
     if "<|start_of_role|>" in t and "<tool_call>" in t:
         return "granite"
     if "<|tool_call_argument_begin|>" in t:
