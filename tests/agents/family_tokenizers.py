@@ -25,6 +25,7 @@ TEMPLATES = {
     "kimi_k2": ("kimi_k2", "<|im_end|>"),
     "granite": ("granite4", "<|end_of_text|>"),
     "xlam": ("xlam", "<|im_end|>"),
+    "minimax_m2": ("minimax_m2", "[e~["),
 }
 EXTRA_TEMPLATES = {
     "qwen3_instruct_2507": "hermes", "qwen2_5": "hermes", "qwen3_5_nothink": "qwen3_xml",
@@ -38,7 +39,7 @@ TEMPLATE_KWARGS = {t: {"enable_thinking": False} for t in EXTRA_TEMPLATES if t.s
 """Nemotron 3 renders a reply without thinking as ``<think></think>``, which continues only the
 generation prompt of ``enable_thinking=False`` (with thinking on, its replies always think)."""
 _SPECIAL = re.compile(r"<\|[A-Za-z_0-9\"]+\|>|<\|[A-Za-z_\"]+>|<[A-Za-z_\"]+\|>|\[gMASK\]|<sop>|</s>|<｜[^｜]+｜>"
-                      r"|\[/?(?:INST|SYSTEM_PROMPT|AVAILABLE_TOOLS|TOOL_CALLS|ARGS|TOOL_RESULTS|THINK)\]")
+                      r"|\]~!?b[\[\]]|\[e~\[|\[/?(?:INST|SYSTEM_PROMPT|AVAILABLE_TOOLS|TOOL_CALLS|ARGS|TOOL_RESULTS|THINK)\]")
 
 
 def template_text(name: str) -> str:

@@ -308,9 +308,38 @@ class XLAM(TemplateDialect):
             end=r"<\|im_end\|>\s*|$", content="json")
 
 
+class MiniMaxM2(TemplateDialect):
+    """MiniMax-M2: ``<minimax:tool_call><invoke name="f"><parameter name="k">v</parameter>
+    </invoke></minimax:tool_call>`` (string values raw, so the tool schema types them), results
+    as ``<response>`` blocks in a ``tool`` turn, every turn ended by ``[e~[``; the model always
+    thinks. Its template, fixed to keep an empty think block, is shipped here:
+    ``chat_template("minimax_m2")``."""
+
+    name = "minimax_m2"
+    end_of_turn = ("[e~[",)
+    paired_tags = (('<parameter name="', "</parameter>"), ('<invoke name="', "</invoke>"))
+    call_marker = r"<minimax:tool_call>|<invoke name="
+
+    @classmethod
+    def load_response_template(cls) -> dict[str, Any]:
+        """Each ``<invoke>`` is a call; the section tags around them go with the first and last."""
+        return {"defaults": {"role": "assistant"}, "start_anchor": "]~b]ai\n", "fields": {
+            "reasoning_content": {"open": "<think>", "close_pattern": r"</think>\s*", "content": "text"},
+            "tool_calls": {
+                "open_pattern": r'(?:<minimax:tool_call>\s*)?<invoke name="(?P<name>[^"\n]+)">',
+                "close_pattern": r"</invoke>\s*(?:</minimax:tool_call>\s*)?", "repeats": True,
+                "content": "xml-inline", "content_args": {
+                    "tag_pattern": r'<parameter name="(?P<key>[^"\n]+)">(?P<value>.*?)</parameter>',
+                    "value_parser": {"name": "text"}},
+                "transform": {"type": "function", "function": {"name": "{name}", "arguments": "{content}"}},
+            },
+            "content": {"close_pattern": r"\[e~\[\s*|$", "content": "text"},
+        }}
+
+
 FAMILIES: dict[str, type[TemplateDialect]] = {
     d.name: d for d in (Hermes, QwenXML, Llama3JSON, Harmony, GLM4, Gemma4, LFM2, Llama4Pythonic, Mistral,
-                        DeepSeekV3, KimiK2, Granite, XLAM)
+                        DeepSeekV3, KimiK2, Granite, XLAM, MiniMaxM2)
 }
 
 
@@ -326,6 +355,8 @@ def detect(chat_template: str | None) -> str:
         return "gemma4"
     if "<function=" in t and "<parameter=" in t:
         return "qwen3_xml"
+    if "<minimax:tool_call>" in t:
+        return "minimax_m2"
     if "make calls in a single JSON array" in t:
         return "xlam"
     if "<|start_of_role|>" in t and "<tool_call>" in t:
