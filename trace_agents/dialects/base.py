@@ -12,8 +12,8 @@ into error observations instead of silently dropping it.
 The response-template parser with argument typing is transformers 5.15's. Older releases (verl
 0.9 pins ``transformers<5.11``) have only the legacy regex parser: there a family parses with
 trl's legacy response *schema* for it (Hermes, Qwen3.5 XML, Llama 3.x, GLM-4), its argument values
-typed here from the tool schemas; harmony and Gemma 4, for which trl has no legacy schema that
-reads them right, refuse to start with a clear error.
+typed here from the tool schemas; harmony, Gemma 4 and the families whose response template is
+written here (trl has no legacy schema that reads them right) refuse to start with a clear error.
 
 Rollouts stay token-exact: the model's tokens are kept as generated, and the tokens after an
 action (turn end, tool results, next generation prompt) are cut from the template's rendering of

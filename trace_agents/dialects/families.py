@@ -1,8 +1,10 @@
-"""The model families: each one's response template (from ``trl``) and its end-of-turn tokens.
+"""The model families: each one's response template (``trl``'s, or written here in the same
+declarative spec where no package ships one) and its end-of-turn tokens.
 
 Adding a family is a subclass here with the facts of its format, an entry in :data:`FAMILIES`,
 a marker in :func:`detect`, and a round-trip test with its real chat template
-(``tests/agents/test_dialects.py``); see ``docs/dialects.md``.
+(``tests/agents/test_dialects.py``; where no package ships a template that renders its tools, one
+written from the published template goes in ``templates/``); see ``docs/dialects.md``.
 """
 
 from __future__ import annotations
@@ -143,24 +145,27 @@ class Gemma4(TemplateDialect):
     trl_template = "gemma4_template"
 
 
-def _call_list_template(*, start: str, opens: str, closes: str, end: str, content: str = "python-call-list",
-                        thinking: tuple[str, str, str] | None = None) -> dict[str, Any]:
-    """A response template for families that write a list of calls in one block: Python-style
-    calls, ``[f(a=1), g(b='x')]``, read by transformers' strict ``python-call-list`` reader
-    (keyword arguments, literals only, never evaluated), or a JSON array of ``{"name",
-    "arguments"}`` (``content="json"``); one block at a time (the dialect cuts the reply into
-    blocks), each call of the list a tool call. ``thinking`` is (field, open, close pattern)."""
+def _response_template(*, start: str, opens: str, closes: str, end: str, content: str = "json",
+                       content_args: dict[str, Any] | None = None, call_lists: bool = False,
+                       thinking: tuple[str, str, str] | None = None) -> dict[str, Any]:
+    """A response template (transformers' spec) for a family no package ships one for: the reply
+    after ``start`` (a pattern), calls from ``opens`` to ``closes`` read by the ``content`` parser
+    (the call's ``name`` captured by ``opens``), text up to ``end``, and ``thinking`` as (field,
+    open tag, close pattern). With ``call_lists`` a block holds a list of calls: Python-style,
+    ``[f(a=1), g(b='x')]``, read by transformers' strict ``python-call-list`` reader (keyword
+    arguments, literals only, never evaluated), or a JSON array of ``{"name", "arguments"}``."""
     fields: dict[str, Any] = {}
     if thinking:
         key, open_tag, close_pattern = thinking
         fields[key] = {"open": open_tag, "close_pattern": close_pattern, "content": "text"}
+    arguments = "{arguments}" if call_lists else "{content}"
     fields["tool_calls"] = {
         "open_pattern": opens, "close_pattern": closes, "content": content,
-        "transform_each": True,
-        "transform": {"type": "function", "function": {"name": "{name}", "arguments": "{arguments}"}},
+        "content_args": content_args or {}, **({"transform_each": True} if call_lists else {"repeats": True}),
+        "transform": {"type": "function", "function": {"name": "{name}", "arguments": arguments}},
     }
     fields["content"] = {"close_pattern": end, "content": "text"}
-    return {"defaults": {"role": "assistant"}, "start_anchor": start, "fields": fields}
+    return {"defaults": {"role": "assistant"}, "start_anchor_pattern": start, "fields": fields}
 
 
 class LFM2(TemplateDialect):
@@ -169,7 +174,7 @@ class LFM2(TemplateDialect):
 
     trl's ``lfm2_2_5_template`` reads each call with a regex that ends it at its first ``)`` (a
     string argument ``'(1+2)*3'`` is cut); here the block is read whole by transformers'
-    ``python-call-list`` parser, which needs transformers >= 5.15."""
+    ``python-call-list`` parser."""
 
     name = "lfm2"
     end_of_turn = ("<|im_end|>",)
@@ -179,10 +184,10 @@ class LFM2(TemplateDialect):
 
     @classmethod
     def load_response_template(cls) -> dict[str, Any]:
-        return _call_list_template(
-            start="<|im_start|>assistant\n", opens=r"<\|tool_call_start\|>\s*(?=\[)",
-            closes=r"(?<=\])\s*<\|tool_call_end\|>\s*", end=r"<\|im_end\|>\s*",
-            thinking=("thinking", "<think>", r"</think>\s*"))
+        return _response_template(
+            start=r"<\|im_start\|>assistant\n", opens=r"<\|tool_call_start\|>\s*(?=\[)",
+            closes=r"(?<=\])\s*<\|tool_call_end\|>\s*", end=r"<\|im_end\|>\s*", content="python-call-list",
+            call_lists=True, thinking=("thinking", "<think>", r"</think>\s*"))
 
 
 class Llama4Pythonic(TemplateDialect):
@@ -202,9 +207,10 @@ class Llama4Pythonic(TemplateDialect):
         """A call list ends the turn (the template writes the text before it, nothing after),
         or the next list starts."""
         opens = r"(?=\[\s*[A-Za-z_][\w.-]*\s*\()"
-        return _call_list_template(
-            start="<|header_start|>assistant<|header_end|>\n\n", opens=opens,
-            closes=rf"(?<=\])\s*(?:<\|eo[tm]\|>|{opens})", end=r"<\|eo[tm]\|>\s*|$")
+        return _response_template(
+            start=r"<\|header_start\|>assistant<\|header_end\|>\n\n", opens=opens,
+            closes=rf"(?<=\])\s*(?:<\|eo[tm]\|>|{opens})", end=r"<\|eo[tm]\|>\s*|$",
+            content="python-call-list", call_lists=True)
 
 
 class Mistral(TemplateDialect):
@@ -224,16 +230,10 @@ class Mistral(TemplateDialect):
         """A call's JSON runs to the next call or the end of the turn (the format closes neither);
         also v11's form without ``[ARGS]`` (Mistral Small 3.1, Devstral Small 1.x:
         ``[TOOL_CALLS]name{json}``)."""
-        return {"defaults": {"role": "assistant"}, "start_anchor_pattern": r"\[/INST\]|\[/TOOL_RESULTS\]",
-                "fields": {
-            "reasoning_content": {"open": "[THINK]", "close_pattern": r"\[/THINK\]\s*", "content": "text"},
-            "tool_calls": {
-                "open_pattern": r"\[TOOL_CALLS\](?P<name>[^\[\]\s{]+)(?:\[ARGS\])?",
-                "close_pattern": r"\s*(?:(?=\[TOOL_CALLS\])|</s>)", "repeats": True, "content": "json",
-                "transform": {"type": "function", "function": {"name": "{name}", "arguments": "{content}"}},
-            },
-            "content": {"close_pattern": r"</s>\s*|$", "content": "text"},
-        }}
+        return _response_template(
+            start=r"\[/INST\]|\[/TOOL_RESULTS\]", opens=r"\[TOOL_CALLS\](?P<name>[^\[\]\s{]+)(?:\[ARGS\])?",
+            closes=r"\s*(?:(?=\[TOOL_CALLS\])|</s>)", end=r"</s>\s*|$",
+            thinking=("reasoning_content", "[THINK]", r"\[/THINK\]\s*"))
 
 
 class DeepSeekV3(TemplateDialect):
@@ -249,17 +249,11 @@ class DeepSeekV3(TemplateDialect):
 
     @classmethod
     def load_response_template(cls) -> dict[str, Any]:
-        return {"defaults": {"role": "assistant"},
-                "start_anchor_pattern": r"<｜Assistant｜>(?:</think>)?|<｜tool▁outputs?▁end｜>", "fields": {
-            "tool_calls": {
-                "open_pattern": (r"(?:<｜tool▁calls▁begin｜>)?<｜tool▁call▁begin｜>(?:function<｜tool▁sep｜>)?"
-                                 r"(?P<name>[^\n<]+?)(?:\s*```json\s*|<｜tool▁sep｜>)"),
-                "close_pattern": r"\s*(?:```\s*)?<｜tool▁call▁end｜>(?:<｜tool▁calls▁end｜>)?", "repeats": True,
-                "content": "json",
-                "transform": {"type": "function", "function": {"name": "{name}", "arguments": "{content}"}},
-            },
-            "content": {"close_pattern": r"<｜end▁of▁sentence｜>\s*|$", "content": "text"},
-        }}
+        return _response_template(
+            start=r"<｜Assistant｜>(?:</think>)?|<｜tool▁outputs?▁end｜>",
+            opens=(r"(?:<｜tool▁calls▁begin｜>)?<｜tool▁call▁begin｜>(?:function<｜tool▁sep｜>)?"
+                   r"(?P<name>[^\n<]+?)(?:\s*```json\s*|<｜tool▁sep｜>)"),
+            closes=r"\s*(?:```\s*)?<｜tool▁call▁end｜>(?:<｜tool▁calls▁end｜>)?", end=r"<｜end▁of▁sentence｜>\s*|$")
 
 
 class KimiK2(TemplateDialect):
@@ -275,17 +269,11 @@ class KimiK2(TemplateDialect):
     @classmethod
     def load_response_template(cls) -> dict[str, Any]:
         """The call's id is ``functions.<name>:<index>``; a bare name is read too."""
-        return {"defaults": {"role": "assistant"}, "start_anchor": "<|im_assistant|>assistant<|im_middle|>",
-                "fields": {
-            "tool_calls": {
-                "open_pattern": (r"(?:<\|tool_calls_section_begin\|>)?<\|tool_call_begin\|>\s*(?:functions\.)?"
-                                 r"(?P<name>[^\s<:]+)(?::\d+)?\s*<\|tool_call_argument_begin\|>"),
-                "close_pattern": r"\s*<\|tool_call_end\|>(?:\s*<\|tool_calls_section_end\|>)?", "repeats": True,
-                "content": "json",
-                "transform": {"type": "function", "function": {"name": "{name}", "arguments": "{content}"}},
-            },
-            "content": {"close_pattern": r"<\|im_end\|>\s*|$", "content": "text"},
-        }}
+        return _response_template(
+            start=r"<\|im_assistant\|>assistant<\|im_middle\|>",
+            opens=(r"(?:<\|tool_calls_section_begin\|>)?<\|tool_call_begin\|>\s*(?:functions\.)?"
+                   r"(?P<name>[^\s<:]+)(?::\d+)?\s*<\|tool_call_argument_begin\|>"),
+            closes=r"\s*<\|tool_call_end\|>(?:\s*<\|tool_calls_section_end\|>)?", end=r"<\|im_end\|>\s*|$")
 
 
 class XLAM(TemplateDialect):
@@ -303,9 +291,9 @@ class XLAM(TemplateDialect):
     def load_response_template(cls) -> dict[str, Any]:
         """The array ends the reply (the template writes nothing beside it), or the next one starts."""
         opens = r'(?=\[\s*\{\s*"name"\s*:)'
-        return _call_list_template(
-            start="<|im_start|>assistant\n", opens=opens, closes=rf"(?<=\])\s*(?:<\|im_end\|>|{opens})",
-            end=r"<\|im_end\|>\s*|$", content="json")
+        return _response_template(
+            start=r"<\|im_start\|>assistant\n", opens=opens, closes=rf"(?<=\])\s*(?:<\|im_end\|>|{opens})",
+            end=r"<\|im_end\|>\s*|$", call_lists=True)
 
 
 class MiniMaxM2(TemplateDialect):
@@ -323,18 +311,12 @@ class MiniMaxM2(TemplateDialect):
     @classmethod
     def load_response_template(cls) -> dict[str, Any]:
         """Each ``<invoke>`` is a call; the section tags around them go with the first and last."""
-        return {"defaults": {"role": "assistant"}, "start_anchor": "]~b]ai\n", "fields": {
-            "reasoning_content": {"open": "<think>", "close_pattern": r"</think>\s*", "content": "text"},
-            "tool_calls": {
-                "open_pattern": r'(?:<minimax:tool_call>\s*)?<invoke name="(?P<name>[^"\n]+)">',
-                "close_pattern": r"</invoke>\s*(?:</minimax:tool_call>\s*)?", "repeats": True,
-                "content": "xml-inline", "content_args": {
-                    "tag_pattern": r'<parameter name="(?P<key>[^"\n]+)">(?P<value>.*?)</parameter>',
-                    "value_parser": {"name": "text"}},
-                "transform": {"type": "function", "function": {"name": "{name}", "arguments": "{content}"}},
-            },
-            "content": {"close_pattern": r"\[e~\[\s*|$", "content": "text"},
-        }}
+        return _response_template(
+            start=r"\]~b\]ai\n", opens=r'(?:<minimax:tool_call>\s*)?<invoke name="(?P<name>[^"\n]+)">',
+            closes=r"</invoke>\s*(?:</minimax:tool_call>\s*)?", end=r"\[e~\[\s*|$", content="xml-inline",
+            content_args={"tag_pattern": r'<parameter name="(?P<key>[^"\n]+)">(?P<value>.*?)</parameter>',
+                          "value_parser": {"name": "text"}},
+            thinking=("reasoning_content", "<think>", r"</think>\s*"))
 
 
 FAMILIES: dict[str, type[TemplateDialect]] = {
