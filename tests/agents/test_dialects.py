@@ -225,6 +225,19 @@ def test_a_good_call_beside_a_malformed_one_still_runs(dialects, family, search_
     assert first["content"].startswith("Doc 1") and second["content"].startswith("Error: ")
 
 
+@pytest.mark.parametrize("family", [f for f in FAMILIES if FAMILY_CLASSES[f].call_lists])
+def test_calls_past_the_limit_in_one_list_are_counted_not_run(dialects, family):
+    """A family that writes its calls as one list: the env's per-turn limit still holds."""
+    d, env = dialects[family], CalculatorEnv()
+    env.reset(seed=0)
+    env.max_calls_per_turn = 3
+    calls = tuple(ToolCall("calculator", {"expression": f"{i}+1"}) for i in range(10))
+    action = d.parse(d.render_action(AssistantMessage(tool_calls=calls)), env)
+    assert action.tool_calls[:3] == calls[:3] and all(c.error == "not run" for c in action.tool_calls[3:])
+    observation, *_ = env.step(action)
+    assert "10 tool calls in one action; only the first 3 were run" in observation
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.text(max_size=80) | st.lists(st.sampled_from(
