@@ -2,8 +2,8 @@
 
     python benchmarks/dialect_bench.py [--turns 200] [--json]
 
-Uses the families' real chat templates from the trl wheel on the project's tiny tokenizer
-(``tests/agents/family_tokenizers.py``) and a search-env turn with two parallel calls where the
+Uses the families' real chat templates (the trl wheel's, or those shipped with the dialects) on
+the project's tiny tokenizer (``tests/agents/family_tokenizers.py``) and a search-env turn with two parallel calls where the
 format allows them. Prints milliseconds per turn for parsing and for the observation segment.
 """
 
@@ -36,7 +36,7 @@ def main() -> None:
     dialects = {"react": make_dialect(tiny_tokenizer())}
     dialects.update({f: make_dialect(family_tokenizer(f)) for f in TEMPLATES})
     for name, d in dialects.items():
-        n_calls = 1 if name in ("llama3_json", "harmony") else 2
+        n_calls = 1 if getattr(d, "one_call_per_message", False) else 2
         calls = tuple(ToolCall("search", {"query": q, "topk": 2}) for q in ("capital city", "born")[:n_calls])
         text = d.render_action(AssistantMessage("Looking it up.", calls))
         ids = d.encode(text)
@@ -55,9 +55,9 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows))
         return
-    print(f"{'dialect':<12} {'calls':>5} {'parse ms':>9} {'segment ms':>11}")
+    print(f"{'dialect':<16} {'calls':>5} {'parse ms':>9} {'segment ms':>11}")
     for r in rows:
-        print(f"{r['dialect']:<12} {r['calls']:>5} {r['parse_ms']:>9.3f} {r['segment_ms']:>11.3f}")
+        print(f"{r['dialect']:<16} {r['calls']:>5} {r['parse_ms']:>9.3f} {r['segment_ms']:>11.3f}")
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ import asyncio
 import os
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("trl")
 
-from tests.agents.family_tokenizers import EXTRA_TEMPLATES, TEMPLATES, family_tokenizer, template_text
+from tests.agents.family_tokenizers import EXTRA_TEMPLATES, TEMPLATE_KWARGS, TEMPLATES, family_tokenizer, template_text
 from trace_agents.backends import SamplingParams, ScriptedBackend
 from trace_agents.dialects import TextDialect, detect, make_dialect
 from trace_agents.dialects.base import template_parser
@@ -30,11 +30,15 @@ from trace_envs.structured import AssistantMessage
 FAMILIES = [f for f in TEMPLATES if template_parser() or FAMILY_CLASSES[f].trl_schema]
 """Families this transformers parses: all from 5.15 on; before it (verl's venv), those with a
 legacy response schema in trl."""
-MULTI_CALL = {"hermes", "qwen3_xml", "glm4", "gemma4"}
+MULTI_CALL = {"hermes", "qwen3_xml", "glm4", "gemma4", "lfm2", "llama4_pythonic", "mistral",
+              "deepseek_v3", "kimi_k2", "granite", "xlam", "minimax_m2"}
 """Families whose format holds several calls in one reply (Llama 3.x and harmony: one)."""
 ENDS = {"harmony": ("<|call|>", "<|return|>"), "glm4": ("<|observation|>", "<|user|>"),
         "gemma4": ("<|tool_response>", "<turn|>")}
 """How the model ends a turn with a call / a reply (others: the eos token)."""
+NO_THINKING = {"llama3_json", "gemma4", "llama4_pythonic", "deepseek_v3", "kimi_k2", "granite", "xlam"}
+"""Families whose template renders no thinking of a reply without a call (Gemma 4: only beside
+a call)."""
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +98,11 @@ _values = st.text(st.characters(blacklist_categories=("Cs", "Cc"), blacklist_cha
                   min_size=1, max_size=12).map(str.strip).filter(bool)
 
 
+UNESCAPED = {"lfm2"}
+"""Families whose template writes a string argument between ``'`` as it is, unescaped: a value
+with a quote or a backslash is not rendered as the model would read it back."""
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(queries=st.lists(_values | st.integers(0, 99_999).map(str), min_size=1, max_size=3),
@@ -104,6 +113,8 @@ def test_render_then_parse_gives_the_same_calls(dialects, search_env, family, qu
     d = dialects[family]
     if family not in MULTI_CALL:
         queries = queries[:1]
+    if family in UNESCAPED:
+        assume(not any(c in q for q in queries for c in "'\\"))
     calls = tuple(ToolCall("search", {"query": q, "topk": topk}) for q in queries)
     parsed = d.parse(d.render_action(AssistantMessage(tool_calls=calls)), search_env)
     assert parsed.tool_calls == calls
@@ -115,7 +126,7 @@ def test_thinking_and_a_final_reply_round_trip(dialects, family):
     message = AssistantMessage("Die Antwort ist <answer>Zoë</answer>", reasoning="erst denken")
     parsed = d.parse(d.render_action(message))
     assert parsed.content == message.content and not parsed.tool_calls
-    if family not in ("llama3_json", "gemma4"):  # no thinking / thinking only beside a call
+    if family not in NO_THINKING:
         assert parsed.reasoning == "erst denken"
 
 
@@ -127,6 +138,17 @@ MALFORMED = {
                '<|channel|>commentary json<|message|>{"query": ',
     "glm4": "<tool_call>search\n<arg_key>query</arg_key>\n<arg_value>x\n</tool_call>",
     "gemma4": '<|tool_call>call:search{query:<|"|>x,topk:}<tool_call|>',
+    "lfm2": "<|tool_call_start|>[search(query='x', topk=)]<|tool_call_end|>",
+    "llama4_pythonic": '[search(query="x", topk=)]',
+    "mistral": '[TOOL_CALLS]search[ARGS]{"query": }',
+    "deepseek_v3": '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>search<｜tool▁sep｜>{"query": }<｜tool▁call▁end｜>'
+                   "<｜tool▁calls▁end｜>",
+    "granite": '<tool_call>\n{"name": "search", "arguments": {"query": }\n</tool_call>',
+    "xlam": '[{"name": "search", "arguments": {"query": }}]',
+    "minimax_m2": '<minimax:tool_call>\n<invoke name="search">\n<parameter name="query">x\n</invoke>\n'
+                  "</minimax:tool_call>",
+    "kimi_k2": '<|tool_calls_section_begin|><|tool_call_begin|>functions.search:0<|tool_call_argument_begin|>'
+               '{"query": }<|tool_call_end|><|tool_calls_section_end|>',
 }
 
 
@@ -154,6 +176,19 @@ PUBLISHED_FORMS = [
     ("llama3_json", '{ "name": "calculator", "parameters": {"expression": "2*3"}}'),
     # GLM-4.7: no newlines between the name and the arguments
     ("glm4", "<tool_call>calculator<arg_key>expression</arg_key><arg_value>2*3</arg_value></tool_call>"),
+    # LFM2: double-quoted strings, spaces inside the list
+    ("lfm2", '<|tool_call_start|>[ calculator(expression="2*3") ]<|tool_call_end|>'),
+    # Llama 4: single-quoted strings (Meta's guide shows both), text on a line before the list
+    ("llama4_pythonic", "Let me compute.\n[calculator(expression='2*3')]"),
+    # Mistral's v11 tokenizer (Mistral Small 3.1, Devstral Small 1.x): no [ARGS]
+    ("mistral", '[TOOL_CALLS]calculator{"expression": "2*3"}'),
+    # DeepSeek-V3 and R1-0528: a "function" type and the arguments in a fenced JSON block
+    ("deepseek_v3", '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>calculator\n```json\n'
+                    '{"expression": "2*3"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>'),
+    # Kimi-K2: a space after the id (vLLM's tests), a bare name
+    ("kimi_k2", '<|tool_calls_section_begin|><|tool_call_begin|>functions.calculator:3 <|tool_call_argument_begin|>'
+                '{"expression": "2*3"}<|tool_call_end|><|tool_calls_section_end|>'),
+    ("kimi_k2", '<|tool_call_begin|>calculator<|tool_call_argument_begin|>{"expression": "2*3"}<|tool_call_end|>'),
 ]
 
 
@@ -188,6 +223,19 @@ def test_a_good_call_beside_a_malformed_one_still_runs(dialects, family, search_
     _, _, _, _, info = search_env.fork().step(d.parse(good + "\n" + MALFORMED[family], search_env))
     first, second = info["tool_results"]
     assert first["content"].startswith("Doc 1") and second["content"].startswith("Error: ")
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if FAMILY_CLASSES[f].call_lists])
+def test_calls_past_the_limit_in_one_list_are_counted_not_run(dialects, family):
+    """A family that writes its calls as one list: the env's per-turn limit still holds."""
+    d, env = dialects[family], CalculatorEnv()
+    env.reset(seed=0)
+    env.max_calls_per_turn = 3
+    calls = tuple(ToolCall("calculator", {"expression": f"{i}+1"}) for i in range(10))
+    action = d.parse(d.render_action(AssistantMessage(tool_calls=calls)), env)
+    assert action.tool_calls[:3] == calls[:3] and all(c.error == "not run" for c in action.tool_calls[3:])
+    observation, *_ = env.step(action)
+    assert "10 tool calls in one action; only the first 3 were run" in observation
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -246,7 +294,7 @@ def assert_record_is_the_templates_rendering(dialect, tree, env, family):
     for node in inner:
         got = dialect.decode(prefix_ids(node))
         want = dialect.render(prefix_messages(node), tools=env.tool_schemas(), generation_prompt=True)
-        if family in ("hermes", "qwen3_xml"):
+        if family in ("hermes", "qwen3_xml", "minimax_m2"):
             got, want = (t.replace("<think>\n\n</think>\n\n", "") for t in (got, want))
         if family == "harmony":
             got = got.replace("<|return|>", "<|end|>")
@@ -353,7 +401,7 @@ def test_trl_training_templates_make_the_record_exact(family, template):
 
 @pytest.mark.parametrize("template, family", [(t, f) for t, f in EXTRA_TEMPLATES.items() if f in FAMILIES])
 def test_other_templates_of_each_family_run_the_calculator_episode(template, family):
-    d = make_dialect(family_tokenizer(family, template))
+    d = make_dialect(family_tokenizer(family, template), chat_template_kwargs=TEMPLATE_KWARGS.get(template))
     assert d.name == family
     env = CalculatorEnv(suite_options={"size": 20, "seed": 0})
     task = env.tasks[0]
@@ -374,3 +422,13 @@ def test_warm_start_demonstrations_are_written_in_the_dialect(dialects, family):
     actions = [d.encode(d.render_action(m)) for m in env.demonstration(task)]
     assert trained[: len(actions[0])] == actions[0] and trained[len(actions[0])] in d.end_ids
     assert d.decode(trained).count(str(task.answer)) == 1  # the answer, never the tool's result
+
+
+@pytest.mark.parametrize("template", [t for t in TEMPLATE_KWARGS if t.startswith("nemotron")])
+def test_nemotron_3_thinks_and_calls_in_the_qwen3_xml_format(template, search_env):
+    """With thinking on (its default) Nemotron 3's replies open inside ``<think>``."""
+    d = make_dialect(family_tokenizer("qwen3_xml", template))
+    calls = (ToolCall("search", {"query": "75001", "topk": 2}), ToolCall("search", {"query": "Zoë"}))
+    reply = d.render_action(AssistantMessage("", calls, "erst denken"))
+    assert d.generation_prompt.endswith("<think>\n") and not reply.startswith("<think>")
+    assert d.parse(reply, search_env) == AssistantMessage("", calls, "erst denken")

@@ -19,6 +19,7 @@ the ``react`` format over chat messages, for servers that take no token ids. See
 from __future__ import annotations
 
 from collections.abc import Mapping
+from importlib import resources
 from typing import Any
 
 from trace_agents.dialects.base import TemplateDialect
@@ -27,6 +28,13 @@ from trace_agents.dialects.text import MessagesDialect, TextDialect
 
 Dialect = TextDialect | TemplateDialect | MessagesDialect
 DIALECTS = ("react", *FAMILIES)
+
+
+def chat_template(name: str) -> str:
+    """A chat template shipped with the dialects (``templates/<name>.jinja``), for families whose
+    published template renders no tools or renders them wrong: set it as the tokenizer's
+    ``chat_template``. Each file names its source and licence."""
+    return resources.files(__package__).joinpath("templates", f"{name}.jinja").read_text()
 
 
 def make_dialect(tokenizer: Any, name: str | Dialect = "auto",
@@ -44,4 +52,5 @@ def make_dialect(tokenizer: Any, name: str | Dialect = "auto",
     return FAMILIES[name](tokenizer, chat_template_kwargs)
 
 
-__all__ = ["DIALECTS", "Dialect", "MessagesDialect", "TemplateDialect", "TextDialect", "detect", "make_dialect"]
+__all__ = ["DIALECTS", "Dialect", "MessagesDialect", "TemplateDialect", "TextDialect", "chat_template", "detect",
+           "make_dialect"]

@@ -12,8 +12,8 @@ into error observations instead of silently dropping it.
 The response-template parser with argument typing is transformers 5.15's. Older releases (verl
 0.9 pins ``transformers<5.11``) have only the legacy regex parser: there a family parses with
 trl's legacy response *schema* for it (Hermes, Qwen3.5 XML, Llama 3.x, GLM-4), its argument values
-typed here from the tool schemas; harmony and Gemma 4, for which trl has no legacy schema that
-reads them right, refuse to start with a clear error.
+typed here from the tool schemas; harmony, Gemma 4 and the families whose response template is
+written here (trl has no legacy schema that reads them right) refuse to start with a clear error.
 
 Rollouts stay token-exact: the model's tokens are kept as generated, and the tokens after an
 action (turn end, tool results, next generation prompt) are cut from the template's rendering of
@@ -65,6 +65,8 @@ class TemplateDialect(TokenPrompt):
     and that the rollout strips (Llama's ``}<|eot_id|>`` closes a call)."""
     one_call_per_message: ClassVar[bool] = False
     """The template renders one tool call per assistant message (Llama 3.x)."""
+    call_lists: ClassVar[bool] = False
+    """One call block holds a list of calls (LFM2's and Llama 4's ``[f(a=1), g(b=2)]``)."""
     paired_tags: ClassVar[tuple[tuple[str, str], ...]] = ()
     """Tags that must pair up inside a call: the library drops an unclosed XML argument silently."""
     stop: ClassVar[tuple[str, ...]] = ()
@@ -136,8 +138,8 @@ class TemplateDialect(TokenPrompt):
 
         if not cls.trl_schema:
             raise RuntimeError(
-                f"the {cls.name} dialect parses replies with trl's {cls.trl_template}, which needs "
-                f"transformers>=5.15 (installed: {transformers.__version__}); on this release use "
+                f"the {cls.name} dialect parses replies with {cls.trl_template or 'its response template'}, "
+                f"which needs transformers>=5.15 (installed: {transformers.__version__}); on this release use "
                 f"hermes, qwen3_xml, llama3_json or glm4, or react")
         schema = copy.deepcopy(getattr(chat_template_utils, cls.trl_schema))
         function = schema["properties"]["tool_calls"]["items"]["properties"].get("function", {})
@@ -311,7 +313,9 @@ class TemplateDialect(TokenPrompt):
             if len(calls) >= max_calls:  # never run: counted so the env can say how many were
                 calls.append(ToolCall("", error="not run"))
             else:
-                calls.append(self._parse_call(text[start:end], closed, tools))
+                read = self._parse_calls(text[start:end], closed, tools)
+                room = max_calls - len(calls)
+                calls += [*read[:room], *(ToolCall("", error="not run") for _ in read[room:])]
         rest.append(text[pos:])
         remains = "".join(rest)
         if (cut := self._call_marker.search(remains)) is not None:
@@ -322,29 +326,31 @@ class TemplateDialect(TokenPrompt):
 
     def _call_blocks(self, text: str) -> Iterator[tuple[int, int, bool]]:
         """Start, end and whether it was closed, of each tool-call region of the reply, in one
-        pass (a region left open runs to the end of the reply)."""
+        pass (a region left open runs to the end of the reply; one whose opener is only a
+        lookahead, Llama 4's ``[``, holds at least that character)."""
         suffixed = text + self.parse_suffix
         pos = 0
         while (opened := self._call_open.search(text, pos)) is not None:
-            closed = self._call_close.search(suffixed, opened.end())
+            closed = self._call_close.search(suffixed, max(opened.end(), opened.start() + 1))
             end = len(text) if closed is None else min(closed.end(), len(text))
             yield opened.start(), end, closed is not None
             pos = max(end, opened.end())
 
-    def _parse_call(self, block: str, closed: bool, tools: list[dict[str, Any]] | None) -> ToolCall:
-        """One call block on its own: a good call, or what is wrong with it for the model to fix."""
+    def _parse_calls(self, block: str, closed: bool, tools: list[dict[str, Any]] | None) -> list[ToolCall]:
+        """One call block on its own: its good calls (one, or a list where the family writes
+        several in one block: LFM2, Llama 4), or what is wrong with it for the model to fix."""
         opened = self._call_open.search(block)
         name = (opened.groupdict().get("name") or "") if opened else ""
         error = self._block_error(block)
         if error is None:
             try:
                 parsed = self._library_parse(block, tools, in_reply=False).get("tool_calls") or []
-                if len(parsed) == 1:
-                    return tool_call_from(parsed[0])
+                if len(parsed) == 1 or (parsed and self.call_lists):
+                    return [tool_call_from(c) for c in parsed]
                 error = "malformed tool call" if closed else "the tool call is cut off"
             except (ValueError, KeyError, TypeError) as exc:
                 error = "malformed tool call: " + _reason(exc)
-        return ToolCall(name, error=f"{error} in {block.strip()[:200]!r}")
+        return [ToolCall(name, error=f"{error} in {block.strip()[:200]!r}")]
 
     def _block_error(self, block: str) -> str | None:
         """What makes a call block unreadable before any parser sees it: nesting past the bound
