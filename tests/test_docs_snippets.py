@@ -42,6 +42,7 @@ SMALL = {
     "train": ["--steps", "1", "--no-progress"],
     "eval": ["--limit", "1", "--max-tokens", "8", "--max-turns", "2", "--no-progress"],
     "simulate": ["--quick", "--steps", "2", "--no-progress"],
+    "record": ["--prompts", "2", "--chunk", "2", "--bare", "2", "--no-progress"],
 }
 DEMO_SMALL = {
     "model": {"name": "tiny-qwen3"},
