@@ -8,7 +8,7 @@ caching: a token trie remembers every served sequence and each reply reports the
 prefix of its prompt, so the accounting of branched continuations is exercised. Faults (5xx, slow
 replies, truncated JSON) can be injected per request; kill the process to test a dead server.
 
-    python -m trace_agents.standin_server --model tiny --port 30000
+    python -m trace_agents.testing.standin_server --model tiny --port 30000
 """
 
 from __future__ import annotations
