@@ -22,9 +22,9 @@ from trace_agents.rollout import RolloutRunner
 from trace_agents.testing.standin_server import StandinServer, tool_message
 from trace_envs.calculator.env import CalculatorEnv
 
-openai_types = pytest.importorskip("openai.types.chat", reason="the dev extra installs openai")
-from pydantic import TypeAdapter  # noqa: E402
-from openai.types.chat.completion_create_params import CompletionCreateParamsNonStreaming  # noqa: E402
+pytest.importorskip("openai", reason="the dev extra installs openai")
+from openai.types.chat.completion_create_params import CompletionCreateParamsNonStreaming
+from pydantic import TypeAdapter
 
 REQUEST = TypeAdapter(CompletionCreateParamsNonStreaming)
 CALL = {"id": "call_a", "type": "function",
@@ -107,6 +107,30 @@ def test_the_model_backed_standin_parses_hermes_calls_like_vllm():
     assert call["function"] == {"name": "calculator", "arguments": '{"expression": "1+1"}'}
     broken = tool_message('<tool_call>{"name": "calculator", </tool_call>')
     assert broken["tool_calls"] == [] and broken["content"].startswith("<tool_call>")
+
+
+def test_any_generated_reply_is_a_valid_openai_message_the_env_answers():
+    from hypothesis import given
+    from openai.types.chat import ChatCompletionMessage
+
+    valid = ['<think>plan</think><tool_call>{"name": "calculator", "arguments": {"expression": "1+1"}}</tool_call>',
+             "<answer>2</answer>"]
+    markers = ["<tool_call>", "</tool_call>", "<think>", "</think>", "{", '"', "\\"]
+    dialect, env = NativeToolsDialect(), CalculatorEnv()
+
+    @fuzz.examples(100)
+    @given(fuzz.hostile_replies(valid, markers))
+    def check(reply: str) -> None:
+        message = tool_message(reply)
+        ChatCompletionMessage.model_validate(message)
+        env.reset(seed=0)
+        with fuzz.measured("stand-in tool parse + step"):
+            action = dialect.parse(json.dumps(message))
+            observation, *_, info = env.step(action)
+        assert isinstance(observation, str)
+        dialect.turn_messages(action, observation, info)
+
+    check()
 
 
 def test_a_random_model_behind_the_api_is_evaluated_without_failures(standin, fresh_faults):

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
+
 @dataclass(frozen=True)
 class ChatPrompt:
     """Chat messages with the tools the server may call (OpenAI ``tools=``): the prompt of a

@@ -18,7 +18,9 @@ from typing import Annotated, Any
 
 import pydantic
 
-from trace_agents.backends.base import BackendError, ChatPrompt, Completion, Prompt, SamplingParams, is_token_prompt
+from trace_agents.backends.base import (
+    BackendError, ChatPrompt, Completion, Prompt, SamplingParams, is_token_prompt,
+)
 from trace_agents.backends.http import HTTPClient, _finish, _PromptDetails, _Reply, _Usage
 
 MAX_REPLY_BYTES = 4 * 2**20

@@ -157,8 +157,8 @@ def _trim(text: str, stops: tuple[str, ...], keep: bool) -> tuple[str, str | Non
     return text[: at + len(stop)] if keep else text[:at], stop
 
 
-_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
-_THINK = re.compile(r"\s*<think>(.*?)</think>", re.S)
+_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+_THINK = re.compile(r"\s*<think>(.*?)</think>", re.DOTALL)
 
 
 def tool_message(text: str) -> dict[str, Any]:
@@ -171,13 +171,15 @@ def tool_message(text: str) -> dict[str, Any]:
         message["content"] = text
     try:
         calls = [json.loads(block) for block in _CALL.findall(text)]
-        message["tool_calls"] = [
-            {"id": f"chatcmpl-tool-{uuid.uuid4().hex[:16]}", "type": "function",
-             "function": {"name": c["name"], "arguments": json.dumps(c.get("arguments", {}))}}
-            for c in calls
-        ]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, RecursionError):
         return message
+    if not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in calls):
+        return message
+    message["tool_calls"] = [
+        {"id": f"chatcmpl-tool-{uuid.uuid4().hex[:16]}", "type": "function",
+         "function": {"name": c["name"], "arguments": json.dumps(c.get("arguments", {}))}}
+        for c in calls
+    ]
     if message["tool_calls"]:
         message["content"] = _CALL.sub("", text).strip() or None
     return message
