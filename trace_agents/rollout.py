@@ -132,7 +132,7 @@ def _prompt(node: Node) -> Prompt:
     start = start_of(node)
     turns = [n.handle for n in node.path()[1:]]
     opening = start.dialect.prompt(start.prompt_ids, start.messages, start.tools)
-    return functools.reduce(start.dialect.extend, turns, opening)  # type: ignore[arg-type]
+    return functools.reduce(start.dialect.extend, turns, opening)
 
 
 def transcript(node: Node) -> str:

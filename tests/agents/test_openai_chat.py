@@ -282,3 +282,16 @@ def test_huge_and_slow_chat_replies_fail_the_episode_in_time(hostile):
     with timed() as took:
         episode = _play(hostile.url)
     assert episode.status == "failed" and took[0] < 2 * HOSTILE_TIMEOUT + SLACK
+
+
+@pytest.mark.parametrize(("backend", "key_env", "sent"), [
+    ("openai", None, "sk-openai"), ("vllm", None, None), ("vllm", "MY_KEY", "sk-mine"), ("openai", "MY_KEY", "sk-mine"),
+])
+def test_openai_api_key_goes_only_to_the_openai_backend_unless_named(monkeypatch, backend, key_env, sent):
+    import argparse
+
+    from trace_agents.cli.eval import _api_key
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai")
+    monkeypatch.setenv("MY_KEY", "sk-mine")
+    assert _api_key(argparse.Namespace(backend=backend, api_key_env=key_env)) == sent

@@ -45,8 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "config .yaml (its env, test split); repeatable")
     p.add_argument("--model",
                    help="smollm2, tiny-qwen3, a Hugging Face model folder, or a trace-rl train "
-                        "run folder (or its checkpoint folder); with --backend openai the "
-                        "model name the server serves (default: smollm2)")
+                        "run folder (or its checkpoint folder) (default: smollm2); with "
+                        "--backend openai, required: the model name the server serves")
     p.add_argument("--arm", action="append", metavar="ALLOCATOR",
                    help="with a run folder: evaluate only this trained allocator (repeatable; "
                         "default: every one in the checkpoint)")
@@ -56,8 +56,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "with native tool calling (tools=, tool_calls)")
     p.add_argument("--url", help="server address for --backend sglang, vllm or openai")
     p.add_argument("--api-key-env", metavar="VAR",
-                   help="environment variable holding the server's API key (default: "
-                        "OPENAI_API_KEY when set; no key otherwise)")
+                   help="environment variable holding the server's API key (default with "
+                        "--backend openai: OPENAI_API_KEY when set; otherwise no key)")
     p.add_argument("--limit", type=int, help="at most this many tasks per benchmark (default: all)")
     p.add_argument("--dialect", default="auto",
                    help="the model family's tool-call format (auto: from the chat template); "
@@ -84,9 +84,10 @@ def _check_served(args: argparse.Namespace) -> None:
 
 
 def _api_key(args: argparse.Namespace) -> str | None:
-    """The key from the environment (never a flag: flags end up in shell history and logs)."""
+    """The key from the environment (never a flag: flags end up in shell history and logs);
+    $OPENAI_API_KEY goes only where --backend openai asks for it, as the openai SDK sends it."""
     if args.api_key_env is None:
-        return os.environ.get("OPENAI_API_KEY") or None
+        return os.environ.get("OPENAI_API_KEY") or None if args.backend == "openai" else None
     if not os.environ.get(args.api_key_env):
         raise UserError(f"--api-key-env {args.api_key_env}: that environment variable is not set")
     return os.environ[args.api_key_env]
