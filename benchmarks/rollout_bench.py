@@ -185,7 +185,7 @@ async def one_step(model: Any, tok: Any, allocator_name: str, args: argparse.Nam
     from trace_agents.backends.hf import HFBackend
     from trace_agents.rollout import RolloutRunner
     from trace_agents.sampler import TraceSampler
-    from trace_agents.standin_server import StandinServer
+    from trace_agents.testing.standin_server import StandinServer
     from trace_allocation.budget import Budget
 
     server = None

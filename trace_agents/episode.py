@@ -8,7 +8,8 @@ generation, parsing or the env step ends the episode as ``failed`` with the erro
 completed turns recorded; it never escapes into the caller's batch.
 
 What a prompt is belongs to the dialect: token ids for the model families and the ``react`` text
-format, chat messages for servers that take no token ids (``MessagesDialect``); the loop only
+format, chat messages for servers that take no token ids (``MessagesDialect``; with the tools,
+for servers that parse tool calls themselves: ``NativeToolsDialect``); the loop only
 asks the dialect to read a reply, parse it, cut the tokens after it and extend the prompt.
 """
 
@@ -53,7 +54,7 @@ class Turn:
 
     action: str
     """The reply text: the model's tokens as the dialect reads them (chat messages: the server's
-    text); the turn's action in transcripts."""
+    text; native tool calling: its assistant message as JSON); the turn's action in transcripts."""
     observation: str | None
     """None when the episode ended at this turn."""
     action_ids: tuple[int, ...]

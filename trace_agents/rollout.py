@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from trace_agents.backends.base import Backend, Completion, Prompt, SamplingParams
-from trace_agents.dialects import Dialect, MessagesDialect, make_dialect
+from trace_agents.dialects import Dialect, MessagesDialect, NativeToolsDialect, make_dialect
 from trace_agents.episode import Episode as Played
 from trace_agents.episode import Limits, Turn, play
 from trace_agents.react import Message, turn_text
@@ -56,7 +56,10 @@ class Start:
     rng: np.random.Generator
     """Draws the sampling seed of every episode of this tree, in the order rollouts are asked for."""
     dialect: Dialect
-    """How the tree's model is prompted and parsed (chat-message backends: ``MessagesDialect``)."""
+    """How the tree's model is prompted and parsed (chat-message backends: ``MessagesDialect``,
+    or ``NativeToolsDialect`` where the server parses tool calls itself)."""
+    tools: tuple[dict[str, Any], ...]
+    """The env's tool schemas at the start: what a server with native tool calling is offered."""
 
 
 @dataclass(kw_only=True)
@@ -128,7 +131,8 @@ def _prompt(node: Node) -> Prompt:
     prefix, or (chat messages) the conversation."""
     start = start_of(node)
     turns = [n.handle for n in node.path()[1:]]
-    return functools.reduce(start.dialect.extend, turns, start.dialect.prompt(start.prompt_ids, start.messages))
+    opening = start.dialect.prompt(start.prompt_ids, start.messages, start.tools)
+    return functools.reduce(start.dialect.extend, turns, opening)
 
 
 def transcript(node: Node) -> str:
@@ -168,15 +172,13 @@ class RolloutRunner:
     ) -> None:
         if backend.accepts_token_ids and tokenizer is None:
             raise ValueError("token-level rollouts need the model's tokenizer")
-        if not backend.accepts_token_ids and dialect not in ("auto", "react"):
-            raise ValueError("chat-message backends speak the react dialect; a family's dialect "
-                             "needs token-id prompts (SGLang /generate, /v1/completions, HF)")
         self.backend = backend
         self.dialect: Dialect = (
-            make_dialect(tokenizer, dialect, chat_template_kwargs) if backend.accepts_token_ids else MessagesDialect()
+            make_dialect(tokenizer, dialect, chat_template_kwargs) if backend.accepts_token_ids
+            else _chat_dialect(backend, dialect)
         )
         """The model family's dialect (``auto``: from the chat template); chat-message backends
-        speak the react format in messages."""
+        speak the react format in messages, or the server's own tool calling."""
         self.sampling = replace(
             sampling, stop=tuple(dict.fromkeys(sampling.stop + self.dialect.stop)),
             stop_token_ids=tuple(dict.fromkeys((*sampling.stop_token_ids, *sorted(self.dialect.stop_ids)))),
@@ -203,7 +205,7 @@ class RolloutRunner:
         ids = self.dialect.initial_ids(env, prompt)
         rng = np.random.default_rng(int(self.rng.integers(2**62)))
         start = Start(env.fork(), task_id, prompt, tuple(messages), tuple(ids), env.snapshot(),
-                      rng, self.dialect)
+                      rng, self.dialect, tuple(env.tool_schemas()))
         return RolloutTree(task_id, prompt, handle=start)
 
     async def rollouts(self, tree: RolloutTree, node: Node, k: int) -> list[Episode]:
@@ -255,6 +257,21 @@ class RolloutRunner:
         s["generated_tokens"] += episode.generated_tokens
         s["prompt_tokens"] += episode.prompt_tokens
         s["cached_tokens"] += episode.cached_tokens
+
+
+def _chat_dialect(backend: Backend, dialect: str | Dialect) -> Dialect:
+    """The dialect of a backend that takes chat messages: its server's native tool calling, or
+    the react format in messages."""
+    if backend.native_tools:
+        if isinstance(dialect, NativeToolsDialect):
+            return dialect
+        if dialect not in ("auto", "native"):
+            raise ValueError("this server parses tool calls itself (native tool calling): use dialect 'auto'")
+        return NativeToolsDialect()
+    if dialect not in ("auto", "react"):
+        raise ValueError("chat-message backends speak the react dialect; a family's dialect "
+                         "needs token-id prompts (SGLang /generate, /v1/completions, HF)")
+    return MessagesDialect()
 
 
 def episodes_summary(episodes: Sequence[Episode]) -> dict[str, float]:

@@ -18,7 +18,7 @@ def tiny():
 
 @pytest.fixture(scope="session")
 def standin(tiny):
-    from trace_agents.standin_server import StandinServer
+    from trace_agents.testing.standin_server import StandinServer
 
     model, tokenizer = tiny
     with StandinServer(model, tokenizer, slow_s=6.0) as server:

@@ -97,7 +97,7 @@ def test_server_killed_mid_batch_loses_no_rollout(tiny):
     _, tok = tiny
     port = _free_port()
     server = ServerProcess(
-        [sys.executable, "-m", "trace_agents.standin_server", "--model", "tiny", "--port", str(port)],
+        [sys.executable, "-m", "trace_agents.testing.standin_server", "--model", "tiny", "--port", str(port)],
         f"http://127.0.0.1:{port}", timeout_s=60,
     )
     backend = SGLangBackend(server.base_url, retry=RetryPolicy(attempts=2, backoff_s=0.05),

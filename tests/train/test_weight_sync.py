@@ -8,7 +8,7 @@ import torch
 from trace_agents.backends.hf import HFBackend
 from trace_agents.backends.http import OpenAIBackend, SGLangBackend
 from trace_agents.models import tiny_qwen3
-from trace_agents.standin_server import StandinServer
+from trace_agents.testing.standin_server import StandinServer
 from trace_agents.train.weight_sync import sync_weights
 
 

@@ -3,7 +3,7 @@
 verl's ``LLMServerClient`` asks its load balancer for a server actor and calls
 ``generate.remote(request_id=..., prompt_ids=..., sampling_params=..., image_data=..., video_data=...)``,
 expecting a ``TokenOutput``; verl's SGLang actor (``async_sglang_server.py``) answers from the
-engine. This actor answers from ``trace_agents.standin_server`` over SGLang's ``/generate``
+engine. This actor answers from ``trace_agents.testing.standin_server`` over SGLang's ``/generate``
 protocol, through trace-rl's own SGLang client, and reports the weights version in
 ``extra_fields["global_steps"]`` as verl's servers do.
 """

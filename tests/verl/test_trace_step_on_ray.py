@@ -48,7 +48,7 @@ def write_dataset(out: Path) -> Path:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from trace_agents.models import tiny_qwen3
-    from trace_agents.standin_server import StandinServer
+    from trace_agents.testing.standin_server import StandinServer
 
     root = tmp_path_factory.mktemp("verl")
     model, tokenizer = tiny_qwen3(seed=0)

@@ -12,8 +12,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
-Prompt = Sequence[int] | Sequence[dict[str, str]]
-"""Token ids, or chat messages ``[{"role": ..., "content": ...}]``."""
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """Chat messages with the tools the server may call (OpenAI ``tools=``): the prompt of a
+    server that parses tool calls itself, which plain messages cannot carry."""
+
+    messages: tuple[dict[str, Any], ...]
+    tools: tuple[dict[str, Any], ...] = ()
+
+
+Prompt = Sequence[int] | Sequence[dict[str, str]] | ChatPrompt
+"""Token ids, chat messages ``[{"role": ..., "content": ...}]``, or messages with tools."""
 
 FinishReason = Literal["stop", "length", "abort"]
 
@@ -51,16 +61,22 @@ class Completion:
     cached_tokens: int | None = None
     """Prompt tokens served from the engine's prefix cache; None when it does not say."""
     meta: dict[str, Any] = field(default_factory=dict)
+    message: dict[str, Any] | None = None
+    """The assistant message as the server parsed it (content, ``tool_calls`` with their ids,
+    reasoning), from servers with native tool calling; None from the others."""
 
 
 def is_token_prompt(prompt: Prompt) -> bool:
-    return not prompt or not isinstance(prompt[0], dict)
+    return not isinstance(prompt, ChatPrompt) and (not prompt or not isinstance(prompt[0], dict))
 
 
 @runtime_checkable
 class Backend(Protocol):
     accepts_token_ids: bool
     """False for chat-only engines: rollouts then send messages and token ids are best effort."""
+    native_tools: bool
+    """The server parses tool calls itself (OpenAI ``tools=`` in, ``tool_calls`` out): rollouts
+    then send a :class:`ChatPrompt` and act on the reply's ``message``."""
 
     async def generate(self, prompt: Prompt, params: SamplingParams) -> Completion: ...
 

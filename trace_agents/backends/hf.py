@@ -402,6 +402,7 @@ class HFBackend:
     event loop steps it in a dedicated thread while it has work."""
 
     accepts_token_ids = True
+    native_tools = False
 
     def __init__(self, model: Any, tokenizer: Any, *, max_batch: int = 16,
                  max_batch_tokens: int = 16_384, prefix_cache_bytes: int = 1 << 30) -> None:

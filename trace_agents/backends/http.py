@@ -217,6 +217,7 @@ class SGLangBackend:
     """
 
     accepts_token_ids = True
+    native_tools = False
 
     def __init__(self, base_url: str, tokenizer: Any = None, **client_options: Any) -> None:
         self.http = HTTPClient(base_url, **client_options)
@@ -274,6 +275,8 @@ class OpenAIBackend:
     messages and prefix reuse is up to the server. Cached prompt tokens are read from
     ``usage.prompt_tokens_details.cached_tokens`` (vLLM: ``--enable-prompt-tokens-details``).
     """
+
+    native_tools = False
 
     def __init__(self, base_url: str, model: str, *, chat: bool = False, **client_options: Any) -> None:
         root = base_url.rstrip("/")

@@ -16,6 +16,8 @@ Policy = Callable[[str, SamplingParams], str | Awaitable[str]]
 
 
 class ScriptedBackend:
+    native_tools = False
+
     def __init__(self, policy: Policy, tokenizer: Any = None) -> None:
         self.policy = policy
         self.tokenizer = tokenizer

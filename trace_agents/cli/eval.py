@@ -8,6 +8,10 @@ named by --arm). Before and after training, on the same tasks:
   trace-rl eval --model runs/demo --bench examples/demo.yaml --limit 20
 
 (a training config as --bench means its env on the test split: the tasks it trained for).
+A model behind any OpenAI-compatible chat endpoint, through its native tool calling (the key, if
+the server wants one, from $OPENAI_API_KEY or the variable --api-key-env names):
+
+  trace-rl eval --backend openai --url https://api.example.com/v1 --model NAME --bench arithmetic
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 from typing import Any
 
 from rich.console import Console
@@ -38,15 +43,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bench", action="append", required=True, metavar="NAME",
                    help=f"{', '.join(sorted(BENCHMARKS))}, qa:<path>, a math file, or a training "
                         "config .yaml (its env, test split); repeatable")
-    p.add_argument("--model", default="smollm2",
+    p.add_argument("--model",
                    help="smollm2, tiny-qwen3, a Hugging Face model folder, or a trace-rl train "
-                        "run folder (or its checkpoint folder)")
+                        "run folder (or its checkpoint folder) (default: smollm2); with "
+                        "--backend openai, required: the model name the server serves")
     p.add_argument("--arm", action="append", metavar="ALLOCATOR",
                    help="with a run folder: evaluate only this trained allocator (repeatable; "
                         "default: every one in the checkpoint)")
-    p.add_argument("--backend", choices=["hf", "sglang", "vllm"], default="hf",
-                   help="hf runs the model in this process; sglang/vllm call a server at --url")
-    p.add_argument("--url", help="server address for --backend sglang or vllm")
+    p.add_argument("--backend", choices=["hf", "sglang", "vllm", "openai"], default="hf",
+                   help="hf runs the model in this process; sglang/vllm call a server at --url; "
+                        "openai calls any OpenAI-compatible /v1/chat/completions endpoint at --url "
+                        "with native tool calling (tools=, tool_calls)")
+    p.add_argument("--url", help="server address for --backend sglang, vllm or openai")
+    p.add_argument("--api-key-env", metavar="VAR",
+                   help="environment variable holding the server's API key (default with "
+                        "--backend openai: OPENAI_API_KEY when set; otherwise no key)")
     p.add_argument("--limit", type=int, help="at most this many tasks per benchmark (default: all)")
     p.add_argument("--dialect", default="auto",
                    help="the model family's tool-call format (auto: from the chat template); "
@@ -61,6 +72,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="torch CPU threads for an in-process model (0: one fewer than the CPUs)")
     p.add_argument("--no-progress", action="store_true", help="no progress display")
     p.set_defaults(run=run)
+
+
+def _check_served(args: argparse.Namespace) -> None:
+    """--backend openai names a served model and takes neither trained arms nor a dialect."""
+    if args.model is None:
+        raise UserError("--backend openai needs --model NAME: the model the server serves")
+    if args.arm or args.dialect != "auto":
+        raise UserError("--backend openai evaluates a served model through its own tool "
+                        "calling: drop --arm and --dialect")
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    """The key from the environment (never a flag: flags end up in shell history and logs);
+    $OPENAI_API_KEY goes only where --backend openai asks for it, as the openai SDK sends it."""
+    if args.api_key_env is None:
+        return os.environ.get("OPENAI_API_KEY") or None if args.backend == "openai" else None
+    if not os.environ.get(args.api_key_env):
+        raise UserError(f"--api-key-env {args.api_key_env}: that environment variable is not set")
+    return os.environ[args.api_key_env]
 
 
 def _warnings(model: str, benchmarks: list[Any]) -> list[str]:
@@ -82,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 0:
         raise UserError(f"--threads must be 0 (automatic) or more (got {args.threads})")
     check_backend(args.backend, args.url)
+    if args.backend == "openai":
+        _check_served(args)
+    args.model = args.model or "smollm2"
+    api_key = _api_key(args)
     try:
         benchmarks = [resolve(b) for b in args.bench]
     except ValueError as exc:  # ConfigError included
@@ -91,10 +125,10 @@ def run(args: argparse.Namespace) -> int:
         envs = [envs_open.enter_context(make_env(b.env_id, {**b.kwargs, **overrides},
                                                  where=f"benchmark {b.name}"))
                 for b in benchmarks]
-        return _run(args, benchmarks, envs)
+        return _run(args, benchmarks, envs, api_key)
 
 
-def _run(args: argparse.Namespace, benchmarks: list[Any], envs: list[Any]) -> int:
+def _run(args: argparse.Namespace, benchmarks: list[Any], envs: list[Any], api_key: str | None) -> int:
     from trace_agents.backends import make_backend
     from trace_agents.backends.base import SamplingParams
     from trace_agents.cli.checks import model_loaders
@@ -106,8 +140,9 @@ def _run(args: argparse.Namespace, benchmarks: list[Any], envs: list[Any]) -> in
         from trace_agents.models import set_threads
 
         set_threads(args.threads)
-    models = model_loaders(args.model, args.arm)
-    if args.no_progress:
+    served = args.backend == "openai"  # nothing to load: the server holds the model
+    models = [(args.model, lambda: (None, None))] if served else model_loaders(args.model, args.arm)
+    if args.no_progress and not served:
         import transformers
 
         transformers.utils.logging.disable_progress_bar()
@@ -116,14 +151,14 @@ def _run(args: argparse.Namespace, benchmarks: list[Any], envs: list[Any]) -> in
         status.print(f"{b.name}: {tasks} of {len(env.tasks)} tasks, {args.samples} episode(s) "
                      f"each, <= {env.max_turns} turns of <= {args.max_tokens} tokens, "
                      f"temperature {args.temperature:g}", highlight=False, soft_wrap=True)
-    for label, _ in models:
+    for label, _ in [] if served else models:
         for warning in _warnings(label, benchmarks):
             status.print(f"[yellow]warning:[/] {warning}", highlight=False)
     sampling = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
 
     async def one_model(label: str, model: Any, tokenizer: Any) -> list[dict]:
         backend = make_backend(args.backend, model, tokenizer, url=args.url,
-                               model_name=args.model, max_concurrency=16)
+                               model_name=args.model, max_concurrency=16, api_key=api_key)
         reports = []
         try:
             for b, env in zip(benchmarks, envs):

@@ -12,8 +12,8 @@ action), ``turn_messages`` (the same turn as chat messages), ``render_action(mes
 structured message as the model would write it) and ``stop`` (stop strings); and, for the one
 episode loop (:func:`trace_agents.episode.play`, the native rollouts' and verl's agent loop's),
 ``prompt``/``read``/``extend`` (the running prompt in the dialect's form). ``MessagesDialect`` is
-the ``react`` format over chat messages, for servers that take no token ids. See
-``docs/dialects.md``.
+the ``react`` format over chat messages, for servers that take no token ids; ``NativeToolsDialect``
+is chat messages with the server's own tool calling (OpenAI ``tools=``). See ``docs/dialects.md``.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from typing import Any
 
 from trace_agents.dialects.base import TemplateDialect
 from trace_agents.dialects.families import FAMILIES, detect
+from trace_agents.dialects.native import NativeToolsDialect
 from trace_agents.dialects.text import MessagesDialect, TextDialect
 
-Dialect = TextDialect | TemplateDialect | MessagesDialect
+Dialect = TextDialect | TemplateDialect | MessagesDialect | NativeToolsDialect
 DIALECTS = ("react", *FAMILIES)
 
 
@@ -40,7 +41,7 @@ def chat_template(name: str) -> str:
 def make_dialect(tokenizer: Any, name: str | Dialect = "auto",
                  chat_template_kwargs: Mapping[str, Any] | None = None) -> Dialect:
     """The dialect ``name`` (``auto``: detected from the tokenizer's chat template)."""
-    if isinstance(name, (TextDialect, TemplateDialect, MessagesDialect)):
+    if isinstance(name, (TextDialect, TemplateDialect, MessagesDialect, NativeToolsDialect)):
         return name
     if name == "auto":
         template = getattr(tokenizer, "chat_template", None)
@@ -52,5 +53,5 @@ def make_dialect(tokenizer: Any, name: str | Dialect = "auto",
     return FAMILIES[name](tokenizer, chat_template_kwargs)
 
 
-__all__ = ["DIALECTS", "Dialect", "MessagesDialect", "TemplateDialect", "TextDialect", "chat_template", "detect",
-           "make_dialect"]
+__all__ = ["DIALECTS", "Dialect", "MessagesDialect", "NativeToolsDialect", "TemplateDialect", "TextDialect",
+           "chat_template", "detect", "make_dialect"]

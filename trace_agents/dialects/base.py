@@ -164,10 +164,7 @@ class TemplateDialect(TokenPrompt):
 
     def initial_messages(self, env: ToolEnv, task_prompt: str) -> list[Message]:
         """The env's instructions as the system message, then the task; tools go to the template."""
-        system = env.instructions.strip()
-        return ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": task_prompt}
-        ]
+        return instruction_messages(env, task_prompt)
 
     def initial_ids(self, env: ToolEnv, task_prompt: str) -> list[int]:
         """The prompt with the env's tools rendered by the template, up to the generation prompt."""
@@ -406,6 +403,13 @@ MAX_CALLS = 8
 MAX_SECTIONS = 16
 """Thinking/answer sections a reply may open and still be read section by section."""
 """Calls parsed per reply without an env to ask (``ToolEnv.max_calls_per_turn``' default)."""
+
+
+def instruction_messages(env: ToolEnv, task_prompt: str) -> list[Message]:
+    """The env's instructions as the system message, then the task: the opening of every dialect
+    that shows the tools outside the text (the chat template's or the server's ``tools=``)."""
+    system = env.instructions.strip()
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": task_prompt}]
 
 
 def _refused(reason: str) -> AssistantMessage:

@@ -52,8 +52,9 @@ class MessagesDialect(ReactTurns):
         """No token prompt: the server renders the messages."""
         return []
 
-    def prompt(self, ids: Sequence[int], messages: Sequence[Message]) -> list[Message]:
-        """The prompt a generation gets, of the two renderings of the opening: the messages."""
+    def prompt(self, ids: Sequence[int], messages: Sequence[Message], tools: Sequence[Any]) -> list[Message]:
+        """The prompt a generation gets, of the renderings of the opening: the messages (the
+        tools are in the system text)."""
         return list(messages)
 
     def read(self, completion: Completion) -> str:

@@ -28,8 +28,8 @@ class PlayedTurn(Protocol):
 class TokenPrompt:
     """Mixed into every dialect whose prompts are token ids (each has its own ``action_text``)."""
 
-    def prompt(self, ids: Sequence[int], messages: Sequence[Any]) -> list[int]:
-        """The prompt a generation gets, of the two renderings of the opening: the ids."""
+    def prompt(self, ids: Sequence[int], messages: Sequence[Any], tools: Sequence[Any]) -> list[int]:
+        """The prompt a generation gets, of the renderings of the opening: the ids (tools included)."""
         return list(ids)
 
     def read(self, completion: Completion) -> str:

@@ -3,23 +3,32 @@
 It speaks the request/response shapes the real servers use (SGLang ``/generate`` with
 ``meta_info``; OpenAI ``/v1/completions`` and ``/v1/chat/completions`` with vLLM's extensions
 ``return_token_ids`` and ``include_stop_str_in_output``), so the HTTP backends are tested against
-the same bytes they will meet in production, on loopback, with no GPU. It is honest about prefix
+the same bytes they will meet in production, on loopback, with no GPU. Chat completions take
+``tools=`` and answer with ``tool_calls`` as vLLM's Hermes tool parser and Qwen3 reasoning parser
+do (``<tool_call>`` blocks, ``<think>``), or replay a script of recorded assistant messages of the
+OpenAI shape (``script``: the i-th answers a conversation holding i assistant messages, so
+concurrent episodes each get their own turn's reply); every chat request is kept in
+``chat_requests`` for tests to check. It is honest about prefix
 caching: a token trie remembers every served sequence and each reply reports the longest cached
 prefix of its prompt, so the accounting of branched continuations is exercised. Faults (5xx, slow
 replies, truncated JSON) can be injected per request; kill the process to test a dead server.
 
-    python -m trace_agents.standin_server --model tiny --port 30000
+    python -m trace_agents.testing.standin_server --model tiny --port 30000
+    python -m trace_agents.testing.standin_server --script replies.json --port 30000
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import re
 import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -130,6 +139,7 @@ class _OpenAIRequest(_Lenient):
     logprobs: bool | int | None = None
     include_stop_str_in_output: bool = False
     return_token_ids: bool = False
+    tools: list[dict[str, Any]] | None = None
 
 
 def _stops(stop: list[str] | str | None) -> tuple[str, ...]:
@@ -147,14 +157,48 @@ def _trim(text: str, stops: tuple[str, ...], keep: bool) -> tuple[str, str | Non
     return text[: at + len(stop)] if keep else text[:at], stop
 
 
+_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+_THINK = re.compile(r"\s*<think>(.*?)</think>", re.DOTALL)
+
+
+def tool_message(text: str) -> dict[str, Any]:
+    """A generated reply as vLLM's Hermes tool parser and Qwen3 reasoning parser return it: the
+    ``<think>`` part as ``reasoning_content``, ``<tool_call>`` JSON blocks as ``tool_calls``
+    (arguments JSON-encoded) and the rest as content; a reply with an unreadable call stays text."""
+    message: dict[str, Any] = {"role": "assistant", "content": text, "tool_calls": []}
+    if (think := _THINK.match(text)) is not None:
+        message["reasoning_content"], text = think.group(1).strip(), text[think.end():]
+        message["content"] = text
+    try:
+        calls = [json.loads(block) for block in _CALL.findall(text)]
+    except (ValueError, RecursionError):
+        return message
+    if not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in calls):
+        return message
+    message["tool_calls"] = [
+        {"id": f"chatcmpl-tool-{uuid.uuid4().hex[:16]}", "type": "function",
+         "function": {"name": c["name"], "arguments": json.dumps(c.get("arguments", {}))}}
+        for c in calls
+    ]
+    if message["tool_calls"]:
+        message["content"] = _CALL.sub("", text).strip() or None
+    return message
+
+
 class StandinApp:
-    def __init__(self, backend: HFBackend, *, model_name: str = "standin",
-                 cache: PrefixCache | None = None, faults: FaultInjector | None = None) -> None:
+    def __init__(self, backend: HFBackend | None, *, model_name: str = "standin",
+                 cache: PrefixCache | None = None, faults: FaultInjector | None = None,
+                 script: Sequence[Mapping[str, Any]] | None = None) -> None:
         self.backend = backend
+        """The in-process model; None for a stand-in that only replays ``script``."""
         self.model_name = model_name
         self.cache = cache or PrefixCache()
         self.faults = faults or FaultInjector()
         self.requests = 0
+        self.script = None if script is None else [dict(m) for m in script]
+        """Recorded assistant messages that answer chat completions instead of the model."""
+        self.chat_requests: deque[Any] = deque(maxlen=256)
+        """The latest chat-completion request bodies, as sent."""
         self.app = Starlette(routes=[
             Route("/health", self.health),
             Route("/health_generate", self.health),
@@ -182,17 +226,17 @@ class StandinApp:
         if not files:
             raise FileNotFoundError(f"no safetensors in {path}")
         state = {k: v for f in files for k, v in load_file(str(f)).items()}
-        model = self.backend.model
-        if "lm_head.weight" not in state and getattr(model.config, "tie_word_embeddings", False):
+        backend = self._model()
+        if "lm_head.weight" not in state and getattr(backend.model.config, "tie_word_embeddings", False):
             state["lm_head.weight"] = state["model.embed_tokens.weight"]
-        self.backend.load_weights(state)
+        backend.load_weights(state)
         self.weight_updates += 1
 
     async def update_weights_from_disk(self, request: Request) -> Response:
         body = await request.json()
         try:
             self._load_weights(body["model_path"])
-        except (KeyError, FileNotFoundError, RuntimeError) as exc:
+        except (KeyError, FileNotFoundError, RuntimeError, ValueError) as exc:
             return JSONResponse({"success": False, "message": str(exc)}, status_code=400)
         return JSONResponse({"success": True, "message": "Succeeded to update model weights."})
 
@@ -210,9 +254,14 @@ class StandinApp:
     async def models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": self.model_name, "object": "model"}]})
 
+    def _model(self) -> HFBackend:
+        if self.backend is None:
+            raise ValueError("this stand-in has no model: it replays a script of chat replies")
+        return self.backend
+
     async def _run(self, ids: list[int], params: SamplingParams) -> tuple[Completion, int]:
         cached = self.cache.match(ids)
-        completion = await self.backend.generate(ids, params)
+        completion = await self._model().generate(ids, params)
         self.cache.insert(ids + completion.token_ids)
         return completion, cached
 
@@ -244,7 +293,7 @@ class StandinApp:
         if req.input_ids is not None:
             ids = req.input_ids
         elif req.text is not None:
-            ids = self.backend.tokenizer.encode(req.text, add_special_tokens=False)
+            ids = self._model().tokenizer.encode(req.text, add_special_tokens=False)
         else:
             raise ValueError("give text or input_ids")
         sp = req.sampling_params
@@ -274,6 +323,8 @@ class StandinApp:
         return await self._handle(request, _OpenAIRequest, self._completions)
 
     async def chat_completions(self, request: Request) -> Response:
+        with contextlib.suppress(ValueError):  # malformed JSON: _handle answers it
+            self.chat_requests.append(await request.json())
         return await self._handle(request, _OpenAIRequest, self._chat)
 
     def _params(self, req: _OpenAIRequest) -> SamplingParams:
@@ -284,7 +335,7 @@ class StandinApp:
     async def _completions(self, req: _OpenAIRequest) -> dict[str, Any]:
         if req.prompt is None:
             raise ValueError("'prompt' is required")
-        tok = self.backend.tokenizer
+        tok = self._model().tokenizer
         ids = list(req.prompt) if isinstance(req.prompt, list) else tok.encode(req.prompt, add_special_tokens=False)
         params = self._params(req)
         out, cached = await self._run(ids, params)
@@ -301,20 +352,24 @@ class StandinApp:
                   "finish_reason": out.finish_reason, "stop_reason": None}
         if req.return_token_ids:
             choice["token_ids"], choice["prompt_token_ids"] = out.token_ids, ids
-        return self._envelope("text_completion", choice, len(ids), out, cached)
+        return self._envelope("text_completion", choice, len(ids), len(out.token_ids), cached)
 
     async def _chat(self, req: _OpenAIRequest) -> dict[str, Any]:
         if not req.messages:
             raise ValueError("'messages' is required")
-        tok = self.backend.tokenizer
-        text = tok.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
+        if self.script is not None:
+            return self._scripted(req.messages)
+        tok = self._model().tokenizer
+        text = tok.apply_chat_template(req.messages, tools=req.tools or None, tokenize=False,
+                                       add_generation_prompt=True)
         ids = tok.encode(text, add_special_tokens=False)
         params = self._params(req)
         out, cached = await self._run(ids, params)
         content, _ = _trim(out.text, params.stop, keep=req.include_stop_str_in_output)
+        message = tool_message(content) if req.tools else {"role": "assistant", "content": content}
         choice: dict[str, Any] = {
-            "index": 0, "message": {"role": "assistant", "content": content},
-            "finish_reason": out.finish_reason,
+            "index": 0, "message": message,
+            "finish_reason": "tool_calls" if message.get("tool_calls") else out.finish_reason,
             "logprobs": None if not req.logprobs else {"content": [
                 {"token": tok.decode([t]), "logprob": lp, "bytes": None, "top_logprobs": []}
                 for t, lp in zip(out.token_ids, out.logprobs or [])
@@ -322,30 +377,44 @@ class StandinApp:
         }
         if req.return_token_ids:
             choice["token_ids"], choice["prompt_token_ids"] = out.token_ids, ids
-        return self._envelope("chat.completion", choice, len(ids), out, cached)
+        return self._envelope("chat.completion", choice, len(ids), len(out.token_ids), cached)
+
+    def _scripted(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        assert self.script is not None
+        turn = sum(1 for m in messages if m.get("role") == "assistant")
+        if turn >= len(self.script):
+            raise ValueError(f"the script has {len(self.script)} replies; this conversation asks "
+                             f"for reply {turn + 1}")
+        message = {"role": "assistant", "content": None, **self.script[turn]}
+        finish = "tool_calls" if message.get("tool_calls") else "stop"
+        choice = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
+        return self._envelope("chat.completion", choice, 0, 0, 0)
 
     def _envelope(self, kind: str, choice: dict[str, Any], prompt_tokens: int,
-                  out: Completion, cached: int) -> dict[str, Any]:
+                  completion_tokens: int, cached: int) -> dict[str, Any]:
         return {
             "id": f"cmpl-{uuid.uuid4().hex}", "object": kind, "created": int(time.time()),
             "model": self.model_name, "choices": [choice],
             "usage": {
-                "prompt_tokens": prompt_tokens, "completion_tokens": len(out.token_ids),
-                "total_tokens": prompt_tokens + len(out.token_ids),
+                "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
                 "prompt_tokens_details": {"cached_tokens": cached},
             },
         }
 
 
 class StandinServer:
-    """The stand-in app served by uvicorn on 127.0.0.1 (a free port) in a background thread."""
+    """The stand-in app served by uvicorn on 127.0.0.1 (a free port) in a background thread;
+    without a model it only replays ``script`` (chat completions)."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, port: int = 0, max_batch: int = 16,
-                 model_name: str = "standin", slow_s: float = 5.0) -> None:
+    def __init__(self, model: Any = None, tokenizer: Any = None, *, port: int = 0, max_batch: int = 16,
+                 model_name: str = "standin", slow_s: float = 5.0,
+                 script: Sequence[Mapping[str, Any]] | None = None) -> None:
         import uvicorn
 
-        self.standin = StandinApp(HFBackend(model, tokenizer, max_batch=max_batch),
-                                  model_name=model_name, faults=FaultInjector(slow_s))
+        backend = None if model is None else HFBackend(model, tokenizer, max_batch=max_batch)
+        self.standin = StandinApp(backend, model_name=model_name, faults=FaultInjector(slow_s),
+                                  script=script)
         config = uvicorn.Config(self.standin.app, host="127.0.0.1", port=port,
                                 log_level="warning", lifespan="off")
         self._server = uvicorn.Server(config)
@@ -392,13 +461,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
     parser.add_argument("--port", type=int, default=30000)
     parser.add_argument("--max-batch", type=int, default=16)
+    parser.add_argument("--script", type=Path,
+                        help="a JSON list of assistant messages to replay instead of a model")
     args = parser.parse_args(argv)
     import uvicorn
 
     from trace_agents.models import smollm2, tiny_qwen3
 
-    model, tokenizer = tiny_qwen3() if args.model == "tiny" else smollm2()
-    app = StandinApp(HFBackend(model, tokenizer, max_batch=args.max_batch), model_name=args.model)
+    if args.script is not None:
+        app = StandinApp(None, model_name="standin", script=json.loads(args.script.read_text()))
+    else:
+        model, tokenizer = tiny_qwen3() if args.model == "tiny" else smollm2()
+        app = StandinApp(HFBackend(model, tokenizer, max_batch=args.max_batch), model_name=args.model)
     uvicorn.run(app.app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="off")
     return 0
 
