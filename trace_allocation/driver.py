@@ -96,10 +96,11 @@ class StepDriver:
 
     def continuation_caps(self, counts: Sequence[int], budget: Budget) -> np.ndarray:
         """Each prompt's Stage 2 cap (``continuations_per_root`` per root), in prompt order while
-        the budget left after the planned roots pays for them (verl's trainer ships these)."""
-        left = budget.continuations_affordable(reserved=self._pending_roots * budget.root_price)
+        the budget left after these planned roots pays for them (verl's trainer ships these)."""
+        counts = np.asarray(counts, dtype=np.int64)
+        left = budget.continuations_affordable(reserved=float(counts.sum()) * budget.root_price)
         caps = []
-        for m in np.asarray(counts, dtype=np.int64).tolist():
+        for m in counts.tolist():
             caps.append(min(self.allocator.continuations_per_root * m, left))
             left -= caps[-1]
         return np.asarray(caps, dtype=np.int64)

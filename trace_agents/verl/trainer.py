@@ -112,10 +112,10 @@ class TraceTrainer(PPOTrainerSync):
                 "trace_agents.verl.trainer.TraceAgentLoopManager"
             )
         b = self.settings.budget
-        self.budget = Budget(b.total, continuation_cost=b.continuation_cost)
+        self.budget = Budget.for_allocator(self.sampler.allocator, b.total, continuation_cost=b.continuation_cost)
         texts = [task_text(p) for p in batch["raw_prompt"]]
         counts = self.sampler.plan_roots(texts, self.budget)
-        caps = self.sampler.continuation_caps(counts, self.budget)
+        caps = self.sampler.driver.continuation_caps(counts, self.budget)
         tu.assign_non_tensor_stack(batch, "__rollout_n__", [int(c) for c in counts])
         tu.assign_non_tensor_stack(batch, CONTINUATIONS_KEY, [int(c) for c in caps])
         self.agent_loop_manager.set_allocator(self.sampler.allocator)
@@ -157,7 +157,7 @@ class TraceTrainer(PPOTrainerSync):
         self.trace_metrics.update({
             "trace/cost": self.budget.spent, "trace/budget": self.budget.total,
             "trace/roots": self.budget.roots, "trace/continuations": self.budget.continuations,
-            "trace/unpaid": self.sampler.unpaid,
+            "trace/unpaid": self.sampler.driver.unpaid,
             "trace/effective_ratio": float(np.mean([t.is_mixed for t in trees])) if trees else 0.0,
         })
         nested = lambda xs: torch.nested.as_nested_tensor(xs, layout=torch.jagged)  # noqa: E731
@@ -177,7 +177,7 @@ class TraceTrainer(PPOTrainerSync):
     # ------------------------------------------------------------------ checkpoints
     def trace_state(self) -> dict[str, Any]:
         predictor = self.sampler.allocator.predictor
-        return {"alloc_rng": self.alloc_rng.bit_generator.state, "unpaid": self.sampler.unpaid,
+        return {"alloc_rng": self.alloc_rng.bit_generator.state, "unpaid": self.sampler.driver.unpaid,
                 "predictor": None if predictor is None else predictor.state_dict()}
 
     def load_trace_state(self, state: dict[str, Any]) -> None:
@@ -185,7 +185,7 @@ class TraceTrainer(PPOTrainerSync):
         if (state["predictor"] is None) != (predictor is None):
             raise ValueError("the checkpoint's TRACE state was saved with a different predictor setting")
         self.alloc_rng.bit_generator.state = state["alloc_rng"]
-        self.sampler.unpaid = float(state["unpaid"])
+        self.sampler.driver.unpaid = float(state["unpaid"])
         if predictor is not None:
             predictor.load_state_dict(state["predictor"])
 
