@@ -4,8 +4,8 @@
   over the batch's prompts and sets each row's ``__rollout_n__`` (which ``AgentLoopWorkerTQ.
   _run_prompt`` reads) and its Stage 2 cap; its advantage step reads the episodes back from
   TransferQueue, grows the trees, charges the `Budget` and writes tree-aware advantages
-  (``trace_agents.train.advantages``, the native trainer's function); ``on_step_end`` refits the
-  predictor before verl syncs the weights. verl's checkpoints carry TRACE's state (the predictor,
+  (``trace_agents.train.advantages``, the native trainer's function); ``step`` refits the
+  predictor as it ends, before ``fit()`` writes the checkpoint. verl's checkpoints carry TRACE's state (the predictor,
   the allocator's RNG) in ``global_step_N/trace``, so a resumed run keeps what it learned.
 * `TraceAgentLoopWorker` (an ``AgentLoopWorkerTQ``): runs a prompt's bare rollouts, plans **that
   prompt's** continuations at once (no wait for other prompts) and runs them as further sessions
@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict
 from verl.trainer.main_ppo import TaskRunnerV1
 from verl.trainer.ppo.v1 import AgentLoopManagerTQ, AgentLoopWorkerTQ, PPOTrainerSync, register_trainer
+from verl.trainer.ppo.v1.agent_loop_tq import apply_greedy_sampling_params
 from verl.utils import tensordict_utils as tu
 
 from trace_agents.train.checkpoint import dump_state, read_state
@@ -52,9 +53,32 @@ TRACE_STATE = "trace"
 """Folder in verl's ``global_step_N`` checkpoint holding TRACE's own state."""
 
 
+def refuse_unsupported(config: DictConfig, allocator: str) -> None:
+    """TRACE writes the advantages itself, so verl settings that act on rewards or advantages
+    inside verl's own advantage step would be silently dropped: refuse them here, before Ray starts."""
+    algo = config.get("algorithm") or {}
+    problems = []
+    if algo.get("adv_estimator", "grpo") != "grpo":
+        problems.append(f"algorithm.adv_estimator={algo.get('adv_estimator')} (TRACE writes tree advantages; "
+                        "use grpo, which starts no critic)")
+    if algo.get("use_kl_in_reward", False):
+        problems.append("algorithm.use_kl_in_reward=true (use the actor's KL loss, actor_rollout_ref.actor.use_kl_loss)")
+    if not algo.get("norm_adv_by_std_in_grpo", True):
+        problems.append("algorithm.norm_adv_by_std_in_grpo=false (TRACE's advantages divide by the group std)")
+    correction = algo.get("rollout_correction") or {}
+    for key in ("rollout_is", "rollout_rs"):
+        if correction.get(key) is not None:
+            problems.append(f"algorithm.rollout_correction.{key}={correction.get(key)} (not applied to tree advantages)")
+    if allocator == "dapo":
+        problems.append("trace.allocator=dapo (the verl workers run no refills; use the native trainer for DAPO)")
+    if problems:
+        raise ValueError("the TRACE trainer does not support: " + "; ".join(problems))
+
+
 def trace_settings(config: DictConfig) -> tuple[str, TrainConfig]:
     """The allocator name and the native trainer's settings from the ``trace`` config block, so
-    allocator, predictor, budget and advantages are built exactly as ``trace-rl train`` builds them."""
+    allocator, predictor, budget and advantages are built exactly as ``trace-rl train`` builds them.
+    Settings the TRACE trainer would silently ignore are refused (`refuse_unsupported`)."""
     block = config.get("trace")
     if block is None:
         raise ValueError("the TRACE trainer needs a `trace` config block (trace_agents/verl/config/trace_trainer.yaml)")
@@ -68,7 +92,9 @@ def trace_settings(config: DictConfig) -> tuple[str, TrainConfig]:
         predictor=PredictorConfig(**t.get("predictor", {})),
         optim=OptimConfig(**{k: t[k] for k in ("advantage", "shared_tokens") if k in t}),
     )
-    return str(t.get("allocator", "trace")), settings
+    name = str(t.get("allocator", "trace"))
+    refuse_unsupported(config, name)
+    return name, settings
 
 
 def task_text(raw_prompt: Any) -> str:
@@ -169,10 +195,12 @@ class TraceTrainer(PPOTrainerSync):
         brier = self.sampler.update_predictor()
         return {} if brier is None else {"trace/predictor_brier": brier}
 
-    def on_step_end(self) -> None:
-        refit = self.refit_predictor()
-        super().on_step_end()
-        self._pending_sync_metrics = {**(getattr(self, "_pending_sync_metrics", None) or {}), **refit}
+    def step(self, metrics: dict, timing_raw: dict):
+        """verl's step, then the refit: ``fit()`` saves the checkpoint right after ``step`` and
+        before ``on_step_end``, so the saved predictor is the one the next step plans with."""
+        batch = super().step(metrics, timing_raw)
+        metrics.update(self.refit_predictor())
+        return batch
 
     # ------------------------------------------------------------------ checkpoints
     def trace_state(self) -> dict[str, Any]:
@@ -239,8 +267,9 @@ class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
         status = "finished"
         try:
             n = int(prompt.pop("__rollout_n__", self.config.actor_rollout_ref.rollout.n))
-            prompt.pop("__do_sample__", None)
             params = dict(sampling_params)
+            if not prompt.pop("__do_sample__", True):
+                apply_greedy_sampling_params(params)
             roots = await self._sessions(params, trajectory, trace, prompt, [None] * n, first=0)
             episodes = [o.extra_fields[EPISODE_KEY] for o in roots if o is not None]
             if len(episodes) < n:
@@ -286,4 +315,4 @@ class TraceTaskRunner(TaskRunnerV1.__ray_actor_class__):
 
 
 __all__ = ["TRAINER_NAME", "TraceAgentLoopManager", "TraceAgentLoopWorker", "TraceTaskRunner", "TraceTrainer",
-           "task_text", "trace_settings"]
+           "refuse_unsupported", "task_text", "trace_settings"]
