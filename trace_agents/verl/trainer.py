@@ -306,7 +306,9 @@ class TraceAgentLoopManager(AgentLoopManagerTQ):
         self.agent_loop_workers_class = ray.remote(TraceAgentLoopWorker)
 
     def set_allocator(self, allocator: Allocator) -> None:
-        ray.get([w.set_allocator.remote(allocator) for w in self.agent_loop_workers])
+        """Ship the allocator (its refit predictor) once per step: one object every worker reads."""
+        shipped = ray.put(allocator)
+        ray.get([w.set_allocator.remote(shipped) for w in self.agent_loop_workers])
 
 
 @ray.remote
