@@ -31,7 +31,7 @@ MODES = ("once", "average", "per_path")
 
 def collect(sc: Scenario, method: str) -> dict[str, list[tuple[float, float]]]:
     """(assigned, true) advantage of every trained turn of every step's trees, per mode."""
-    make, _ = allocators(sc)[method]
+    make = allocators(sc)[method]
     pairs: dict[str, list[tuple[float, float]]] = {m: [] for m in MODES}
 
     def spy(world, rng):

@@ -61,8 +61,7 @@ def main() -> None:
             per_seed = []
             for seed in args.seeds:
                 sc = WORLDS[args.world].with_(seed=seed, cost_unit=unit, **overrides)
-                make, multiple = allocators(sc)[method]
-                run = simulate(sc, make, name=method, budget_multiple=multiple)
+                run = simulate(sc, allocators(sc)[method], name=method)
                 per_seed.append({k: run.mean(k) for k in FIGURES})
             rows[method] = {k: _mean([s[k] for s in per_seed]) for k in FIGURES}
             for k in FIGURES:

@@ -1,4 +1,5 @@
-"""The TRACE sampler: one driver that turns an allocator's plans into rollout trees.
+"""The TRACE sampler: the native rollouts as an engine of the one step driver
+(`trace_allocation.driver.StepDriver`, which the simulator and verl's trainer and workers use too).
 
 One step: the allocator scores the candidate pool and sets Stage 1 root counts; each opened
 prompt runs its bare rollouts and, **as soon as its own bare rollouts finish** (no barrier across
@@ -22,19 +23,16 @@ import concurrent.futures
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from trace_agents.progress import Reporter
 from trace_agents.rollout import Episode, RolloutRunner, episodes_summary
-from trace_agents.train.metrics import MetricsLog
 from trace_allocation.allocators import Allocator
-from trace_allocation.budget import Budget, BudgetExceeded
-from trace_allocation.contrast import contrast
-from trace_allocation.predictors import SuccessPredictor, brier_score
-from trace_allocation.tree import RolloutTree, backup_targets
+from trace_allocation.budget import Budget
+from trace_allocation.driver import Spent, StepDriver
+from trace_allocation.tree import Node, RolloutTree
 from trace_envs import ToolEnv
 
 
@@ -68,25 +66,32 @@ class StepResult:
 
 
 class TraceSampler:
+    """The native engine of `trace_allocation.driver.StepDriver`: its rollouts are the runner's."""
+
     def __init__(
         self,
         runner: RolloutRunner,
         allocator: Allocator,
         *,
-        metrics_path: str | Path | None = None,
         progress: bool = True,
         fit_predictor: bool = True,
     ) -> None:
         self.runner = runner
-        self.allocator = allocator
-        self.log = MetricsLog(metrics_path) if metrics_path else None
+        self.driver = StepDriver(allocator, plan_in=self._plan)
         self.progress = progress
         self.fit_predictor = fit_predictor
         self.steps = 0
-        self.unpaid = 0.0
-        """Cost of rollouts that ran but the budget refused to charge (exact units only)."""
         self._planner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="allocator")
         self._plan_s = 0.0
+
+    @property
+    def allocator(self) -> Allocator:
+        return self.driver.allocator
+
+    @property
+    def unpaid(self) -> float:
+        """Cost of rollouts that ran but the budget refused to charge (exact units only)."""
+        return self.driver.unpaid
 
     async def _plan(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run an allocator call in the planning thread; its time counts to ``plan_s``."""
@@ -105,31 +110,20 @@ class TraceSampler:
         started = time.perf_counter()
         self.steps += 1
         self._plan_s = 0.0
-        texts = [c.text for c in candidates]
-        counts = np.asarray(await self._plan(self.allocator.plan_roots, texts, budget), dtype=np.int64)
-        episodes: list[Episode] = []
         with _StepProgress(label or f"step {self.steps - 1}", budget, enabled=self.progress) as bar:
+            engine = _Engine(self.runner, candidates, bar)
             self.runner.on_episode = bar.episode_done
-            bar.planned(int(counts.sum()))
-            trees = await self._grow_all(candidates, counts, budget, episodes, bar)
-            while True:  # refills: DAPO draws more groups until its batch has enough mixed ones
-                extra = np.asarray(await self._plan(self.allocator.plan_refill, trees, texts),
-                                   dtype=np.int64)
-                extra = _affordable(extra, budget)
-                if not extra.any():
-                    break
-                counts += extra
-                bar.planned(int(extra.sum()))
-                trees += await self._grow_all(candidates, extra, budget, episodes, bar)
-            self.runner.on_episode = None
+            try:
+                grown = await self.driver.grow(engine, [c.text for c in candidates], budget)
+            finally:
+                self.runner.on_episode = None
         plan_s = self._plan_s
         fit_started = time.perf_counter()
-        brier = await self._plan(self._fit_predictor, trees) if self.fit_predictor else None
+        brier, figures = await self._plan(lambda: self.driver.finish(grown.trees, refit=self.fit_predictor))
         fit_s = time.perf_counter() - fit_started
         seconds = time.perf_counter() - started
-        figures = contrast(trees)
-        training = self.allocator.training_trees(trees)
-        summary = episodes_summary(episodes)
+        training = self.allocator.training_trees(grown.trees)
+        summary = episodes_summary(engine.episodes)
         metrics = {
             "step": self.steps, "allocator": self.allocator.name, **figures.as_dict(),
             "cost_trajectory": budget.usage["trajectory"], "cost_turns": budget.usage["turns"],
@@ -140,73 +134,28 @@ class TraceSampler:
             "predictor_brier": brier, "plan_s": plan_s, "fit_s": fit_s, "seconds": seconds,
             "tokens_per_s": summary["generated_tokens"] / max(seconds, 1e-9),
         }
-        if self.log is not None:
-            self.log.append(metrics)
-        return StepResult(self.steps, trees, training, episodes, counts, budget, figures.ratio, seconds, metrics)
-
-    async def _grow_all(self, candidates: Sequence[Candidate], counts: np.ndarray, budget: Budget,
-                        episodes: list[Episode], bar: _StepProgress) -> list[RolloutTree]:
-        """Grow the opened prompts' trees concurrently; the trees are made first, in pool order,
-        so each draws its seeds the same way however the episodes interleave."""
-        opened = [(candidates[i], int(m)) for i, m in enumerate(counts.tolist()) if m > 0]
-        trees = [self.runner.new_tree(c.env, c.task_id) for c, _ in opened]
-        await asyncio.gather(*(self._grow(tree, m, budget, episodes, bar)
-                               for tree, (_, m) in zip(trees, opened)))
-        return trees
-
-    async def _grow(self, tree: RolloutTree, m: int, budget: Budget,
-                    episodes: list[Episode], bar: _StepProgress) -> None:
-        """Bare rollouts of one prompt, then at once its Stage 2 continuations."""
-        bare = await self.runner.rollouts(tree, tree.root, m)
-        self._charge(bare, budget, continuation=False)
-        episodes += bare
-        planned = await self._plan(self.allocator.plan_continuations, tree)
-        plan = [(node, k) for node, k in planned if k > 0]
-        plan = self._affordable_continuations(plan, budget)
-        bar.planned(sum(k for _, k in plan))
-        for batch in await asyncio.gather(*(self.runner.rollouts(tree, n, k) for n, k in plan)):
-            self._charge(batch, budget, continuation=True)
-            episodes += batch
-
-    def _affordable_continuations(self, plan: list[tuple[Any, int]], budget: Budget) -> list[tuple[Any, int]]:
-        """Trim a Stage 2 plan to what the remaining budget pays for at the planning price."""
-        left = int(budget.remaining // budget.continuation_price + 1e-9)
-        kept = []
-        for node, k in plan:
-            k = min(k, left)
-            left -= k
-            if k:
-                kept.append((node, k))
-        return kept
-
-    def _charge(self, episodes: Sequence[Episode], budget: Budget, *, continuation: bool) -> None:
-        charge = budget.charge_continuation if continuation else budget.charge_root
-        for e in episodes:
-            try:
-                charge(turns=len(e.turns), tokens=e.generated_tokens)
-            except BudgetExceeded:
-                self.unpaid += budget.cost(continuation=continuation, turns=len(e.turns), tokens=e.generated_tokens)
-
-    def _fit_predictor(self, trees: Sequence[RolloutTree]) -> float | None:
-        """Refit the shared predictor on the trees' backup targets; return its Brier score on
-        them before the update (how well it foresaw this step)."""
-        predictor: SuccessPredictor | None = self.allocator.predictor
-        texts, y, w = backup_targets(trees)
-        if predictor is None or not texts:
-            return None
-        brier = float(brier_score(predictor.predict(texts), y, w))
-        predictor.update(texts, y, w)
-        return brier
+        return StepResult(self.steps, grown.trees, training, engine.episodes, grown.counts, budget,
+                          figures.ratio, seconds, metrics)
 
 
-def _affordable(extra: np.ndarray, budget: Budget) -> np.ndarray:
-    """Keep whole groups, in order, while the budget pays for their root rollouts."""
-    left = budget.roots_affordable()
-    kept = np.zeros_like(extra)
-    for i in np.flatnonzero(extra):
-        if extra[i] <= left:
-            kept[i], left = extra[i], left - extra[i]
-    return kept
+class _Engine:
+    """The runner behind the driver: rollouts cost what they turn out to generate."""
+
+    known_cost = None
+
+    def __init__(self, runner: RolloutRunner, candidates: Sequence[Candidate], bar: _StepProgress) -> None:
+        self.runner, self.candidates, self.bar = runner, candidates, bar
+        self.episodes: list[Episode] = []
+
+    def open(self, index: int) -> RolloutTree:
+        c = self.candidates[index]
+        return self.runner.new_tree(c.env, c.task_id)
+
+    async def rollouts(self, tree: RolloutTree, node: Node, k: int, *, continuation: bool) -> list[Spent]:
+        self.bar.planned(k)
+        batch = await self.runner.rollouts(tree, node, k)
+        self.episodes += batch
+        return [Spent(len(e.turns), e.generated_tokens) for e in batch]
 
 
 class _StepProgress:

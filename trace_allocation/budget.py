@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from trace_allocation.allocators import Allocator
 
 Unit = Literal["trajectory", "turns", "tokens"]
 
@@ -56,6 +59,12 @@ class Budget:
         self.prices = prices
         self.usage = {"trajectory": 0.0, "turns": 0.0, "tokens": 0.0}
         """Everything charged so far in every unit (turns/tokens only where they were given)."""
+
+    @classmethod
+    def for_allocator(cls, allocator: Allocator, total: float, **options: Any) -> Budget:
+        """The step budget of ``allocator``: the common ``total`` times its budget multiple
+        (only DAPO over-samples), so every driver sizes a step the same way."""
+        return cls(total * allocator.budget_multiple, **options)
 
     @property
     def remaining(self) -> float:
@@ -102,6 +111,21 @@ class Budget:
         """Root rollouts the remaining budget pays for, with their planned continuations."""
         per_root = self.root_price + continuations_per_root * self.continuation_price
         return max(0, math.floor(self.remaining / per_root + 1e-9))
+
+    def continuations_affordable(self, *, reserved: float = 0.0) -> int:
+        """Continuations the budget pays for at the planning price, ``reserved`` set aside (the
+        price of roots planned but not yet charged)."""
+        return max(0, math.floor((self.remaining - reserved) / self.continuation_price + 1e-9))
+
+    def affordable_groups(self, extra: np.ndarray) -> np.ndarray:
+        """Whole groups of root rollouts (``extra[i]`` for prompt i), in order, while the budget
+        pays for them (refills)."""
+        left = self.roots_affordable()
+        kept = np.zeros_like(extra)
+        for i in np.flatnonzero(extra):
+            if extra[i] <= left:
+                kept[i], left = extra[i], left - extra[i]
+        return kept
 
     def charge_root(self, *, turns: int | None = None, tokens: int | None = None) -> float:
         cost = self.cost(continuation=False, turns=turns, tokens=tokens)

@@ -89,24 +89,22 @@ def tree(sc: Scenario, roots: str, prefixes: str, predictor_of, *, uncertainty: 
     return make
 
 
-def allocators(sc: Scenario) -> dict[str, tuple[AllocatorFactory, float]]:
-    """Every method of experiment (a): name -> (factory, budget multiple)."""
+def allocators(sc: Scenario) -> dict[str, AllocatorFactory]:
+    """Every method of experiment (a): name -> factory (each allocator carries its budget multiple)."""
     batch = int(sc.budget) // sc.grpo_group
     return {
-        "grpo": (lambda w, rng: GrpoAllocator(sc.grpo_group, rng=rng), 1.0),
-        "pcl": (lambda w, rng: PclAllocator(lexical(), sc.grpo_group), 1.0),
-        "random_branch": (tree(sc, "uniform", "uniform", None), 1.0),
-        "trace_beta": (tree(sc, "active", "active", lambda w: BetaBernoulliPredictor()), 1.0),
-        "trace": (tree(sc, "active", "active", lambda w: lexical()), 1.0),
-        "trace_blend": (tree(sc, "active", "active", lambda w: BlendedPredictor(lexical())), 1.0),
-        "trace_blend_mean": (tree(sc, "active", "active", lambda w: BlendedPredictor(lexical()), uncertainty=False), 1.0),
-        "trace_oracle_roots": (tree(sc, "active", "active", lambda w: OraclePredictor(lambda t: w.truth[prompt_of(t)])), 1.0),
-        "trace_oracle_seen": (tree(sc, "active", "active", SeenPromptOracle), 1.0),
-        "trace_oracle": (tree(sc, "active", "active", lambda w: OraclePredictor(w.truth.__getitem__)), 1.0),
-        "dapo": (
-            lambda w, rng: DapoAllocator(sc.grpo_group, batch_prompts=batch, rng=rng, budget_multiple=sc.dapo_budget_multiple),
-            sc.dapo_budget_multiple,
-        ),
+        "grpo": lambda w, rng: GrpoAllocator(sc.grpo_group, rng=rng),
+        "pcl": lambda w, rng: PclAllocator(lexical(), sc.grpo_group),
+        "random_branch": tree(sc, "uniform", "uniform", None),
+        "trace_beta": tree(sc, "active", "active", lambda w: BetaBernoulliPredictor()),
+        "trace": tree(sc, "active", "active", lambda w: lexical()),
+        "trace_blend": tree(sc, "active", "active", lambda w: BlendedPredictor(lexical())),
+        "trace_blend_mean": tree(sc, "active", "active", lambda w: BlendedPredictor(lexical()), uncertainty=False),
+        "trace_oracle_roots": tree(sc, "active", "active", lambda w: OraclePredictor(lambda t: w.truth[prompt_of(t)])),
+        "trace_oracle_seen": tree(sc, "active", "active", SeenPromptOracle),
+        "trace_oracle": tree(sc, "active", "active", lambda w: OraclePredictor(w.truth.__getitem__)),
+        "dapo": lambda w, rng: DapoAllocator(sc.grpo_group, batch_prompts=batch, rng=rng,
+                                             budget_multiple=sc.dapo_budget_multiple),
     }
 
 
@@ -129,8 +127,8 @@ def _summary(report: RunReport) -> dict:
 def compare(sc: Scenario, on_step: OnStep | None = None) -> dict[str, RunReport]:
     """(a) Every allocator at equal budget in one scenario (DAPO excepted: it reports its cost)."""
     runs = {}
-    for name, (make, multiple) in allocators(sc).items():
-        runs[name] = simulate(sc, make, name=name, budget_multiple=multiple, on_step=_bind(on_step, name))
+    for name, make in allocators(sc).items():
+        runs[name] = simulate(sc, make, name=name, on_step=_bind(on_step, name))
     return runs
 
 
@@ -175,8 +173,7 @@ def sweep(
     for share in shares:
         world = sc.with_(topic_share=share)
         for name in methods:
-            make, multiple = allocators(world)[name]
-            report = simulate(world, make, name=name, budget_multiple=multiple, on_step=_bind(on_step, f"{name}@{share:g}"))
+            report = simulate(world, allocators(world)[name], name=name, on_step=_bind(on_step, f"{name}@{share:g}"))
             rows.append({"topic_share": share, "method": name, **_summary(report)})
     return rows
 

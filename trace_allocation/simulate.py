@@ -13,21 +13,23 @@ The world (all knobs in `Scenario`):
   sigmoid(turn_signal * eps_t * sqrt(T)): learnable but noisy evidence about the latent walk, plus a
   `left<k>` token for the turns remaining.
 Every step a candidate pool of `pool_size` prompts is drawn uniformly; every prompt-selecting
-method (PCL, TRACE, DAPO) sees the same pool size. The allocator plans, the simulator rolls out,
-charges the budget, backs up targets and refits the allocator's predictor online.
+method (PCL, TRACE, DAPO) sees the same pool size. Each step is `trace_allocation.driver`'s, the
+simulator being its engine: the allocator plans, the world rolls out, the driver charges the budget
+and refits the allocator's predictor online on the backup targets.
 
 Cost: the budget is charged in `cost_unit` ("trajectory": 1 per root, `continuation_cost` per
 continuation; "turns": generated turns exactly, the total being the trajectory budget times the
 mean rollout length), and every step records its cost in both units. In turns, Stage 1 prices each
 prompt at its expected length (its own once seen, the run's mean before) and Stage 2 prices a
 continuation at the turns it will generate. Every opened prompt runs its bare rollouts before any
-continuation is paid, and its first pair of them (`MIN_GROUP`, all or none) before any prompt gets
+continuation is paid, and its first pair of them (`driver.MIN_GROUP`, all or none) before any prompt gets
 a third, so a prompt whose length was underestimated at planning cannot starve the prompts after
 it: an opened prompt goes without rollouts only if the pairs alone overrun the budget.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -36,11 +38,11 @@ from typing import NamedTuple
 import numpy as np
 
 from trace_allocation.allocators import Allocator
-from trace_allocation.budget import Budget, BudgetExceeded, ExpectedCost
-from trace_allocation.contrast import contrast
+from trace_allocation.budget import Budget, ExpectedCost
+from trace_allocation.driver import Spent, StepDriver
 from trace_allocation.predictors import brier_score
 from trace_allocation.root import root_value
-from trace_allocation.tree import TURN_MARK, Node, RolloutTree, backup_targets
+from trace_allocation.tree import TURN_MARK, Node, RolloutTree
 
 
 @dataclass(frozen=True)
@@ -78,10 +80,6 @@ class Scenario:
 
     def with_(self, **changes) -> Scenario:
         return replace(self, **changes)
-
-
-MIN_GROUP = 2
-"""Root rollouts every opened prompt gets before any prompt gets more (the fewest that can be mixed)."""
 
 
 class SimState(NamedTuple):
@@ -232,16 +230,15 @@ def simulate(
     make_allocator: AllocatorFactory,
     *,
     name: str,
-    budget_multiple: float = 1.0,
     on_step: Callable[[StepReport], None] | None = None,
 ) -> RunReport:
     """Run one allocator (built by `make_allocator(world, rng)`) for `scenario.steps` steps.
 
-    Every run with the same scenario sees the same prompt pools. `budget_multiple` lets a method
-    that may overspend by design (DAPO) draw on more than the common budget.
+    Every run with the same scenario sees the same prompt pools; each step's budget is sized by
+    the allocator (`Budget.for_allocator`: DAPO over-samples by design).
     """
     world = SyntheticTasks(scenario)
-    allocator = make_allocator(world, np.random.default_rng([scenario.seed, 1]))
+    driver = StepDriver(make_allocator(world, np.random.default_rng([scenario.seed, 1])))
     lengths = ExpectedCost(float(world.turns.mean()))
     report = RunReport(name, scenario)
     for step in range(scenario.steps):
@@ -249,18 +246,19 @@ def simulate(
         rng = np.random.default_rng([scenario.seed, 3, step])
         world.truth.clear()
         world.text_truth.clear()
-        report.steps.append(_run_step(world, allocator, pool, step, rng, budget_multiple, lengths))
+        report.steps.append(asyncio.run(_run_step(world, driver, pool, step, rng, lengths)))
         if on_step is not None:
             on_step(report.steps[-1])
     return report
 
 
-def _make_budget(scenario: Scenario, world: SyntheticTasks, multiple: float, lengths: ExpectedCost) -> Budget:
+def _make_budget(scenario: Scenario, world: SyntheticTasks, allocator: Allocator, lengths: ExpectedCost) -> Budget:
     if scenario.cost_unit == "trajectory":
-        return Budget(scenario.budget * multiple, continuation_cost=scenario.continuation_cost)
+        return Budget.for_allocator(allocator, scenario.budget, continuation_cost=scenario.continuation_cost)
     mean_turns = float(world.turns.mean())
-    return Budget(
-        scenario.budget * mean_turns * multiple,
+    return Budget.for_allocator(
+        allocator,
+        scenario.budget * mean_turns,
         unit="turns",
         continuation_cost=scenario.continuation_cost,
         estimates=(mean_turns, mean_turns * scenario.continuation_cost),
@@ -268,84 +266,54 @@ def _make_budget(scenario: Scenario, world: SyntheticTasks, multiple: float, len
     )
 
 
-def _run_step(
+class _SimEngine:
+    """The world behind the step driver: every rollout's length is known before it runs."""
+
+    def __init__(self, world: SyntheticTasks, trees: list[RolloutTree], rng: np.random.Generator,
+                 lengths: ExpectedCost) -> None:
+        self.world, self.trees, self.rng, self.lengths = world, trees, rng, lengths
+
+    @staticmethod
+    def known_cost(node: Node) -> Spent:
+        return Spent(node.handle.turns - node.handle.t)
+
+    def open(self, index: int) -> RolloutTree:
+        return self.trees[index]
+
+    async def rollouts(self, tree: RolloutTree, node: Node, k: int, *, continuation: bool) -> list[Spent]:
+        spent = self.known_cost(node)
+        if not continuation:
+            for _ in range(k):
+                self.lengths.observe(tree.root.prefix_text, spent.turns)
+        self.world.roll(node, k, self.rng, continuation=continuation)
+        return [spent] * k
+
+
+async def _run_step(
     world: SyntheticTasks,
-    allocator: Allocator,
+    driver: StepDriver,
     pool: np.ndarray,
     step: int,
     rng: np.random.Generator,
-    budget_multiple: float,
     lengths: ExpectedCost,
 ) -> StepReport:
-    budget = _make_budget(world.scenario, world, budget_multiple, lengths)
-    trees = {int(p): world.root_tree(int(p), step) for p in pool}
-    texts = [trees[int(p)].root.prefix_text for p in pool]
+    allocator = driver.allocator
+    budget = _make_budget(world.scenario, world, allocator, lengths)
+    trees = [world.root_tree(int(p), step) for p in pool]
+    texts = [t.root.prefix_text for t in trees]
     true_v = normal_cdf(world.probit(pool, step))
     pool_error = None if allocator.predictor is None else float(np.mean((allocator.predictor.predict(texts) - true_v) ** 2))
-    counts = allocator.plan_roots(texts, budget)
-    expected = float(root_value(true_v, counts).sum())
-    planned = {int(p) for p, c in zip(pool, counts) if c}
-    opened: list[int] = []
-    while counts.any():
-        round_ = [(int(p), int(c)) for p, c in zip(pool, counts) if c]
-        prices = dict(zip((p for p, _ in round_), budget.plan_prices([trees[p].root.prefix_text for p, _ in round_])))
-        # bare rollouts first, each opened prompt's minimum (a pair) before anyone's third
-        first = {p: _roots(world, trees[p], min(c, MIN_GROUP), budget, rng, lengths, whole=True) for p, c in round_}
-        roots = {p: m and m + _roots(world, trees[p], c - m, budget, rng, lengths) for (p, c), m in zip(round_, first.values())}
-        for p, m in roots.items():
-            if m:
-                opened.append(p)
-                _continue(world, allocator, trees[p], m * prices[p], budget, rng)
-        counts = allocator.plan_refill([trees[p] for p in opened], texts)
-    grown = [trees[p] for p in opened]
-    brier, brier_root = _brier(allocator, grown)
-    _refit(allocator, grown)
-    figures = contrast(grown)
+    grown = await driver.grow(_SimEngine(world, trees, rng, lengths), texts, budget)
+    brier, brier_root = _brier(allocator, grown.trees)
+    _, figures = driver.finish(grown.trees)
+    planned = {int(p) for p, c in zip(pool, grown.stage1) if c}
+    opened = {t.prompt_id for t in grown.trees}
     return StepReport(
         step, figures.mixed_trees, figures.ratio, figures.informative_share, figures.prompts_opened,
-        len(allocator.training_trees(grown)), budget.usage["trajectory"], budget.usage["turns"],
-        len(planned.difference(opened)), expected, budget.roots, budget.continuations, brier, brier_root, pool_error,
+        len(allocator.training_trees(grown.trees)), budget.usage["trajectory"], budget.usage["turns"],
+        len(planned.difference(opened)), float(root_value(true_v, grown.stage1).sum()), budget.roots,
+        budget.continuations, brier, brier_root, pool_error,
     )
-
-
-def _roots(world: SyntheticTasks, tree: RolloutTree, n: int, budget: Budget, rng, lengths: ExpectedCost,
-           *, whole: bool = False) -> int:
-    """Charge and run up to n bare rollouts (all a prompt's rollouts have its T turns); `whole`:
-    all n or none."""
-    turns = tree.root.handle.turns
-    if whole and not budget.can_afford(n * budget.cost(continuation=False, turns=turns)):
-        return 0
-    paid = 0
-    for _ in range(n):
-        try:
-            budget.charge_root(turns=turns)
-        except BudgetExceeded:
-            break
-        paid += 1
-        lengths.observe(tree.root.prefix_text, turns)
-    if paid:
-        world.roll(tree.root, paid, rng, continuation=False)
-    return paid
-
-
-def _continue(world: SyntheticTasks, allocator: Allocator, tree: RolloutTree, root_price: float, budget: Budget, rng) -> None:
-    """This prompt's Stage 2 (no wait for other prompts). In turns, its allowance is its planned
-    continuations' share of the budget and each continuation is priced at the turns it generates."""
-    if budget.unit == "trajectory":
-        plan = allocator.plan_continuations(tree)
-    else:
-        allowance = min(budget.remaining, root_price * allocator.continuations_per_root * budget.continuation_cost)
-        plan = allocator.plan_continuations(tree, allowance=allowance, price_of=lambda n: n.handle.turns - n.handle.t)
-    for node, k in plan:
-        paid = 0
-        for _ in range(k):
-            try:
-                budget.charge_continuation(turns=node.handle.turns - node.handle.t)
-            except BudgetExceeded:
-                break
-            paid += 1
-        if paid:
-            world.roll(node, paid, rng, continuation=True)
 
 
 def _brier(allocator: Allocator, trees: Sequence[RolloutTree]) -> tuple[float | None, float | None]:
@@ -363,12 +331,3 @@ def _brier(allocator: Allocator, trees: Sequence[RolloutTree]) -> tuple[float | 
                 is_root.extend([True] + [False] * (len(path) - 1))
     probs, y, roots = allocator.predictor.predict(texts), np.array(outcomes), np.array(is_root)
     return brier_score(probs, y), brier_score(probs[roots], y[roots])
-
-
-def _refit(allocator: Allocator, trees: Sequence[RolloutTree]) -> None:
-    """Update the predictor on every non-terminal node's backup target, weighted by its leaves."""
-    if allocator.predictor is None:
-        return
-    texts, targets, weights = backup_targets(trees)
-    if texts:
-        allocator.predictor.update(texts, targets, weights)

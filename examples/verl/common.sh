@@ -25,7 +25,6 @@ COMMON=(
     +data.apply_chat_template_kwargs.enable_thinking=False
     actor_rollout_ref.model.path="$MODEL"
     actor_rollout_ref.actor.optim.lr=1e-6
-    actor_rollout_ref.actor.ppo_mini_batch_size="$PROMPTS"
     actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2
     actor_rollout_ref.actor.use_kl_loss=False
     actor_rollout_ref.rollout.name="$ENGINE"
@@ -43,7 +42,7 @@ COMMON=(
     trainer.logger='["console"]'
     trainer.n_gpus_per_node="$GPUS"
     trainer.nnodes="$NNODES"
-    trainer.save_freq=-1
+    trainer.save_freq=10               # checkpoints on: TRACE's predictor is saved with them
     trainer.test_freq=10
     trainer.total_epochs=1
 )

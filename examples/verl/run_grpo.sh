@@ -9,4 +9,5 @@ python -m verl.trainer.main_ppo "${COMMON[@]}" \
     trainer.experiment_name=calculator-grpo-verl \
     algorithm.adv_estimator=grpo \
     actor_rollout_ref.rollout.n=4 \
+    actor_rollout_ref.actor.ppo_mini_batch_size="$PROMPTS" \
     "$@"

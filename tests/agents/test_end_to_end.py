@@ -53,7 +53,7 @@ def _backend(kind, tiny, url=None):
 
 
 @pytest.mark.parametrize(("kind", "with_bfcl"), [("inprocess", False), ("sglang", True), ("openai", False)])
-def test_trace_step_with_a_tiny_transformer(tiny, standin, fresh_faults, kind, with_bfcl, tmp_path):
+def test_trace_step_with_a_tiny_transformer(tiny, standin, fresh_faults, kind, with_bfcl):
     """BFCL's prompts are ~10k tiny-tokenizer tokens (slow on CPU): one variant runs them."""
     _, tok = tiny
     backend = _backend(kind, tiny, standin.url)
@@ -61,7 +61,7 @@ def test_trace_step_with_a_tiny_transformer(tiny, standin, fresh_faults, kind, w
     # uniform roots in pairs open every prompt of the pool (every env runs); Stage 2 is active
     allocator = TreeAllocator(LexicalPredictor(2**12), continuations_per_root=1, roots="uniform",
                               group_size=2, rng=np.random.default_rng(0))
-    sampler = TraceSampler(runner, allocator, metrics_path=tmp_path / "m.jsonl", progress=False)
+    sampler = TraceSampler(runner, allocator, progress=False)
     pool = _pool(with_bfcl)
     budget = Budget(3 * len(pool))  # every prompt: 2 roots + 2 continuations x 1/2
 

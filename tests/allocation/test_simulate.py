@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trace_allocation.experiments import allocators, propositions
-from trace_allocation.simulate import MIN_GROUP, Scenario, SyntheticTasks, mixed_rate, normal_cdf, simulate
+from trace_allocation.driver import MIN_GROUP
+from trace_allocation.simulate import Scenario, SyntheticTasks, mixed_rate, normal_cdf, simulate
 
 SMALL = Scenario(n_prompts=512, pool_size=128, roots=64, steps=4, warmup=1)
 
@@ -33,7 +34,7 @@ def test_true_values_are_a_martingale():
 def test_runs_are_deterministic_and_never_overspend():
     factories = allocators(SMALL)
     for name in ("grpo", "random_branch", "trace"):
-        make, multiple = factories[name]
+        make = factories[name]
         one = simulate(SMALL, make, name=name)
         two = simulate(SMALL, make, name=name)
         assert one.steps == two.steps
@@ -41,7 +42,7 @@ def test_runs_are_deterministic_and_never_overspend():
     turns = SMALL.with_(cost_unit="turns")
     world = SyntheticTasks(turns)
     for name in ("grpo", "random_branch", "trace"):
-        report = simulate(turns, allocators(turns)[name][0], name=name)
+        report = simulate(turns, allocators(turns)[name], name=name)
         assert all(0 < s.cost_turns <= turns.budget * world.turns.mean() + 1e-9 for s in report.steps)
 
 
@@ -51,7 +52,7 @@ def test_every_step_is_charged_in_both_units(unit):
     turns, and they agree with the tree it grew: a root costs 1 / its T turns, a continuation from
     turn t costs 1/2 / T - t turns."""
     sc = SMALL.with_(cost_unit=unit, steps=2)
-    make, _ = allocators(sc)["trace"]
+    make = allocators(sc)["trace"]
     kept = []
 
     def spy(world, rng):
@@ -75,8 +76,7 @@ def test_every_step_is_charged_in_both_units(unit):
 
 def test_dapo_over_samples_trains_its_quota_and_reports_its_cost():
     sc = SMALL.with_(dapo_budget_multiple=8.0)
-    make, multiple = allocators(sc)["dapo"]
-    report = simulate(sc, make, name="dapo", budget_multiple=multiple)
+    report = simulate(sc, allocators(sc)["dapo"], name="dapo")  # the allocator sizes its budget
     quota = int(sc.budget) // sc.grpo_group
     for s in report.steps:
         assert s.cost_trajectory > sc.budget  # it drew more groups than the common budget pays for
@@ -84,15 +84,15 @@ def test_dapo_over_samples_trains_its_quota_and_reports_its_cost():
         assert s.trained_trees == min(quota, s.mixed_trees) and s.mixed_trees >= quota
         assert s.prompts_opened * sc.grpo_group == s.roots  # every group it paid for is counted
         assert s.effective_ratio == pytest.approx(s.mixed_trees / s.prompts_opened)
-    capped = simulate(sc.with_(dapo_budget_multiple=1.0), allocators(sc.with_(dapo_budget_multiple=1.0))["dapo"][0], name="dapo")
-    grpo = simulate(sc, allocators(sc)["grpo"][0], name="grpo")
+    capped = simulate(sc.with_(dapo_budget_multiple=1.0), allocators(sc.with_(dapo_budget_multiple=1.0))["dapo"], name="dapo")
+    grpo = simulate(sc, allocators(sc)["grpo"], name="grpo")
     assert [s.cost_trajectory for s in capped.steps] == [s.cost_trajectory for s in grpo.steps]
 
 
 def test_oracle_trace_beats_uniform_grpo_by_a_wide_margin():
     factories = allocators(SMALL)
-    grpo = simulate(SMALL, factories["grpo"][0], name="grpo").mean("effective_ratio")
-    oracle = simulate(SMALL, factories["trace_oracle"][0], name="trace_oracle").mean("effective_ratio")
+    grpo = simulate(SMALL, factories["grpo"], name="grpo").mean("effective_ratio")
+    oracle = simulate(SMALL, factories["trace_oracle"], name="trace_oracle").mean("effective_ratio")
     assert oracle > 2 * grpo
 
 
@@ -114,7 +114,7 @@ def test_text_value_is_the_mean_true_value_given_the_text():
 
 def test_oracle_references_bracket_the_learned_predictor():
     factories = allocators(SMALL)
-    runs = {n: simulate(SMALL, factories[n][0], name=n) for n in ("trace", "trace_oracle_seen", "trace_oracle")}
+    runs = {n: simulate(SMALL, factories[n], name=n) for n in ("trace", "trace_oracle_seen", "trace_oracle")}
     assert runs["trace_oracle"].mean("pool_error") == 0.0
     assert 0.0 < runs["trace_oracle_seen"].mean("pool_error") < runs["trace"].mean("pool_error")
     assert runs["trace"].mean("effective_ratio") < runs["trace_oracle"].mean("effective_ratio")
@@ -147,7 +147,7 @@ def test_no_opened_prompt_is_starved_and_the_turns_budget_is_never_exceeded(name
                   min_turns=min_turns, max_turns=min_turns + extra, cost_unit="turns", seed=seed)
     world = SyntheticTasks(sc)
     total = sc.budget * world.turns.mean()
-    report = simulate(sc, allocators(sc)[name][0], name=name)
+    report = simulate(sc, allocators(sc)[name], name=name)
     for step in report.steps:
         assert step.cost_turns <= total + 1e-9
         planned = step.prompts_opened + step.starved

@@ -52,7 +52,7 @@ def test_a_resumed_run_keeps_the_predictor_and_the_allocator_rng(tmp_path, verl_
     predictor = first.sampler.allocator.predictor
     for _ in range(3):
         predictor.update(TEXTS, np.array([1.0, 0.0, 1.0, 0.0]), np.full(4, 4.0))
-    first.sampler.unpaid = 1.5
+    first.sampler.driver.unpaid = 1.5
     first.global_steps = 7
     first._save_checkpoint()
     assert verl_checkpoints == [True]  # TRACE's state was on disk before verl marked the step saved
@@ -60,7 +60,7 @@ def test_a_resumed_run_keeps_the_predictor_and_the_allocator_rng(tmp_path, verl_
     resumed = trainer(tmp_path)
     fresh = resumed.sampler.allocator.predictor.predict(TEXTS)
     resumed._load_checkpoint()
-    assert resumed.global_steps == 7 and resumed.sampler.unpaid == 1.5
+    assert resumed.global_steps == 7 and resumed.sampler.driver.unpaid == 1.5
     np.testing.assert_allclose(resumed.sampler.allocator.predictor.predict(TEXTS), predictor.predict(TEXTS))
     assert not np.allclose(fresh, predictor.predict(TEXTS))  # the state made a difference
     assert resumed.alloc_rng.integers(2**62) == first.alloc_rng.integers(2**62)

@@ -85,7 +85,7 @@ def trace_step(sampler: TraceSampler, budget: Budget, runner: EpisodeRunner):
     rows = dataset_rows()
     texts = [load_suite("arithmetic", **SUITE)[i].prompt for i in range(N_PROMPTS)]
     counts = sampler.plan_roots(texts, budget)
-    caps = sampler.continuation_caps(counts, budget)
+    caps = sampler.driver.continuation_caps(counts, budget)
     roots, cont_rows, conts = [], [], []
     for row, m, cap in zip(rows, counts, caps):  # each worker's _run_prompt, on its own
         prompt_roots = generate_sequences(runner, [row] * int(m))
@@ -141,9 +141,9 @@ def test_a_flat_allocator_asks_for_no_continuations():
 def test_stage_2_caps_are_what_the_budget_affords_after_the_roots_in_prompt_order():
     sampler = TraceSampler(TreeAllocator(oracle(), continuations_per_root=4, m_max=4, rng=np.random.default_rng(1)))
     budget = Budget(10.2)
-    caps = sampler.continuation_caps([2, 0, 3, 2], budget)
+    caps = sampler.driver.continuation_caps([2, 0, 3, 2], budget)
     assert caps.tolist() == [6, 0, 0, 0]  # floor((10.2 - 7) / 0.5) = 6, first come first served
-    assert sampler.continuation_caps([2, 3], Budget(100)).tolist() == [8, 12]
+    assert sampler.driver.continuation_caps([2, 3], Budget(100)).tolist() == [8, 12]
 
 
 def test_the_worker_plans_only_within_its_prompts_cap():

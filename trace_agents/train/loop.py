@@ -207,8 +207,8 @@ def step_inputs(arm: Arm, cfg: TrainConfig) -> tuple[list[Candidate], Budget]:
     pool = min(cfg.budget.pool, len(arm.env.tasks))
     picks = arm.data_rng.choice(len(arm.env.tasks), pool, replace=False)
     candidates = [Candidate(arm.env, arm.env.tasks[int(i)].id) for i in picks]
-    budget = Budget(cfg.budget.total * arm.sampler.allocator.budget_multiple,
-                    continuation_cost=cfg.budget.continuation_cost)
+    budget = Budget.for_allocator(arm.sampler.allocator, cfg.budget.total,
+                                  continuation_cost=cfg.budget.continuation_cost)
     return candidates, budget
 
 

@@ -3,9 +3,9 @@
 No verl import: `trace_agents.verl.trainer` wires these into verl's V1 trainer, and the tests drive
 them directly. One step:
 
-    sampler = TraceSampler(allocator)
+    sampler = TraceSampler(allocator)                        # trace_allocation.driver.StepDriver inside
     counts = sampler.plan_roots(task_texts, budget)          # trainer: Stage 1 (``__rollout_n__``)
-    caps = sampler.continuation_caps(counts, budget)         # trainer: each prompt's Stage 2 cap
+    caps = sampler.driver.continuation_caps(counts, budget)  # trainer: each prompt's Stage 2 cap
     # agent-loop worker, per prompt, as soon as its own roots end (no barrier across prompts):
     branches = plan_prompt(allocator, root_episodes, cap)    # -> further rollouts of the same uid
     # trainer, on the batch read back from TransferQueue (episodes may be dicts, see Episode.from_dict):
@@ -13,12 +13,12 @@ them directly. One step:
     adv = sampler.advantages(mode="tree")                    # trace_agents.train.advantages
     sampler.update_predictor()                               # backup targets -> predictor refit
 
-Planning only decides counts; `observe` charges the budget for what ran.
+These are the pieces of the one step driver (`trace_allocation.driver`), which verl's ``fit()``
+cannot hand its loop to. Planning only decides counts; `observe` charges the budget for what ran.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -26,11 +26,10 @@ import numpy as np
 
 from trace_agents.train.advantages import AdvantageMode, SharedTokens, training_samples
 from trace_agents.verl.episode import Branch, Episode
-from trace_allocation import Budget, BudgetExceeded, Node, RolloutTree
+from trace_allocation import Budget, Node, RolloutTree
 from trace_allocation.allocators import Allocator
 from trace_allocation.contrast import Contrast, contrast
-from trace_allocation.predictors import brier_score
-from trace_allocation.tree import backup_targets
+from trace_allocation.driver import Spent, StepDriver, refit_predictor
 
 EPISODE_KEY = "trace_episode"
 """``AgentLoopOutput.extra_fields`` key holding the `Episode` (a dict after V1's ``as_dict``)."""
@@ -44,12 +43,11 @@ class TraceSampler:
     """Grows one `RolloutTree` per prompt from observed episodes and plans with an allocator."""
 
     def __init__(self, allocator: Allocator) -> None:
+        self.driver = StepDriver(allocator)
         self.allocator = allocator
         self.trees: dict[str, RolloutTree] = {}
         self.episodes: dict[str, Episode] = {}
         self._nodes: dict[tuple[str, int], Node] = {}
-        self.unpaid = 0.0
-        """Cost of rollouts that ran but the budget refused to charge (exact units only)."""
 
     def reset(self) -> None:
         """Start a new step: the previous step's trees are forgotten."""
@@ -60,20 +58,7 @@ class TraceSampler:
     def plan_roots(self, prompt_texts: Sequence[str], budget: Budget) -> np.ndarray:
         """Stage 1: root rollouts per candidate prompt (0 drops it). Starts a new step."""
         self.reset()
-        return np.asarray(self.allocator.plan_roots(list(prompt_texts), budget), dtype=np.int64)
-
-    def continuation_caps(self, counts: Sequence[int], budget: Budget) -> np.ndarray:
-        """Each prompt's Stage 2 cap: the allocator's ``continuations_per_root x roots``, trimmed in
-        prompt order to what the budget affords after the planned roots at the planning prices.
-        (In trajectory units Stage 1 already reserved it, so the trim never binds there.)"""
-        counts = np.asarray(counts, dtype=np.int64)
-        after_roots = budget.remaining - counts.sum() * budget.root_price
-        left = max(0, math.floor(after_roots / budget.continuation_price + 1e-9))
-        caps = np.zeros_like(counts)
-        for i, m in enumerate(counts.tolist()):
-            caps[i] = min(self.allocator.continuations_per_root * m, left)
-            left -= caps[i]
-        return caps
+        return self.driver.plan_roots(prompt_texts, budget)
 
     def observe(self, episodes: Iterable[Episode | Mapping[str, Any]], budget: Budget | None) -> None:
         """Add finished episodes to their trees (roots before their continuations) and charge them.
@@ -102,14 +87,11 @@ class TraceSampler:
 
     def _charge(self, ep: Episode, budget: Budget) -> None:
         if ep.parent is None:
-            kind, turns, tokens = False, len(ep.turns), sum(ep.response_mask)
+            continuation, turns, tokens = False, len(ep.turns), sum(ep.response_mask)
         else:
             offset = ep.turns[ep.branch_turn - 1].offset
-            kind, turns, tokens = True, len(ep.turns) - ep.branch_turn, sum(ep.response_mask[offset:])
-        try:
-            (budget.charge_continuation if kind else budget.charge_root)(turns=turns, tokens=tokens)
-        except BudgetExceeded:
-            self.unpaid += budget.cost(continuation=kind, turns=turns, tokens=tokens)
+            continuation, turns, tokens = True, len(ep.turns) - ep.branch_turn, sum(ep.response_mask[offset:])
+        self.driver.charge(budget, Spent(turns, tokens), continuation=continuation)
 
     def plan_continuations(self, prompt_key: str, cap: int) -> list[Branch]:
         """Stage 2 for one observed prompt: up to ``cap`` branches, as the allocator spreads them."""
@@ -117,9 +99,9 @@ class TraceSampler:
         if tree is None or cap <= 0:
             return []
         branches: list[Branch] = []
-        for node, k in self.allocator.plan_continuations(tree, count=cap):
+        for node, k in self.driver.plan_continuations(tree, cap):
             episode_id, turn = node.handle
-            branches += [self.episodes[episode_id].branch(turn)] * min(k, cap - len(branches))
+            branches += [self.episodes[episode_id].branch(turn)] * k
         return branches
 
     def advantages(
@@ -143,14 +125,8 @@ class TraceSampler:
 
     def update_predictor(self) -> float | None:
         """Refit the allocator's predictor on this step's tree backup targets; return its Brier
-        score on them before the update (as the in-process sampler does)."""
-        predictor = self.allocator.predictor
-        texts, targets, weights = backup_targets(self.trees.values())
-        if predictor is None or not texts:
-            return None
-        brier = float(brier_score(predictor.predict(texts), targets, weights))
-        predictor.update(texts, targets, weights)
-        return brier
+        score on them before the update (the driver's `refit_predictor`)."""
+        return refit_predictor(self.allocator, list(self.trees.values()))
 
 
 def plan_prompt(allocator: Allocator, roots: Sequence[Episode | Mapping[str, Any]], cap: int) -> list[Branch]:

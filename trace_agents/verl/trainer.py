@@ -4,8 +4,8 @@
   over the batch's prompts and sets each row's ``__rollout_n__`` (which ``AgentLoopWorkerTQ.
   _run_prompt`` reads) and its Stage 2 cap; its advantage step reads the episodes back from
   TransferQueue, grows the trees, charges the `Budget` and writes tree-aware advantages
-  (``trace_agents.train.advantages``, the native trainer's function); ``on_step_end`` refits the
-  predictor before verl syncs the weights. verl's checkpoints carry TRACE's state (the predictor,
+  (``trace_agents.train.advantages``, the native trainer's function); ``step`` refits the
+  predictor as it ends, before ``fit()`` writes the checkpoint. verl's checkpoints carry TRACE's state (the predictor,
   the allocator's RNG) in ``global_step_N/trace``, so a resumed run keeps what it learned.
 * `TraceAgentLoopWorker` (an ``AgentLoopWorkerTQ``): runs a prompt's bare rollouts, plans **that
   prompt's** continuations at once (no wait for other prompts) and runs them as further sessions
@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict
 from verl.trainer.main_ppo import TaskRunnerV1
 from verl.trainer.ppo.v1 import AgentLoopManagerTQ, AgentLoopWorkerTQ, PPOTrainerSync, register_trainer
+from verl.trainer.ppo.v1.agent_loop_tq import apply_greedy_sampling_params
 from verl.utils import tensordict_utils as tu
 
 from trace_agents.train.checkpoint import dump_state, read_state
@@ -52,9 +53,32 @@ TRACE_STATE = "trace"
 """Folder in verl's ``global_step_N`` checkpoint holding TRACE's own state."""
 
 
+def refuse_unsupported(config: DictConfig, allocator: str) -> None:
+    """TRACE writes the advantages itself, so verl settings that act on rewards or advantages
+    inside verl's own advantage step would be silently dropped: refuse them here, before Ray starts."""
+    algo = config.get("algorithm") or {}
+    problems = []
+    if algo.get("adv_estimator", "grpo") != "grpo":
+        problems.append(f"algorithm.adv_estimator={algo.get('adv_estimator')} (TRACE writes tree advantages; "
+                        "use grpo, which starts no critic)")
+    if algo.get("use_kl_in_reward", False):
+        problems.append("algorithm.use_kl_in_reward=true (use the actor's KL loss, actor_rollout_ref.actor.use_kl_loss)")
+    if not algo.get("norm_adv_by_std_in_grpo", True):
+        problems.append("algorithm.norm_adv_by_std_in_grpo=false (TRACE's advantages divide by the group std)")
+    correction = algo.get("rollout_correction") or {}
+    for key in ("rollout_is", "rollout_rs"):
+        if correction.get(key) is not None:
+            problems.append(f"algorithm.rollout_correction.{key}={correction.get(key)} (not applied to tree advantages)")
+    if allocator == "dapo":
+        problems.append("trace.allocator=dapo (the verl workers run no refills; use the native trainer for DAPO)")
+    if problems:
+        raise ValueError("the TRACE trainer does not support: " + "; ".join(problems))
+
+
 def trace_settings(config: DictConfig) -> tuple[str, TrainConfig]:
     """The allocator name and the native trainer's settings from the ``trace`` config block, so
-    allocator, predictor, budget and advantages are built exactly as ``trace-rl train`` builds them."""
+    allocator, predictor, budget and advantages are built exactly as ``trace-rl train`` builds them.
+    Settings the TRACE trainer would silently ignore are refused (`refuse_unsupported`)."""
     block = config.get("trace")
     if block is None:
         raise ValueError("the TRACE trainer needs a `trace` config block (trace_agents/verl/config/trace_trainer.yaml)")
@@ -68,7 +92,9 @@ def trace_settings(config: DictConfig) -> tuple[str, TrainConfig]:
         predictor=PredictorConfig(**t.get("predictor", {})),
         optim=OptimConfig(**{k: t[k] for k in ("advantage", "shared_tokens") if k in t}),
     )
-    return str(t.get("allocator", "trace")), settings
+    name = str(t.get("allocator", "trace"))
+    refuse_unsupported(config, name)
+    return name, settings
 
 
 def task_text(raw_prompt: Any) -> str:
@@ -112,10 +138,10 @@ class TraceTrainer(PPOTrainerSync):
                 "trace_agents.verl.trainer.TraceAgentLoopManager"
             )
         b = self.settings.budget
-        self.budget = Budget(b.total, continuation_cost=b.continuation_cost)
+        self.budget = Budget.for_allocator(self.sampler.allocator, b.total, continuation_cost=b.continuation_cost)
         texts = [task_text(p) for p in batch["raw_prompt"]]
         counts = self.sampler.plan_roots(texts, self.budget)
-        caps = self.sampler.continuation_caps(counts, self.budget)
+        caps = self.sampler.driver.continuation_caps(counts, self.budget)
         tu.assign_non_tensor_stack(batch, "__rollout_n__", [int(c) for c in counts])
         tu.assign_non_tensor_stack(batch, CONTINUATIONS_KEY, [int(c) for c in caps])
         self.agent_loop_manager.set_allocator(self.sampler.allocator)
@@ -157,7 +183,7 @@ class TraceTrainer(PPOTrainerSync):
         self.trace_metrics.update({
             "trace/cost": self.budget.spent, "trace/budget": self.budget.total,
             "trace/roots": self.budget.roots, "trace/continuations": self.budget.continuations,
-            "trace/unpaid": self.sampler.unpaid,
+            "trace/unpaid": self.sampler.driver.unpaid,
             "trace/effective_ratio": float(np.mean([t.is_mixed for t in trees])) if trees else 0.0,
         })
         nested = lambda xs: torch.nested.as_nested_tensor(xs, layout=torch.jagged)  # noqa: E731
@@ -169,15 +195,17 @@ class TraceTrainer(PPOTrainerSync):
         brier = self.sampler.update_predictor()
         return {} if brier is None else {"trace/predictor_brier": brier}
 
-    def on_step_end(self) -> None:
-        refit = self.refit_predictor()
-        super().on_step_end()
-        self._pending_sync_metrics = {**(getattr(self, "_pending_sync_metrics", None) or {}), **refit}
+    def step(self, metrics: dict, timing_raw: dict):
+        """verl's step, then the refit: ``fit()`` saves the checkpoint right after ``step`` and
+        before ``on_step_end``, so the saved predictor is the one the next step plans with."""
+        batch = super().step(metrics, timing_raw)
+        metrics.update(self.refit_predictor())
+        return batch
 
     # ------------------------------------------------------------------ checkpoints
     def trace_state(self) -> dict[str, Any]:
         predictor = self.sampler.allocator.predictor
-        return {"alloc_rng": self.alloc_rng.bit_generator.state, "unpaid": self.sampler.unpaid,
+        return {"alloc_rng": self.alloc_rng.bit_generator.state, "unpaid": self.sampler.driver.unpaid,
                 "predictor": None if predictor is None else predictor.state_dict()}
 
     def load_trace_state(self, state: dict[str, Any]) -> None:
@@ -185,7 +213,7 @@ class TraceTrainer(PPOTrainerSync):
         if (state["predictor"] is None) != (predictor is None):
             raise ValueError("the checkpoint's TRACE state was saved with a different predictor setting")
         self.alloc_rng.bit_generator.state = state["alloc_rng"]
-        self.sampler.unpaid = float(state["unpaid"])
+        self.sampler.driver.unpaid = float(state["unpaid"])
         if predictor is not None:
             predictor.load_state_dict(state["predictor"])
 
@@ -239,8 +267,9 @@ class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
         status = "finished"
         try:
             n = int(prompt.pop("__rollout_n__", self.config.actor_rollout_ref.rollout.n))
-            prompt.pop("__do_sample__", None)
             params = dict(sampling_params)
+            if not prompt.pop("__do_sample__", True):
+                apply_greedy_sampling_params(params)
             roots = await self._sessions(params, trajectory, trace, prompt, [None] * n, first=0)
             episodes = [o.extra_fields[EPISODE_KEY] for o in roots if o is not None]
             if len(episodes) < n:
@@ -277,7 +306,9 @@ class TraceAgentLoopManager(AgentLoopManagerTQ):
         self.agent_loop_workers_class = ray.remote(TraceAgentLoopWorker)
 
     def set_allocator(self, allocator: Allocator) -> None:
-        ray.get([w.set_allocator.remote(allocator) for w in self.agent_loop_workers])
+        """Ship the allocator (its refit predictor) once per step: one object every worker reads."""
+        shipped = ray.put(allocator)
+        ray.get([w.set_allocator.remote(shipped) for w in self.agent_loop_workers])
 
 
 @ray.remote
@@ -286,4 +317,4 @@ class TraceTaskRunner(TaskRunnerV1.__ray_actor_class__):
 
 
 __all__ = ["TRAINER_NAME", "TraceAgentLoopManager", "TraceAgentLoopWorker", "TraceTaskRunner", "TraceTrainer",
-           "task_text", "trace_settings"]
+           "refuse_unsupported", "task_text", "trace_settings"]
