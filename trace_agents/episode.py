@@ -46,6 +46,9 @@ class Limits:
     """Cap on prompt plus response: a turn that might not fit is not started."""
     step_timeout_s: float | None = None
     """Deadline of one env step (its thread is abandoned; the episode fails)."""
+    episode_timeout_s: float | None = None
+    """Deadline of the whole episode, generations and env steps alike (a hung server or tool):
+    past it the episode fails, the turns it completed kept."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,8 @@ async def play(generate: Generate, dialect: Dialect, env: ToolEnv, prompt: Promp
 async def _turns(episode: Episode, generate: Generate, dialect: Dialect, env: ToolEnv, prompt: Prompt,
                  limits: Limits, context: int, pool: Executor | None) -> None:
     used = 0  # tokens this episode added
+    loop = asyncio.get_running_loop()
+    deadline = None if limits.episode_timeout_s is None else loop.time() + limits.episode_timeout_s
     while True:
         left = None if limits.response_tokens is None else limits.response_tokens - used
         max_tokens = limits.turn_tokens if left is None else min(limits.turn_tokens, left)
@@ -136,7 +141,7 @@ async def _turns(episode: Episode, generate: Generate, dialect: Dialect, env: To
         if limits.context_tokens and context + used + max_tokens > limits.context_tokens:
             return _stop(episode, "context")  # the context is full: like running out of turns
         started = time.perf_counter()
-        out = await generate(prompt, max_tokens, env.turn)
+        out = await _bounded(generate(prompt, max_tokens, env.turn), None, deadline, limits)
         episode.generate_seconds += time.perf_counter() - started
         if out.finish_reason == "abort":  # a partial action: no outcome to learn from
             episode.status, episode.stop_reason, episode.error = "failed", "aborted", "the engine aborted generation"
@@ -146,11 +151,8 @@ async def _turns(episode: Episode, generate: Generate, dialect: Dialect, env: To
         started = time.perf_counter()
         text = dialect.read(replace(out, token_ids=list(ids)))
         action = dialect.parse(text, env)
-        try:
-            observation, reward, terminated, truncated, info = await asyncio.wait_for(
-                env.astep(action, pool), limits.step_timeout_s)
-        except TimeoutError:
-            raise TimeoutError(f"env step exceeded its {limits.step_timeout_s:g} s deadline") from None
+        observation, reward, terminated, truncated, info = await _bounded(
+            env.astep(action, pool), limits.step_timeout_s, deadline, limits)
         shown = None if terminated or truncated else observation
         tail = tuple(dialect.after_action_ids(ids, action, shown, info))
         episode.env_seconds += time.perf_counter() - started
@@ -167,6 +169,18 @@ async def _turns(episode: Episode, generate: Generate, dialect: Dialect, env: To
             return
         prompt = dialect.extend(prompt, turn)
         used += len(ids) + len(tail)
+
+
+async def _bounded(work: Awaitable[Any], step_s: float | None, deadline: float | None, limits: Limits) -> Any:
+    """``work`` within the env step's own deadline (``step_s``) and what is left of the episode's."""
+    left = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
+    episode_first = left is not None and (step_s is None or left < step_s)
+    try:
+        return await asyncio.wait_for(work, left if episode_first else step_s)
+    except TimeoutError:
+        what = (f"the episode exceeded its {limits.episode_timeout_s:g} s deadline" if episode_first
+                else f"env step exceeded its {step_s:g} s deadline")
+        raise TimeoutError(what) from None
 
 
 def _stop(episode: Episode, reason: str) -> None:

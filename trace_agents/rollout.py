@@ -166,6 +166,7 @@ class RolloutRunner:
         seed: int = 0,
         env_workers: int = 8,
         step_timeout_s: float | None = 120.0,
+        episode_timeout_s: float | None = None,
         on_episode: Callable[[Episode], None] | None = None,
         dialect: str | Dialect = "auto",
         chat_template_kwargs: dict[str, Any] | None = None,
@@ -192,6 +193,8 @@ class RolloutRunner:
         """Runs synchronous env steps off the event loop (at most ``env_workers`` at once)."""
         self.step_timeout_s = step_timeout_s
         """Deadline of one env step; a step past it fails its episode (its thread is abandoned)."""
+        self.episode_timeout_s = episode_timeout_s
+        """Deadline of a whole episode (generations included); past it the episode fails."""
         self.rng = np.random.default_rng(seed)
         """Draws each episode's sampling seed: part of a training checkpoint."""
         self.stats = {"episodes": 0, "failed": 0, "turns": 0, "generated_tokens": 0,
@@ -226,7 +229,7 @@ class RolloutRunner:
         """Play one episode through :func:`trace_agents.episode.play`, then hang its turns below
         ``start`` (a failed one's completed turns too, without a reward)."""
         limits = Limits(self.sampling.max_tokens, context_tokens=self.max_context_tokens,
-                        step_timeout_s=self.step_timeout_s)
+                        step_timeout_s=self.step_timeout_s, episode_timeout_s=self.episode_timeout_s)
         generate = functools.partial(self._generate, seed)
         async with self._slots:
             played = await play(generate, start_of(start).dialect, resume_env(start), _prompt(start),

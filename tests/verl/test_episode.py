@@ -325,3 +325,47 @@ def test_an_exception_in_generation_parsing_or_the_env_step_fails_only_that_epis
         assert ep.response_mask == [0] and len(ep.response_ids) == 1
     stored = AgentLoopOutput(**ep.verl_fields(), extra_fields={"trace_episode": ep}).as_dict()
     assert Episode.from_dict(stored["extra_fields"]["trace_episode"]) == ep
+
+
+def test_a_hung_server_fails_its_episode_at_the_episode_deadline():
+    """A generation that never returns fails its episode (error kept, earlier turns recorded) at
+    ``episode_timeout_s`` instead of stalling verl's step forever."""
+    runner, server = make_runner(script(calc("1+1")), episode_timeout_s=0.5)
+    answered = server.generate
+
+    async def hangs_on_the_second_call(request_id, **kw):
+        if len(server.calls) >= 1:
+            await asyncio.sleep(3600)
+        return await answered(request_id, **kw)
+
+    runner.generate = hangs_on_the_second_call
+    ep = play(runner, spec())
+    assert ep.failed and ep.stop_reason == "error" and "0.5 s deadline" in ep.error
+    assert len(ep.turns) == 1 and ep.turns[0].observation == "2"
+
+
+@pytest.mark.parametrize("broken", ["make", "reset", "restore"])
+def test_an_env_that_cannot_be_set_up_fails_its_episode_and_every_env_is_closed(broken, monkeypatch):
+    """An env that cannot be built, reset or restored fails only its episode (charged with its
+    error, one masked token, serialisable), and every env an episode opened is closed."""
+    from trace_envs.calculator.env import CalculatorEnv
+
+    closed: list[int] = []
+    monkeypatch.setattr(CalculatorEnv, "close", lambda self: closed.append(id(self)))
+    runner = make_runner(script(calc("1+1"), f"<answer>{answer()}</answer>"))[0]
+    parent = play(runner, spec())
+    assert not parent.failed and len(closed) == 1
+
+    def fail(*args, **kwargs):
+        raise RuntimeError(f"{broken} failed")
+
+    if broken == "make":
+        monkeypatch.setattr(EnvSpec, "make", fail)
+    else:
+        monkeypatch.setattr(CalculatorEnv, broken, fail)
+    ep = (asyncio.run(runner.resume(parent.branch(1), {})) if broken == "restore" else play(runner, spec()))
+    assert ep.failed and ep.error == f"RuntimeError: {broken} failed" and ep.prompt_ids
+    assert ep.response_mask[-1] == 0 and len(ep.response_ids) == len(ep.response_mask)
+    stored = AgentLoopOutput(**ep.verl_fields(), extra_fields={"trace_episode": ep}).as_dict()
+    assert Episode.from_dict(stored["extra_fields"]["trace_episode"]).error == ep.error
+    assert len(closed) == (1 if broken == "make" else 2)

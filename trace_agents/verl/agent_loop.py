@@ -33,12 +33,15 @@ class TraceEnvAgentLoop(AgentLoopBase):
     * ``train_prefix`` (default false): also train a continuation's inherited prefix tokens;
     * ``max_tokens_per_turn`` (default none): cap each generation (``rollout.response_length``
       caps the whole trajectory);
-    * ``step_timeout_s`` (default 120): each env step's deadline (past it the episode fails).
+    * ``step_timeout_s`` (default 120): each env step's deadline (past it the episode fails);
+    * ``episode_timeout_s`` (default 900): the whole episode's, generations included, so a hung
+      server or tool fails one episode (charged, its turns kept) instead of stalling the step.
     """
 
     def __init__(self, *args: Any, dialect: str = "auto", stop_at_action_end: bool = True,
                  train_prefix: bool = False, max_tokens_per_turn: int | None = None,
-                 step_timeout_s: float | None = 120.0, **kwargs: Any) -> None:
+                 step_timeout_s: float | None = 120.0, episode_timeout_s: float | None = 900.0,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         rollout = self.config.actor_rollout_ref.rollout
         template_kwargs = self.config.data.get("apply_chat_template_kwargs", None) or {}
@@ -52,6 +55,7 @@ class TraceEnvAgentLoop(AgentLoopBase):
             train_prefix=train_prefix,
             max_tokens_per_turn=max_tokens_per_turn,
             step_timeout_s=step_timeout_s,
+            episode_timeout_s=episode_timeout_s,
         )
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:

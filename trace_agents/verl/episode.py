@@ -261,8 +261,12 @@ class EpisodeRunner:
     ``train_prefix=False`` (the TRACE default) masks a continuation's inherited prefix to 0, so its
     loss covers only its new tokens; the prefix still conditions the forward pass.
     ``max_tokens_per_turn`` caps each generation (the in-process rollouts' ``max_tokens``); verl's
-    ``response_length`` caps the whole trajectory; ``step_timeout_s`` is each env step's deadline.
-    ``dialect`` is the model family's tool-call format (``trace_agents.dialects.make_dialect``).
+    ``response_length`` caps the whole trajectory; ``step_timeout_s`` is each env step's deadline
+    and ``episode_timeout_s`` the whole episode's (a hung server or tool fails its episode instead of
+    stalling verl's step). ``dialect`` is the model family's tool-call format
+    (``trace_agents.dialects.make_dialect``). An env that cannot be built, reset or restored fails
+    its episode too (charged, with its error); only a prompt longer than ``prompt_length``, a
+    setting to fix, raises. Every env is closed when its episode ends.
     """
 
     def __init__(
@@ -276,6 +280,7 @@ class EpisodeRunner:
         train_prefix: bool = False,
         max_tokens_per_turn: int | None = None,
         step_timeout_s: float | None = 120.0,
+        episode_timeout_s: float | None = 900.0,
     ) -> None:
         if response_length < 1:
             raise ValueError("response_length must be at least 1")
@@ -289,24 +294,31 @@ class EpisodeRunner:
         self.train_prefix = train_prefix
         self.max_tokens_per_turn = max_tokens_per_turn
         self.step_timeout_s = step_timeout_s
+        self.episode_timeout_s = episode_timeout_s
 
     async def run(self, spec: EnvSpec, sampling_params: Mapping[str, Any], *, prompt_key: str) -> Episode:
-        env = await asyncio.to_thread(spec.make)
-        options = None if spec.task_id is None else {"task_id": spec.task_id}
-        task_prompt, _ = await asyncio.to_thread(env.reset, seed=spec.seed, options=options)
-        prompt_ids = self.dialect.initial_ids(env, task_prompt)
-        if self.prompt_length is not None and len(prompt_ids) > self.prompt_length:
-            raise ValueError(
-                f"{spec.env_id} task {spec.task_id!r}: the prompt has {len(prompt_ids)} tokens, more "
-                f"than rollout.prompt_length={self.prompt_length}; raise prompt_length"
-            )
         session = uuid.uuid4().hex
-        episode = Episode(session, session, prompt_key, spec, task_prompt, prompt_ids)
+        episode = Episode(session, session, prompt_key, spec, "", [])
+        try:
+            env = await asyncio.to_thread(spec.make)
+        except Exception as exc:  # noqa: BLE001 - a broken env fails its episode, not the step
+            return self._failed(episode, exc)
+        try:
+            options = None if spec.task_id is None else {"task_id": spec.task_id}
+            episode.task_prompt, _ = await asyncio.to_thread(env.reset, seed=spec.seed, options=options)
+            episode.prompt_ids = self.dialect.initial_ids(env, episode.task_prompt)
+        except Exception as exc:  # noqa: BLE001
+            await asyncio.to_thread(env.close)
+            return self._failed(episode, exc)
+        if self.prompt_length is not None and len(episode.prompt_ids) > self.prompt_length:
+            await asyncio.to_thread(env.close)
+            raise ValueError(
+                f"{spec.env_id} task {spec.task_id!r}: the prompt has {len(episode.prompt_ids)} tokens, "
+                f"more than rollout.prompt_length={self.prompt_length}; raise prompt_length"
+            )
         return await self._play(env, episode, sampling_params)
 
     async def resume(self, branch: Branch, sampling_params: Mapping[str, Any]) -> Episode:
-        env = await asyncio.to_thread(branch.env.make)
-        env.restore(Snapshot.from_bytes(branch.snapshot))
         mask = branch.response_mask if self.train_prefix else [0] * len(branch.response_mask)
         logprobs = branch.response_logprobs
         if logprobs is not None and not self.train_prefix:
@@ -317,7 +329,25 @@ class EpisodeRunner:
             None if logprobs is None else list(logprobs), list(branch.turns),
             parent=(branch.parent_id, branch.turn),
         )
+        try:
+            env = await asyncio.to_thread(branch.env.make)
+        except Exception as exc:  # noqa: BLE001
+            return self._failed(episode, exc)
+        try:
+            env.restore(Snapshot.from_bytes(branch.snapshot))
+        except Exception as exc:  # noqa: BLE001
+            await asyncio.to_thread(env.close)
+            return self._failed(episode, exc)
         return await self._play(env, episode, sampling_params)
+
+    def _failed(self, ep: Episode, exc: Exception) -> Episode:
+        """An episode whose env could not be set up: failed, its error kept, one masked token."""
+        ep.stop_reason, ep.error, ep.truncated = "error", f"{type(exc).__name__}: {exc}"[:2000], True
+        if not ep.prompt_ids:  # verl pads prompts; an empty one has no position to pad from
+            ep.prompt_ids = sorted(self.dialect.stop_ids)[:1] or [0]
+        if not ep.response_ids:
+            _append(ep, ep.prompt_ids[-1:], 0, None)
+        return ep
 
     async def _play(self, env: ToolEnv, ep: Episode, sampling_params: Mapping[str, Any]) -> Episode:
         async def generate(prompt: Sequence[int], max_tokens: int, _turn: int) -> Completion:
@@ -330,8 +360,12 @@ class EpisodeRunner:
 
         prompt = ep.prompt_ids + ep.response_ids
         limits = Limits(self.max_tokens_per_turn or self.response_length,
-                        response_tokens=self.response_length - len(ep.response_ids), step_timeout_s=self.step_timeout_s)
-        _record(ep, await play(generate, self.dialect, env, prompt, limits=limits, context=len(prompt)))
+                        response_tokens=self.response_length - len(ep.response_ids),
+                        step_timeout_s=self.step_timeout_s, episode_timeout_s=self.episode_timeout_s)
+        try:
+            _record(ep, await play(generate, self.dialect, env, prompt, limits=limits, context=len(prompt)))
+        finally:
+            await asyncio.to_thread(env.close)
         if not ep.response_ids:  # failed before any token; verl scores a row's last response token
             _append(ep, sorted(self.dialect.stop_ids)[:1] or ep.prompt_ids[-1:], 0, None)
         return ep
