@@ -8,6 +8,12 @@ informative share, prompts opened, cost in both units) and trees trained, prompt
 error, per seed, its mean and its standard deviation over seeds, and, for
 each method, the share of the text-only model's (`trace`, lexical) gap to `trace_oracle_seen` it
 closes, on the means and per seed. One JSON object.
+
+`--world replay --data REC` replays a recording of a real policy (`trace-rl record`; a folder or
+a subsample file) at the SmolLM2 run's sizes (`trace_allocation.replay.REAL_RUN`, changed by
+`--set`), and adds each learned predictor's per-step Brier skill against the running base rate
+and AUC (roots, prefixes) and the Spearman correlation of its Stage 2 values against the
+recorded continuation rates (per step, and pooled over the measured steps).
 """
 
 from __future__ import annotations
@@ -23,9 +29,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trace_allocation.experiments import HEADLINE, WORLDS, allocators  # noqa: E402
-from trace_allocation.simulate import Scenario, simulate  # noqa: E402
+from trace_allocation.replay import REAL_RUN, Scorecard, replay_world, scored  # noqa: E402
+from trace_allocation.simulate import Scenario, SyntheticTasks, simulate  # noqa: E402
 
 FIGURES = (*HEADLINE, "trained_trees", "starved", "pool_error")
+SCORES = ("skill_root", "auc_root", "skill_prefix", "auc_prefix", "spearman_prefix")
 
 
 def scenario_overrides(pairs: list[str]) -> dict[str, int | float | str]:
@@ -49,23 +57,34 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["trace", "trace_blend", "trace_oracle_seen"])
     parser.add_argument("--base", default="trace", help="the text-only method whose gap is measured")
     parser.add_argument("--units", nargs="+", default=["trajectory", "turns"])
-    parser.add_argument("--world", choices=sorted(WORLDS), default="default")
+    parser.add_argument("--world", choices=[*sorted(WORLDS), "replay"], default="default")
+    parser.add_argument("--data", help="with --world replay: the recording (folder or subsample file)")
     parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                         help="override the world's Scenario fields, e.g. roots=8 steps=20")
     args = parser.parse_args()
     overrides = scenario_overrides(args.set)
-    report: dict = {}
+    if (args.world == "replay") != (args.data is not None):
+        raise SystemExit("--world replay and --data REC go together")
+    base, make_world = WORLDS.get(args.world), SyntheticTasks
+    if args.data is not None:
+        from trace_agents.recording.replay import load_replay
+
+        base, make_world = replay_world(load_replay(args.data), REAL_RUN.with_(**overrides))
+    report: dict = {"scenario": dataclasses.asdict(base.with_(**overrides))}
     for unit in args.units:
         rows: dict[str, dict] = {}
         for method in args.methods:
             per_seed = []
             for seed in args.seeds:
-                sc = WORLDS[args.world].with_(seed=seed, cost_unit=unit, **overrides)
+                sc = base.with_(seed=seed, cost_unit=unit, **overrides)
                 make, multiple = allocators(sc)[method]
-                run = simulate(sc, make, name=method, budget_multiple=multiple)
-                per_seed.append({k: run.mean(k) for k in FIGURES})
-            rows[method] = {k: _mean([s[k] for s in per_seed]) for k in FIGURES}
-            for k in FIGURES:
+                cards: list[Scorecard] = []
+                run = simulate(sc, scored(make, cards) if args.data else make, name=method, budget_multiple=multiple,
+                               make_world=make_world)
+                per_seed.append({k: run.mean(k) for k in FIGURES} | _scores(cards, sc.warmup))
+            figures = FIGURES + (SCORES + ("spearman_pooled",) if args.data else ())
+            rows[method] = {k: _mean([s[k] for s in per_seed]) for k in figures}
+            for k in figures:
                 rows[method][f"{k}_sd"] = _sd([s[k] for s in per_seed])
                 rows[method][f"{k}_by_seed"] = [None if s[k] is None else round(s[k], 4) for s in per_seed]
             print(unit, method, json.dumps(rows[method]), file=sys.stderr)
@@ -81,6 +100,15 @@ def main() -> None:
                         (m - b) / g if g else None for m, b, g in zip(row[f"{key}_by_seed"], base[f"{key}_by_seed"], gaps)]
         report[unit] = rows
     print(json.dumps(report, indent=1))
+
+
+def _scores(cards: list[Scorecard], warmup: int) -> dict:
+    """Mean per-step predictor scores over the measured steps, and the pooled Spearman."""
+    if not cards:
+        return dict.fromkeys((*SCORES, "spearman_pooled"))
+    measured = cards[0].scores[warmup:]
+    return {k: _mean([getattr(s, k) for s in measured]) for k in SCORES} | {
+        "spearman_pooled": cards[0].spearman_since(warmup)}
 
 
 def _sd(values):

@@ -25,6 +25,7 @@ from trace_allocation.simulate import (
     Scenario,
     StepReport,
     SyntheticTasks,
+    WorldFactory,
     normal_cdf,
     simulate,
     true_value,
@@ -126,15 +127,17 @@ def _summary(report: RunReport) -> dict:
     }
 
 
-def compare(sc: Scenario, on_step: OnStep | None = None) -> dict[str, RunReport]:
+def compare(sc: Scenario, on_step: OnStep | None = None, make_world: WorldFactory = SyntheticTasks) -> dict[str, RunReport]:
     """(a) Every allocator at equal budget in one scenario (DAPO excepted: it reports its cost)."""
     runs = {}
     for name, (make, multiple) in allocators(sc).items():
-        runs[name] = simulate(sc, make, name=name, budget_multiple=multiple, on_step=_bind(on_step, name))
+        runs[name] = simulate(sc, make, name=name, budget_multiple=multiple, on_step=_bind(on_step, name),
+                              make_world=make_world)
     return runs
 
 
-def ablation(sc: Scenario, runs: dict[str, RunReport], on_step: OnStep | None = None) -> list[dict]:
+def ablation(sc: Scenario, runs: dict[str, RunReport], on_step: OnStep | None = None,
+             make_world: WorldFactory = SyntheticTasks) -> list[dict]:
     """(b) Table 1: Stage 1 / Stage 2 each active (learned predictor) or uniform."""
     reuse = {("uniform", "uniform"): "random_branch", ("active", "active"): "trace"}
     rows = []
@@ -142,18 +145,21 @@ def ablation(sc: Scenario, runs: dict[str, RunReport], on_step: OnStep | None = 
         name = f"{roots}/{prefixes}"
         report = runs.get(reuse[(roots, prefixes)]) if (roots, prefixes) in reuse else None
         if report is None:
-            report = simulate(sc, tree(sc, roots, prefixes, lambda w: lexical()), name=name, on_step=_bind(on_step, name))
+            report = simulate(sc, tree(sc, roots, prefixes, lambda w: lexical()), name=name, on_step=_bind(on_step, name),
+                              make_world=make_world)
         rows.append({"stage1": roots, "stage2": prefixes, **_summary(report)})
     return rows
 
 
-def shapes(sc: Scenario, shape_scale: float, on_step: OnStep | None = None) -> list[dict]:
+def shapes(sc: Scenario, shape_scale: float, on_step: OnStep | None = None,
+           make_world: WorldFactory = SyntheticTasks) -> list[dict]:
     """(c) Table 2: TRACE (learned) at the paper's (M, N) shapes, M scaled by `shape_scale`."""
     rows = []
     for m, n in PAPER_SHAPES:
         shaped = sc.with_(roots=max(sc.m_min, round(m * shape_scale)), continuations_per_root=n)
         name = f"shape({m},{n})"
-        report = simulate(shaped, tree(shaped, "active", "active", lambda w: lexical()), name=name, on_step=_bind(on_step, name))
+        report = simulate(shaped, tree(shaped, "active", "active", lambda w: lexical()), name=name,
+                          on_step=_bind(on_step, name), make_world=make_world)
         rows.append({"paper_shape": [m, n], "roots": shaped.roots, "budget": shaped.budget, **_summary(report)})
     return rows
 
@@ -276,21 +282,25 @@ def run(
     *,
     shape_scale: float = 0.25,
     on_step: OnStep | None = None,
+    make_world: WorldFactory = SyntheticTasks,
 ) -> dict:
-    """Run the chosen experiments; the result is JSON-able (per-step curves included)."""
+    """Run the chosen experiments in the world `make_world` builds; the result is JSON-able
+    (per-step curves included). (d) and (e) need the synthetic world's ground truth."""
+    if make_world is not SyntheticTasks and set(experiments) & set("de"):
+        raise ValueError("experiments d and e need a synthetic world (its true martingale and topic share)")
     result: dict = {"scenario": asdict(sc) | {"budget": sc.budget}}
     runs: dict[str, RunReport] = {}
     if "a" in experiments or "b" in experiments:
-        runs = compare(sc, on_step)
+        runs = compare(sc, on_step, make_world)
         summaries = {name: _summary(r) for name, r in runs.items()}
         result["effective_ratio"] = {n: s["effective_ratio"] for n, s in summaries.items()}
         result["cost"] = {n: {"trajectory": s["cost_trajectory"], "turns": s["cost_turns"]} for n, s in summaries.items()}
         result["compare"] = summaries
         result["per_step"] = {n: [asdict(s) for s in r.steps] for n, r in runs.items()}
     if "b" in experiments:
-        result["ablation"] = ablation(sc, runs, on_step)
+        result["ablation"] = ablation(sc, runs, on_step, make_world)
     if "c" in experiments:
-        result["shapes"] = shapes(sc, shape_scale, on_step)
+        result["shapes"] = shapes(sc, shape_scale, on_step, make_world)
     if "d" in experiments:
         result["propositions"] = propositions(sc)
     if "e" in experiments:

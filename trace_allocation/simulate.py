@@ -225,6 +225,10 @@ class RunReport:
 
 
 AllocatorFactory = Callable[[SyntheticTasks, np.random.Generator], Allocator]
+WorldFactory = Callable[[Scenario], SyntheticTasks]
+"""Builds a run's world from its scenario: `SyntheticTasks`, or any object with its interface
+(`scenario`, `turns`, `truth`, `text_truth`, `probit`, `text_value`, `root_tree`, `roll`), such as
+`trace_allocation.replay.ReplayTasks` over recorded outcomes."""
 
 
 def simulate(
@@ -234,13 +238,15 @@ def simulate(
     name: str,
     budget_multiple: float = 1.0,
     on_step: Callable[[StepReport], None] | None = None,
+    make_world: WorldFactory = SyntheticTasks,
 ) -> RunReport:
-    """Run one allocator (built by `make_allocator(world, rng)`) for `scenario.steps` steps.
+    """Run one allocator (built by `make_allocator(world, rng)`) for `scenario.steps` steps in the
+    world `make_world(scenario)` builds.
 
     Every run with the same scenario sees the same prompt pools. `budget_multiple` lets a method
     that may overspend by design (DAPO) draw on more than the common budget.
     """
-    world = SyntheticTasks(scenario)
+    world = make_world(scenario)
     allocator = make_allocator(world, np.random.default_rng([scenario.seed, 1]))
     lengths = ExpectedCost(float(world.turns.mean()))
     report = RunReport(name, scenario)

@@ -16,7 +16,14 @@ import numpy as np
 
 from trace_allocation.predictors.beta import BetaBernoulliPredictor
 from trace_allocation.predictors.blend import BlendedPredictor
-from trace_allocation.predictors.calibration import ReliabilityCurve, brier_score, reliability_curve
+from trace_allocation.predictors.calibration import (
+    ReliabilityCurve,
+    auc,
+    brier_score,
+    brier_skill,
+    reliability_curve,
+    spearman,
+)
 from trace_allocation.predictors.lexical import LexicalPredictor
 from trace_allocation.predictors.oracle import OraclePredictor
 
@@ -51,6 +58,9 @@ __all__ = [
     "OraclePredictor",
     "ReliabilityCurve",
     "SuccessPredictor",
+    "auc",
     "brier_score",
+    "brier_skill",
     "reliability_curve",
+    "spearman",
 ]
