@@ -28,12 +28,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trace_allocation.experiments import HEADLINE, WORLDS, allocators  # noqa: E402
-from trace_allocation.replay import REAL_RUN, Scorecard, replay_world, scored  # noqa: E402
+from trace_allocation.experiments import HEADLINE, WORLDS, allocators, stage1_variants  # noqa: E402
+from trace_allocation.replay import REAL_RUN, SCORES, Scorecard, replay_world, score_summary, scored  # noqa: E402
 from trace_allocation.simulate import Scenario, SyntheticTasks, simulate  # noqa: E402
 
 FIGURES = (*HEADLINE, "trained_trees", "starved", "pool_error")
-SCORES = ("skill_root", "auc_root", "skill_prefix", "auc_prefix", "spearman_prefix")
 
 
 def scenario_overrides(pairs: list[str]) -> dict[str, int | float | str]:
@@ -65,23 +64,23 @@ def main() -> None:
     overrides = scenario_overrides(args.set)
     if (args.world == "replay") != (args.data is not None):
         raise SystemExit("--world replay and --data REC go together")
-    base, make_world = WORLDS.get(args.world), SyntheticTasks
+    world, make_world = WORLDS.get(args.world), SyntheticTasks
     if args.data is not None:
         from trace_agents.recording.replay import load_replay
 
-        base, make_world = replay_world(load_replay(args.data), REAL_RUN.with_(**overrides))
-    report: dict = {"scenario": dataclasses.asdict(base.with_(**overrides))}
+        world, make_world = replay_world(load_replay(args.data), REAL_RUN.with_(**overrides))
+    report: dict = {"scenario": dataclasses.asdict(world.with_(**overrides))}
     for unit in args.units:
         rows: dict[str, dict] = {}
         for method in args.methods:
             per_seed = []
             for seed in args.seeds:
-                sc = base.with_(seed=seed, cost_unit=unit, **overrides)
-                make, multiple = allocators(sc)[method]
+                sc = world.with_(seed=seed, cost_unit=unit, **overrides)
+                make, multiple = (allocators(sc) | stage1_variants(sc))[method]
                 cards: list[Scorecard] = []
                 run = simulate(sc, scored(make, cards) if args.data else make, name=method, budget_multiple=multiple,
                                make_world=make_world)
-                per_seed.append({k: run.mean(k) for k in FIGURES} | _scores(cards, sc.warmup))
+                per_seed.append({k: run.mean(k) for k in FIGURES} | score_summary(cards, sc.warmup))
             figures = FIGURES + (SCORES + ("spearman_pooled",) if args.data else ())
             rows[method] = {k: _mean([s[k] for s in per_seed]) for k in figures}
             for k in figures:
@@ -100,15 +99,6 @@ def main() -> None:
                         (m - b) / g if g else None for m, b, g in zip(row[f"{key}_by_seed"], base[f"{key}_by_seed"], gaps)]
         report[unit] = rows
     print(json.dumps(report, indent=1))
-
-
-def _scores(cards: list[Scorecard], warmup: int) -> dict:
-    """Mean per-step predictor scores over the measured steps, and the pooled Spearman."""
-    if not cards:
-        return dict.fromkeys((*SCORES, "spearman_pooled"))
-    measured = cards[0].scores[warmup:]
-    return {k: _mean([getattr(s, k) for s in measured]) for k in SCORES} | {
-        "spearman_pooled": cards[0].spearman_since(warmup)}
 
 
 def _sd(values):

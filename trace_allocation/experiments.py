@@ -15,8 +15,15 @@ from dataclasses import asdict
 import numpy as np
 
 from trace_allocation.allocators import DapoAllocator, GrpoAllocator, PclAllocator, TreeAllocator
-from trace_allocation.predictors import BetaBernoulliPredictor, BlendedPredictor, LexicalPredictor, OraclePredictor
+from trace_allocation.predictors import (
+    BetaBernoulliPredictor,
+    BlendedPredictor,
+    LexicalPredictor,
+    OraclePredictor,
+    SkillShrunk,
+)
 from trace_allocation.prefix import allocate_prefixes, prefix_value, reproduce_probs
+from trace_allocation.replay import Scorecard, score_summary, scored
 from trace_allocation.root import allocate_roots, root_value
 from trace_allocation.tree import prompt_of
 from trace_allocation.simulate import (
@@ -72,9 +79,20 @@ class SeenPromptOracle:
         self.seen.update(t for t in texts if t in self.world.text_truth)
 
 
-def tree(sc: Scenario, roots: str, prefixes: str, predictor_of, *, uncertainty: bool = True) -> AllocatorFactory:
+def robust_floor(sc: Scenario) -> int:
+    """Prompts the robust Stage 1 opens at least: as many as GRPO's groups at the same budget."""
+    return int(sc.budget) // sc.grpo_group
+
+
+def tree(sc: Scenario, roots: str, prefixes: str, predictor_of, *, uncertainty: bool = True,
+         shrink: bool = False, floor: bool = False) -> AllocatorFactory:
+    """A TreeAllocator factory. `shrink`: Stage 1 on skill-shrunk root predictions
+    (`SkillShrunk`); `floor`: GRPO's prompt count as a floor on prompts opened (`robust_floor`)."""
+
     def make(world: SyntheticTasks, rng: np.random.Generator) -> TreeAllocator:
         predictor = predictor_of(world) if "active" in (roots, prefixes) else None
+        if shrink and predictor is not None:
+            predictor = SkillShrunk(predictor)
         return TreeAllocator(
             predictor,
             continuations_per_root=sc.continuations_per_root,
@@ -84,6 +102,7 @@ def tree(sc: Scenario, roots: str, prefixes: str, predictor_of, *, uncertainty: 
             m_max=sc.m_max,
             group_size=sc.tree_group,
             uncertainty=uncertainty,
+            min_prompts=robust_floor(sc) if floor else 0,
             rng=rng,
         )
 
@@ -111,6 +130,16 @@ def allocators(sc: Scenario) -> dict[str, tuple[AllocatorFactory, float]]:
     }
 
 
+def stage1_variants(sc: Scenario) -> dict[str, tuple[AllocatorFactory, float]]:
+    """TRACE (lexical) with a Stage 1 guarded against a predictor without skill, measured in
+    docs/allocation.md and not in (a): skill shrinkage, a floor on prompts opened, both."""
+    return {
+        "trace_shrunk": (tree(sc, "active", "active", lambda w: lexical(), shrink=True), 1.0),
+        "trace_floor": (tree(sc, "active", "active", lambda w: lexical(), floor=True), 1.0),
+        "trace_robust": (tree(sc, "active", "active", lambda w: lexical(), shrink=True, floor=True), 1.0),
+    }
+
+
 HEADLINE = ("mixed_trees", "effective_ratio", "informative_share", "prompts_opened", "cost_trajectory", "cost_turns")
 """The figures every table and plot leads with, in this order, for every method."""
 
@@ -127,10 +156,14 @@ def _summary(report: RunReport) -> dict:
     }
 
 
-def compare(sc: Scenario, on_step: OnStep | None = None, make_world: WorldFactory = SyntheticTasks) -> dict[str, RunReport]:
-    """(a) Every allocator at equal budget in one scenario (DAPO excepted: it reports its cost)."""
+def compare(sc: Scenario, on_step: OnStep | None = None, make_world: WorldFactory = SyntheticTasks,
+            cards: dict[str, list[Scorecard]] | None = None) -> dict[str, RunReport]:
+    """(a) Every allocator at equal budget in one scenario (DAPO excepted: it reports its cost).
+    With `cards` (a replay world), each predictor is wrapped in a `Scorecard`, kept there."""
     runs = {}
     for name, (make, multiple) in allocators(sc).items():
+        if cards is not None:
+            make = scored(make, cards.setdefault(name, []))
         runs[name] = simulate(sc, make, name=name, budget_multiple=multiple, on_step=_bind(on_step, name),
                               make_world=make_world)
     return runs
@@ -290,13 +323,17 @@ def run(
         raise ValueError("experiments d and e need a synthetic world (its true martingale and topic share)")
     result: dict = {"scenario": asdict(sc) | {"budget": sc.budget}}
     runs: dict[str, RunReport] = {}
+    cards: dict[str, list[Scorecard]] | None = None if make_world is SyntheticTasks else {}
     if "a" in experiments or "b" in experiments:
-        runs = compare(sc, on_step, make_world)
+        runs = compare(sc, on_step, make_world, cards)
         summaries = {name: _summary(r) for name, r in runs.items()}
         result["effective_ratio"] = {n: s["effective_ratio"] for n, s in summaries.items()}
         result["cost"] = {n: {"trajectory": s["cost_trajectory"], "turns": s["cost_turns"]} for n, s in summaries.items()}
         result["compare"] = summaries
         result["per_step"] = {n: [asdict(s) for s in r.steps] for n, r in runs.items()}
+        if cards:
+            result["predictor_scores"] = {n: score_summary(c, sc.warmup) for n, c in cards.items() if c}
+            result["per_step_scores"] = {n: [asdict(s) for s in c[0].scores] for n, c in cards.items() if c}
     if "b" in experiments:
         result["ablation"] = ablation(sc, runs, on_step, make_world)
     if "c" in experiments:

@@ -278,3 +278,20 @@ def scored(make_allocator: Callable, world_scores: list[Scorecard]) -> Callable:
         return allocator
 
     return make
+
+
+SCORES = ("skill_root", "auc_root", "skill_prefix", "auc_prefix", "spearman_prefix")
+
+
+def score_summary(cards: Sequence[Scorecard], warmup: int) -> dict[str, float | None]:
+    """A run's predictor scores: each `StepScore` figure's mean over the measured steps (from
+    `warmup` on; steps without the figure skipped) and the pooled Spearman (`spearman_pooled`);
+    all None for a method without a predictor (no card)."""
+    if not cards:
+        return dict.fromkeys((*SCORES, "spearman_pooled"))
+    measured = cards[0].scores[warmup:]
+    means = {}
+    for key in SCORES:
+        values = [getattr(s, key) for s in measured if getattr(s, key) is not None]
+        means[key] = float(np.mean(values)) if values else None
+    return means | {"spearman_pooled": cards[0].spearman_since(warmup)}

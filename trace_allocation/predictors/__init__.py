@@ -26,6 +26,7 @@ from trace_allocation.predictors.calibration import (
 )
 from trace_allocation.predictors.lexical import LexicalPredictor
 from trace_allocation.predictors.oracle import OraclePredictor
+from trace_allocation.predictors.shrink import SkillShrunk
 
 if TYPE_CHECKING:
     from trace_allocation.predictors.encoder import EncoderPredictor
@@ -57,6 +58,7 @@ __all__ = [
     "LexicalPredictor",
     "OraclePredictor",
     "ReliabilityCurve",
+    "SkillShrunk",
     "SuccessPredictor",
     "auc",
     "brier_score",
