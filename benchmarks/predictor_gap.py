@@ -29,7 +29,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trace_allocation.experiments import HEADLINE, WORLDS, allocators, stage1_variants  # noqa: E402
-from trace_allocation.replay import REAL_RUN, SCORES, Scorecard, replay_world, score_summary, scored  # noqa: E402
+from trace_allocation.replay import (  # noqa: E402
+    REAL_RUN,
+    SCORES,
+    Scorecard,
+    replay_world,
+    score_summary,
+    scored,
+)
 from trace_allocation.simulate import Scenario, SyntheticTasks, simulate  # noqa: E402
 
 FIGURES = (*HEADLINE, "trained_trees", "starved", "pool_error")

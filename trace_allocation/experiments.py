@@ -14,7 +14,12 @@ from dataclasses import asdict
 
 import numpy as np
 
-from trace_allocation.allocators import DapoAllocator, GrpoAllocator, PclAllocator, TreeAllocator
+from trace_allocation.allocators import (
+    DapoAllocator,
+    GrpoAllocator,
+    PclAllocator,
+    TreeAllocator,
+)
 from trace_allocation.predictors import (
     BetaBernoulliPredictor,
     BlendedPredictor,
@@ -25,7 +30,6 @@ from trace_allocation.predictors import (
 from trace_allocation.prefix import allocate_prefixes, prefix_value, reproduce_probs
 from trace_allocation.replay import Scorecard, score_summary, scored
 from trace_allocation.root import allocate_roots, root_value
-from trace_allocation.tree import prompt_of
 from trace_allocation.simulate import (
     AllocatorFactory,
     RunReport,
@@ -37,6 +41,7 @@ from trace_allocation.simulate import (
     simulate,
     true_value,
 )
+from trace_allocation.tree import prompt_of
 
 WORLDS = {
     "default": Scenario(),

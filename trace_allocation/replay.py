@@ -26,7 +26,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from trace_allocation.predictors import SuccessPredictor, auc, brier_score, brier_skill, spearman
+from trace_allocation.predictors import (
+    SuccessPredictor,
+    auc,
+    brier_score,
+    brier_skill,
+    spearman,
+)
 from trace_allocation.simulate import Scenario
 from trace_allocation.tree import TURN_MARK, Node, RolloutTree, prompt_of, turns_in
 
@@ -156,7 +162,7 @@ class ReplayTasks:
     def roll(self, node: Node, n: int, rng: np.random.Generator, *, continuation: bool) -> list[Node]:
         """n rollouts from `node`: resampled bare rollouts at the root, resampled continuations
         at a recorded prefix."""
-        prompt, k, t, _ = node.handle
+        prompt, k = node.handle.prompt, node.handle.prefix
         record = self.prompts[prompt]
         if k < 0:
             return [self._bare(node, record, int(r)) for r in rng.integers(record.rewards.size, size=n)]

@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 from tests.fuzz import examples
 from trace_allocation.allocators import TreeAllocator
 from trace_allocation.budget import Budget
-from trace_allocation.predictors import OraclePredictor, SkillShrunk, auc, brier_skill, spearman
+from trace_allocation.predictors import (
+    OraclePredictor,
+    SkillShrunk,
+    auc,
+    brier_skill,
+    spearman,
+)
 from trace_allocation.predictors.calibration import average_ranks
 from trace_allocation.tree import TURN_MARK
 

@@ -13,7 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from trace_agents.recording.format import Outcome, PromptRecord, Recording, load_recording
+from trace_agents.recording.format import (
+    Outcome,
+    PromptRecord,
+    Recording,
+    load_recording,
+)
 from trace_allocation.replay import ReplayPrefix, ReplayPrompt
 
 
