@@ -8,6 +8,12 @@ informative share, prompts opened, cost in both units) and trees trained, prompt
 error, per seed, its mean and its standard deviation over seeds, and, for
 each method, the share of the text-only model's (`trace`, lexical) gap to `trace_oracle_seen` it
 closes, on the means and per seed. One JSON object.
+
+`--world replay --data REC` replays a recording of a real policy (`trace-rl record`; a folder or
+a subsample file) at the SmolLM2 run's sizes (`trace_allocation.replay.REAL_RUN`, changed by
+`--set`), and adds each learned predictor's per-step Brier skill against the running base rate
+and AUC (roots, prefixes) and the Spearman correlation of its Stage 2 values against the
+recorded continuation rates (per step, and pooled over the measured steps).
 """
 
 from __future__ import annotations
@@ -22,8 +28,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trace_allocation.experiments import HEADLINE, WORLDS, allocators  # noqa: E402
-from trace_allocation.simulate import Scenario, simulate  # noqa: E402
+from trace_allocation.experiments import HEADLINE, WORLDS, allocators, stage1_variants  # noqa: E402
+from trace_allocation.replay import (  # noqa: E402
+    REAL_RUN,
+    SCORES,
+    Scorecard,
+    replay_world,
+    score_summary,
+    scored,
+)
+from trace_allocation.simulate import Scenario, SyntheticTasks, simulate  # noqa: E402
 
 FIGURES = (*HEADLINE, "trained_trees", "starved", "pool_error")
 
@@ -49,22 +63,33 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["trace", "trace_blend", "trace_oracle_seen"])
     parser.add_argument("--base", default="trace", help="the text-only method whose gap is measured")
     parser.add_argument("--units", nargs="+", default=["trajectory", "turns"])
-    parser.add_argument("--world", choices=sorted(WORLDS), default="default")
+    parser.add_argument("--world", choices=[*sorted(WORLDS), "replay"], default="default")
+    parser.add_argument("--data", help="with --world replay: the recording (folder or subsample file)")
     parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                         help="override the world's Scenario fields, e.g. roots=8 steps=20")
     args = parser.parse_args()
     overrides = scenario_overrides(args.set)
-    report: dict = {}
+    if (args.world == "replay") != (args.data is not None):
+        raise SystemExit("--world replay and --data REC go together")
+    world, make_world = WORLDS.get(args.world), SyntheticTasks
+    if args.data is not None:
+        from trace_agents.recording.replay import load_replay
+
+        world, make_world = replay_world(load_replay(args.data), REAL_RUN.with_(**overrides))
+    report: dict = {"scenario": dataclasses.asdict(world.with_(**overrides))}
     for unit in args.units:
         rows: dict[str, dict] = {}
         for method in args.methods:
             per_seed = []
             for seed in args.seeds:
-                sc = WORLDS[args.world].with_(seed=seed, cost_unit=unit, **overrides)
-                run = simulate(sc, allocators(sc)[method], name=method)
-                per_seed.append({k: run.mean(k) for k in FIGURES})
-            rows[method] = {k: _mean([s[k] for s in per_seed]) for k in FIGURES}
-            for k in FIGURES:
+                sc = world.with_(seed=seed, cost_unit=unit, **overrides)
+                make = (allocators(sc) | stage1_variants(sc))[method]
+                cards: list[Scorecard] = []
+                run = simulate(sc, scored(make, cards) if args.data else make, name=method, make_world=make_world)
+                per_seed.append({k: run.mean(k) for k in FIGURES} | score_summary(cards, sc.warmup))
+            figures = FIGURES + (SCORES + ("spearman_pooled",) if args.data else ())
+            rows[method] = {k: _mean([s[k] for s in per_seed]) for k in figures}
+            for k in figures:
                 rows[method][f"{k}_sd"] = _sd([s[k] for s in per_seed])
                 rows[method][f"{k}_by_seed"] = [None if s[k] is None else round(s[k], 4) for s in per_seed]
             print(unit, method, json.dumps(rows[method]), file=sys.stderr)

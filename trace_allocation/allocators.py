@@ -17,6 +17,7 @@ every method fits the same budget in whichever unit it is charged.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Literal
@@ -163,7 +164,11 @@ class TreeAllocator(Allocator):
     "TreePO" (same tree shape, prefixes drawn uniformly at random; TreePO's own segment-level
     heuristic branching, early stopping and sub-group advantages are not implemented); the mixed
     pairs are the ablation of Table 1. `uncertainty`: Stage 1 scores a predictor that reports
-    posterior variances (`root_moments`) by E[v(1-v)] rather than its mean (`stage1_values`)."""
+    posterior variances (`root_moments`) by E[v(1-v)] rather than its mean (`stage1_values`).
+    `min_prompts`: Stage 1 opens at least about this many prompts a step (GRPO's count, say) by
+    capping each prompt's roots at ceil(M / min_prompts); the exact solver stays exact within
+    those bounds, and a predictor wrong about which prompts are near 1/2 then cannot concentrate
+    the step on two of them."""
 
     def __init__(
         self,
@@ -177,6 +182,7 @@ class TreeAllocator(Allocator):
         group_size: int = 4,
         include_final: bool = True,
         uncertainty: bool = True,
+        min_prompts: int = 0,
         rng: np.random.Generator,
         name: str | None = None,
     ) -> None:
@@ -191,6 +197,7 @@ class TreeAllocator(Allocator):
         self.group_size = group_size
         self.include_final = include_final
         self.uncertainty = uncertainty
+        self.min_prompts = min_prompts
         self.rng = rng
         self._step_key = 0
         """Drawn from ``rng`` by every Stage 1 plan: the step's part of each prompt's draws."""
@@ -208,7 +215,7 @@ class TreeAllocator(Allocator):
             order = self.rng.permutation(len(prompt_texts))
             return _groups(prompt_texts, order, self.group_size, budget, self.continuations_per_root)
         values = stage1_values(self.predictor, prompt_texts, uncertainty=self.uncertainty)
-        solve = lambda m: allocate_roots(values, m, m_min=self.m_min, m_max=self.m_max)  # noqa: E731
+        solve = lambda m: allocate_roots(values, m, m_min=self.m_min, m_max=self._m_cap(m))  # noqa: E731
         if not len(prices) or np.ptp(prices) == 0:
             return solve(int(budget.remaining / prices[0] + 1e-9) if len(prices) else 0)
         # prompts of different expected lengths: the most roots M whose plan fits the budget
@@ -220,6 +227,13 @@ class TreeAllocator(Allocator):
             else:
                 hi = mid - 1
         return solve(lo)
+
+    def _m_cap(self, roots: int) -> int:
+        """Most roots a prompt may get when the plan buys `roots`: m_max, lowered so that spending
+        them takes at least `min_prompts` prompts."""
+        if self.min_prompts < 1 or roots < 1:
+            return self.m_max
+        return max(self.m_min, min(self.m_max, math.ceil(roots / self.min_prompts)))
 
     def plan_continuations(
         self, tree: RolloutTree, count: int | None = None, *,

@@ -14,21 +14,34 @@ from dataclasses import asdict
 
 import numpy as np
 
-from trace_allocation.allocators import DapoAllocator, GrpoAllocator, PclAllocator, TreeAllocator
-from trace_allocation.predictors import BetaBernoulliPredictor, BlendedPredictor, LexicalPredictor, OraclePredictor
+from trace_allocation.allocators import (
+    DapoAllocator,
+    GrpoAllocator,
+    PclAllocator,
+    TreeAllocator,
+)
+from trace_allocation.predictors import (
+    BetaBernoulliPredictor,
+    BlendedPredictor,
+    LexicalPredictor,
+    OraclePredictor,
+    SkillShrunk,
+)
 from trace_allocation.prefix import allocate_prefixes, prefix_value, reproduce_probs
+from trace_allocation.replay import Scorecard, score_summary, scored
 from trace_allocation.root import allocate_roots, root_value
-from trace_allocation.tree import prompt_of
 from trace_allocation.simulate import (
     AllocatorFactory,
     RunReport,
     Scenario,
     StepReport,
     SyntheticTasks,
+    WorldFactory,
     normal_cdf,
     simulate,
     true_value,
 )
+from trace_allocation.tree import prompt_of
 
 WORLDS = {
     "default": Scenario(),
@@ -71,9 +84,20 @@ class SeenPromptOracle:
         self.seen.update(t for t in texts if t in self.world.text_truth)
 
 
-def tree(sc: Scenario, roots: str, prefixes: str, predictor_of, *, uncertainty: bool = True) -> AllocatorFactory:
+def robust_floor(sc: Scenario) -> int:
+    """Prompts the robust Stage 1 opens at least: as many as GRPO's groups at the same budget."""
+    return int(sc.budget) // sc.grpo_group
+
+
+def tree(sc: Scenario, roots: str, prefixes: str, predictor_of, *, uncertainty: bool = True,
+         shrink: bool = False, floor: bool = False) -> AllocatorFactory:
+    """A TreeAllocator factory. `shrink`: Stage 1 on skill-shrunk root predictions
+    (`SkillShrunk`); `floor`: GRPO's prompt count as a floor on prompts opened (`robust_floor`)."""
+
     def make(world: SyntheticTasks, rng: np.random.Generator) -> TreeAllocator:
         predictor = predictor_of(world) if "active" in (roots, prefixes) else None
+        if shrink and predictor is not None:
+            predictor = SkillShrunk(predictor)
         return TreeAllocator(
             predictor,
             continuations_per_root=sc.continuations_per_root,
@@ -83,6 +107,7 @@ def tree(sc: Scenario, roots: str, prefixes: str, predictor_of, *, uncertainty: 
             m_max=sc.m_max,
             group_size=sc.tree_group,
             uncertainty=uncertainty,
+            min_prompts=robust_floor(sc) if floor else 0,
             rng=rng,
         )
 
@@ -108,6 +133,16 @@ def allocators(sc: Scenario) -> dict[str, AllocatorFactory]:
     }
 
 
+def stage1_variants(sc: Scenario) -> dict[str, AllocatorFactory]:
+    """TRACE (lexical) with a Stage 1 guarded against a predictor without skill, measured in
+    docs/allocation.md and not in (a): skill shrinkage, a floor on prompts opened, both."""
+    return {
+        "trace_shrunk": tree(sc, "active", "active", lambda w: lexical(), shrink=True),
+        "trace_floor": tree(sc, "active", "active", lambda w: lexical(), floor=True),
+        "trace_robust": tree(sc, "active", "active", lambda w: lexical(), shrink=True, floor=True),
+    }
+
+
 HEADLINE = ("mixed_trees", "effective_ratio", "informative_share", "prompts_opened", "cost_trajectory", "cost_turns")
 """The figures every table and plot leads with, in this order, for every method."""
 
@@ -124,15 +159,20 @@ def _summary(report: RunReport) -> dict:
     }
 
 
-def compare(sc: Scenario, on_step: OnStep | None = None) -> dict[str, RunReport]:
-    """(a) Every allocator at equal budget in one scenario (DAPO excepted: it reports its cost)."""
+def compare(sc: Scenario, on_step: OnStep | None = None, make_world: WorldFactory = SyntheticTasks,
+            cards: dict[str, list[Scorecard]] | None = None) -> dict[str, RunReport]:
+    """(a) Every allocator at equal budget in one scenario (DAPO excepted: it reports its cost).
+    With `cards` (a replay world), each predictor is wrapped in a `Scorecard`, kept there."""
     runs = {}
     for name, make in allocators(sc).items():
-        runs[name] = simulate(sc, make, name=name, on_step=_bind(on_step, name))
+        if cards is not None:
+            make = scored(make, cards.setdefault(name, []))
+        runs[name] = simulate(sc, make, name=name, on_step=_bind(on_step, name), make_world=make_world)
     return runs
 
 
-def ablation(sc: Scenario, runs: dict[str, RunReport], on_step: OnStep | None = None) -> list[dict]:
+def ablation(sc: Scenario, runs: dict[str, RunReport], on_step: OnStep | None = None,
+             make_world: WorldFactory = SyntheticTasks) -> list[dict]:
     """(b) Table 1: Stage 1 / Stage 2 each active (learned predictor) or uniform."""
     reuse = {("uniform", "uniform"): "random_branch", ("active", "active"): "trace"}
     rows = []
@@ -140,18 +180,21 @@ def ablation(sc: Scenario, runs: dict[str, RunReport], on_step: OnStep | None = 
         name = f"{roots}/{prefixes}"
         report = runs.get(reuse[(roots, prefixes)]) if (roots, prefixes) in reuse else None
         if report is None:
-            report = simulate(sc, tree(sc, roots, prefixes, lambda w: lexical()), name=name, on_step=_bind(on_step, name))
+            report = simulate(sc, tree(sc, roots, prefixes, lambda w: lexical()), name=name, on_step=_bind(on_step, name),
+                              make_world=make_world)
         rows.append({"stage1": roots, "stage2": prefixes, **_summary(report)})
     return rows
 
 
-def shapes(sc: Scenario, shape_scale: float, on_step: OnStep | None = None) -> list[dict]:
+def shapes(sc: Scenario, shape_scale: float, on_step: OnStep | None = None,
+           make_world: WorldFactory = SyntheticTasks) -> list[dict]:
     """(c) Table 2: TRACE (learned) at the paper's (M, N) shapes, M scaled by `shape_scale`."""
     rows = []
     for m, n in PAPER_SHAPES:
         shaped = sc.with_(roots=max(sc.m_min, round(m * shape_scale)), continuations_per_root=n)
         name = f"shape({m},{n})"
-        report = simulate(shaped, tree(shaped, "active", "active", lambda w: lexical()), name=name, on_step=_bind(on_step, name))
+        report = simulate(shaped, tree(shaped, "active", "active", lambda w: lexical()), name=name,
+                          on_step=_bind(on_step, name), make_world=make_world)
         rows.append({"paper_shape": [m, n], "roots": shaped.roots, "budget": shaped.budget, **_summary(report)})
     return rows
 
@@ -273,21 +316,29 @@ def run(
     *,
     shape_scale: float = 0.25,
     on_step: OnStep | None = None,
+    make_world: WorldFactory = SyntheticTasks,
 ) -> dict:
-    """Run the chosen experiments; the result is JSON-able (per-step curves included)."""
+    """Run the chosen experiments in the world `make_world` builds; the result is JSON-able
+    (per-step curves included). (d) and (e) need the synthetic world's ground truth."""
+    if make_world is not SyntheticTasks and set(experiments) & set("de"):
+        raise ValueError("experiments d and e need a synthetic world (its true martingale and topic share)")
     result: dict = {"scenario": asdict(sc) | {"budget": sc.budget}}
     runs: dict[str, RunReport] = {}
+    cards: dict[str, list[Scorecard]] | None = None if make_world is SyntheticTasks else {}
     if "a" in experiments or "b" in experiments:
-        runs = compare(sc, on_step)
+        runs = compare(sc, on_step, make_world, cards)
         summaries = {name: _summary(r) for name, r in runs.items()}
         result["effective_ratio"] = {n: s["effective_ratio"] for n, s in summaries.items()}
         result["cost"] = {n: {"trajectory": s["cost_trajectory"], "turns": s["cost_turns"]} for n, s in summaries.items()}
         result["compare"] = summaries
         result["per_step"] = {n: [asdict(s) for s in r.steps] for n, r in runs.items()}
+        if cards:
+            result["predictor_scores"] = {n: score_summary(c, sc.warmup) for n, c in cards.items() if c}
+            result["per_step_scores"] = {n: [asdict(s) for s in c[0].scores] for n, c in cards.items() if c}
     if "b" in experiments:
-        result["ablation"] = ablation(sc, runs, on_step)
+        result["ablation"] = ablation(sc, runs, on_step, make_world)
     if "c" in experiments:
-        result["shapes"] = shapes(sc, shape_scale, on_step)
+        result["shapes"] = shapes(sc, shape_scale, on_step, make_world)
     if "d" in experiments:
         result["propositions"] = propositions(sc)
     if "e" in experiments:

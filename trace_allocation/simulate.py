@@ -223,6 +223,10 @@ class RunReport:
 
 
 AllocatorFactory = Callable[[SyntheticTasks, np.random.Generator], Allocator]
+WorldFactory = Callable[[Scenario], SyntheticTasks]
+"""Builds a run's world from its scenario: `SyntheticTasks`, or any object with its interface
+(`scenario`, `turns`, `truth`, `text_truth`, `probit`, `text_value`, `root_tree`, `roll`), such as
+`trace_allocation.replay.ReplayTasks` over recorded outcomes."""
 
 
 def simulate(
@@ -231,13 +235,15 @@ def simulate(
     *,
     name: str,
     on_step: Callable[[StepReport], None] | None = None,
+    make_world: WorldFactory = SyntheticTasks,
 ) -> RunReport:
-    """Run one allocator (built by `make_allocator(world, rng)`) for `scenario.steps` steps.
+    """Run one allocator (built by `make_allocator(world, rng)`) for `scenario.steps` steps in the
+    world `make_world(scenario)` builds.
 
     Every run with the same scenario sees the same prompt pools; each step's budget is sized by
     the allocator (`Budget.for_allocator`: DAPO over-samples by design).
     """
-    world = SyntheticTasks(scenario)
+    world = make_world(scenario)
     driver = StepDriver(make_allocator(world, np.random.default_rng([scenario.seed, 1])))
     lengths = ExpectedCost(float(world.turns.mean()))
     report = RunReport(name, scenario)

@@ -87,3 +87,17 @@ def test_threads_default_leaves_a_core_for_the_event_loop(monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert TrainConfig().threads == 0
+
+
+def test_stage1_guards_reach_traces_allocator_only():
+    import numpy as np
+
+    from trace_agents.train.loop import make_allocator
+    from trace_allocation.predictors import LexicalPredictor, SkillShrunk
+
+    cfg = TrainConfig.model_validate({"predictor": {"shrink": True}, "budget": {"min_prompts": 3}})
+    trace = make_allocator("trace", cfg, np.random.default_rng(0))
+    assert isinstance(trace.predictor, SkillShrunk) and trace.min_prompts == 3
+    assert isinstance(make_allocator("pcl", cfg, np.random.default_rng(0)).predictor, LexicalPredictor)
+    plain = make_allocator("trace", TrainConfig(), np.random.default_rng(0))
+    assert isinstance(plain.predictor, LexicalPredictor) and plain.min_prompts == 0

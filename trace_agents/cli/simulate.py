@@ -1,4 +1,5 @@
-"""`trace-rl simulate`: run the TRACE allocation experiments (a)-(d) on the simulator.
+"""`trace-rl simulate`: run the TRACE allocation experiments (a)-(d) on the simulator, or (a)-(c)
+on a replay of a real policy's recorded outcomes (`--world replay --data REC`).
 
 Thin wrapper: the experiments live in `trace_allocation.experiments`; this module parses flags,
 shows progress and tables (rich), saves the JSON and the plot, and prints the JSON last.
@@ -17,8 +18,11 @@ QUICK = {"steps": 6, "warmup": 2}
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("simulate", help="compare rollout allocators on synthetic rollout trees",
                                    description=__doc__.split("\n\n")[0])
-    parser.add_argument("--experiments", default="abcd", help="any of a (allocators), b (ablation), c (shapes), d (props), e (predictability sweep, slow)")
-    parser.add_argument("--world", choices=["default", "paper"], default="default", help="simulated world (docs/allocation.md)")
+    parser.add_argument("--experiments", default=None, help="any of a (allocators), b (ablation), c (shapes), d (props), e (predictability sweep, slow); default abcd, abc for a replay")
+    parser.add_argument("--world", choices=["default", "paper", "replay"], default="default",
+                        help="simulated world, or replay: a recording's outcomes (docs/allocation.md)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="with --world replay: a recording (trace-rl record) folder or subsample file")
     parser.add_argument("--steps", type=int, default=None, help="training steps per run (default: the scenario's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the scenario and every method")
     parser.add_argument("--cost-unit", choices=["trajectory", "turns"], default="trajectory",
@@ -39,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from trace_agents.progress import Reporter
     from trace_allocation import experiments
 
+    if args.experiments is None:
+        args.experiments = "abc" if args.world == "replay" else "abcd"
     unknown = sorted(set(args.experiments) - set("abcde"))
     if unknown or not args.experiments:
         raise UserError(f"--experiments {args.experiments!r}: use letters from abcde (a allocators, "
@@ -46,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be at least 1 (got {args.steps})")
 
-    scenario = experiments.WORLDS[args.world].with_(seed=args.seed, cost_unit=args.cost_unit)
+    scenario, make_world = _world(args)
+    scenario = scenario.with_(seed=args.seed, cost_unit=args.cost_unit)
     if args.quick:
         scenario = scenario.with_(**QUICK)
     if args.steps is not None:
@@ -59,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
             args.experiments,
             shape_scale=args.shape_scale,
             on_step=lambda name, step: bar.advance(info=f"{name} step {step.step}"),
+            make_world=make_world,
         )
     _print_tables(console, result)
     if args.out is not None:
@@ -76,6 +84,28 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({k: v for k, v in result.items() if k != "per_step"}))
         sys.stdout.flush()
     return 0
+
+
+def _world(args: argparse.Namespace):
+    """The scenario and world factory the flags name; UserError for a bad combination or a
+    recording that cannot be read."""
+    from trace_agents.cli import UserError
+    from trace_allocation import experiments
+    from trace_allocation.simulate import SyntheticTasks
+
+    if (args.world == "replay") != (args.data is not None):
+        raise UserError("--world replay and --data REC go together (REC: a trace-rl record folder or subsample file)")
+    if args.data is None:
+        return experiments.WORLDS[args.world], SyntheticTasks
+    if set(args.experiments) & set("de"):
+        raise UserError("--world replay runs experiments a, b and c only (d and e need a synthetic world's ground truth)")
+    from trace_agents.recording.replay import load_replay
+    from trace_allocation.replay import replay_world
+
+    try:
+        return replay_world(load_replay(args.data))
+    except ValueError as exc:
+        raise UserError(f"--data {args.data}: {exc}") from None
 
 
 HEADERS = {
@@ -133,6 +163,8 @@ def _print_tables(console, result: dict) -> None:
         printed = True
     if printed:
         console.print(LEGEND, style="dim", highlight=False)
+    if "predictor_scores" in result:
+        _print_scores(console, result["predictor_scores"])
     if "propositions" in result:
         table = Table(title="(d) Props 1-3", title_justify="left", box=box.SIMPLE_HEAD,
                       show_edge=False, pad_edge=False)
@@ -143,3 +175,21 @@ def _print_tables(console, result: dict) -> None:
             figures = ", ".join(f"{k}={_fmt(v) if not isinstance(v, list) else [round(x, 3) for x in v]}" for k, v in check.items() if k != "holds")
             table.add_row(name, str(check["holds"]), figures)
         console.print(table)
+
+
+def _print_scores(console, scores: dict) -> None:
+    """The replay world's predictor scores, per method with a predictor."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title="predictors on the recorded outcomes (before each refit; per step means)", title_justify="left",
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    columns = ["skill_root", "auc_root", "skill_prefix", "auc_prefix", "spearman_prefix", "spearman_pooled"]
+    table.add_column("method")
+    for column in columns:
+        table.add_column(column.replace("_prefix", "@pre").replace("_root", "@root"), justify="right", no_wrap=True)
+    for name, row in scores.items():
+        table.add_row(name, *(_fmt(row.get(c), c) for c in columns))
+    console.print(table)
+    console.print("skill: Brier skill against the run's base rate so far; spearman: Stage 2's candidate values against "
+                  "the recorded continuation rates (per step, and pooled over the measured steps)", style="dim", highlight=False)

@@ -43,7 +43,8 @@ from trace_allocation.allocators import (
 )
 from trace_allocation.budget import Budget
 from trace_allocation.predictors import (
-    BetaBernoulliPredictor, BlendedPredictor, LexicalPredictor, SuccessPredictor, reliability_curve,
+    BetaBernoulliPredictor, BlendedPredictor, LexicalPredictor, SkillShrunk, SuccessPredictor,
+    reliability_curve,
 )
 from trace_allocation.tree import backup_targets
 from trace_envs import ToolEnv
@@ -67,9 +68,10 @@ def make_predictor(cfg: TrainConfig) -> SuccessPredictor:
 def make_allocator(name: str, cfg: TrainConfig, rng: np.random.Generator) -> Allocator:
     b = cfg.budget
     if name == "trace":
-        return TreeAllocator(make_predictor(cfg), continuations_per_root=b.continuations_per_root,
-                             m_min=b.m_min, m_max=b.m_max, group_size=b.group_size, rng=rng,
-                             name="trace")
+        predictor = make_predictor(cfg)
+        return TreeAllocator(SkillShrunk(predictor) if cfg.predictor.shrink else predictor,
+                             continuations_per_root=b.continuations_per_root, m_min=b.m_min, m_max=b.m_max,
+                             group_size=b.group_size, min_prompts=b.min_prompts, rng=rng, name="trace")
     if name == "random_branch":
         return TreeAllocator(None, continuations_per_root=b.continuations_per_root,
                              roots="uniform", prefixes="uniform", group_size=b.group_size,

@@ -16,9 +16,17 @@ import numpy as np
 
 from trace_allocation.predictors.beta import BetaBernoulliPredictor
 from trace_allocation.predictors.blend import BlendedPredictor
-from trace_allocation.predictors.calibration import ReliabilityCurve, brier_score, reliability_curve
+from trace_allocation.predictors.calibration import (
+    ReliabilityCurve,
+    auc,
+    brier_score,
+    brier_skill,
+    reliability_curve,
+    spearman,
+)
 from trace_allocation.predictors.lexical import LexicalPredictor
 from trace_allocation.predictors.oracle import OraclePredictor
+from trace_allocation.predictors.shrink import SkillShrunk
 
 if TYPE_CHECKING:
     from trace_allocation.predictors.encoder import EncoderPredictor
@@ -50,7 +58,11 @@ __all__ = [
     "LexicalPredictor",
     "OraclePredictor",
     "ReliabilityCurve",
+    "SkillShrunk",
     "SuccessPredictor",
+    "auc",
     "brier_score",
+    "brier_skill",
     "reliability_curve",
+    "spearman",
 ]
