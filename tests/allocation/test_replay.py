@@ -122,6 +122,7 @@ def test_every_method_runs_within_budget_and_the_oracle_finds_the_mixed_prompts(
     for name, make in allocators(sc).items():
         run = simulate(sc, make, name=name, make_world=make_world)
         mixed[name] = run.mean("mixed_trees")
+        multiple = sc.dapo_budget_multiple if name == "dapo" else 1.0
         for step in run.steps:
             assert step.cost_trajectory <= sc.budget * multiple + 1e-9
     # 4 of 12 pooled prompts are mixed (1/2 each); the oracle opens them, uniform GRPO finds ~1 in 3
@@ -132,7 +133,7 @@ def test_every_method_runs_within_budget_and_the_oracle_finds_the_mixed_prompts(
 def test_scorecard_scores_before_the_refit_and_ranks_prefixes_by_the_recorded_rates():
     sc, make_world = replay_world(PROMPTS, REAL_RUN.with_(pool_size=12, steps=4, warmup=1))
     cards: list[Scorecard] = []
-    make, _ = allocators(sc)["trace_oracle"]
+    make = allocators(sc)["trace_oracle"]
     simulate(sc, scored(make, cards), name="trace_oracle", make_world=make_world)
     (card,) = cards
     assert [s.step for s in card.scores] == [0, 1, 2, 3]
