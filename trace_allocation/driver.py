@@ -164,20 +164,28 @@ class StepDriver:
         if known is None:
             await self._run(engine, tree, tree.root, m, budget, continuation=False)
             ran = m
+            self._settled(m)
         else:
-            cost = known(tree.root)
-            ran = self._prepay(budget, cost, min(m, MIN_GROUP), continuation=False, whole=True)
+            cost, first = known(tree.root), min(m, MIN_GROUP)
+            ran = self._prepay(budget, cost, first, continuation=False, whole=True)
+            self._settled(first)
             await self._run(engine, tree, tree.root, ran, budget, continuation=False, paid=True)
             await asyncio.sleep(0)  # every opened prompt's pair before anyone's third
             if ran:
                 rest = self._prepay(budget, cost, m - ran, continuation=False)
                 await self._run(engine, tree, tree.root, rest, budget, continuation=False, paid=True)
                 ran += rest
+            self._settled(m - first)
             await asyncio.sleep(0)
-        self._pending_roots = max(0, self._pending_roots - m)
         if ran:
             await self._continue(engine, tree, ran * price, budget)
         return ran
+
+    def _settled(self, roots: int) -> None:
+        """Planned roots that are charged (or refused) now: no longer reserved from Stage 2. A
+        prepaid root is in ``budget.spent`` already; reserving it too left a fifth of TRACE's
+        budget unspent at a dozen trajectories a step."""
+        self._pending_roots = max(0, self._pending_roots - roots)
 
     async def _continue(self, engine: Engine, tree: RolloutTree, roots_price: float, budget: Budget) -> None:
         known = engine.known_cost

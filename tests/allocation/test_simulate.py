@@ -153,3 +153,15 @@ def test_no_opened_prompt_is_starved_and_the_turns_budget_is_never_exceeded(name
         planned = step.prompts_opened + step.starved
         if planned * MIN_GROUP * sc.max_turns <= total:
             assert step.starved == 0
+
+
+def test_stage2_is_not_starved_by_roots_already_paid():
+    """At a dozen trajectories a step TRACE spends its whole budget: a root prepaid for a known
+    cost is in the budget's spending already and must not also be reserved from other prompts'
+    Stage 2 (the step driver once left 1.5 of 12 traj-eq a step unspent that way)."""
+    from trace_allocation.experiments import WORLDS
+
+    sc = WORLDS["default"].with_(roots=8, pool_size=32, continuations_per_root=1, grpo_group=4,
+                                 tree_group=4, m_max=4, steps=4)
+    run = simulate(sc, allocators(sc)["trace"], name="trace")
+    assert [round(step.cost_trajectory, 9) for step in run.steps] == [sc.budget] * sc.steps
