@@ -22,7 +22,6 @@ prompt), `charge` and `finish` (trainer). Pure: numpy only.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol

@@ -3,7 +3,8 @@
 (a) every allocator at equal budget; (b) the Table 1 ablation (each TRACE stage active or
 uniform); (c) Table 2 tree shapes (M, N), scaled by `shape_scale`; (d) numerical checks of
 Props 1-3; (e) a sweep over how much of a prompt's difficulty its text reveals. Every table leads
-with the same figures (`HEADLINE`) for every method, costs in both units. The CLI (`trace-rl simulate`) only formats and plots what these return.
+with the same figures (`HEADLINE`) for every method, costs in both units. The CLI (`trace-rl simulate`)
+only formats and plots what these return.
 """
 
 from __future__ import annotations
@@ -180,7 +181,8 @@ def ablation(sc: Scenario, runs: dict[str, RunReport], on_step: OnStep | None = 
         name = f"{roots}/{prefixes}"
         report = runs.get(reuse[(roots, prefixes)]) if (roots, prefixes) in reuse else None
         if report is None:
-            report = simulate(sc, tree(sc, roots, prefixes, lambda w: lexical()), name=name, on_step=_bind(on_step, name),
+            report = simulate(sc, tree(sc, roots, prefixes, lambda w: lexical()), name=name,
+                              on_step=_bind(on_step, name),
                               make_world=make_world)
         rows.append({"stage1": roots, "stage2": prefixes, **_summary(report)})
     return rows
@@ -306,7 +308,8 @@ def _active_vs_uniform(world: SyntheticTasks, rng) -> dict:
         "stage1_expected_mixed_uniform": float(np.mean(stage1_uniform)),
         "stage2_expected_flips_active": float(np.mean(stage2_active)),
         "stage2_expected_flips_uniform": float(np.mean(stage2_uniform)),
-        "holds": bool(np.mean(stage1_active) >= np.mean(stage1_uniform) and np.mean(stage2_active) >= np.mean(stage2_uniform)),
+        "holds": bool(np.mean(stage1_active) >= np.mean(stage1_uniform)
+                      and np.mean(stage2_active) >= np.mean(stage2_uniform)),
     }
 
 
@@ -329,7 +332,8 @@ def run(
         runs = compare(sc, on_step, make_world, cards)
         summaries = {name: _summary(r) for name, r in runs.items()}
         result["effective_ratio"] = {n: s["effective_ratio"] for n, s in summaries.items()}
-        result["cost"] = {n: {"trajectory": s["cost_trajectory"], "turns": s["cost_turns"]} for n, s in summaries.items()}
+        result["cost"] = {n: {"trajectory": s["cost_trajectory"], "turns": s["cost_turns"]}
+                          for n, s in summaries.items()}
         result["compare"] = summaries
         result["per_step"] = {n: [asdict(s) for s in r.steps] for n, r in runs.items()}
         if cards:

@@ -49,7 +49,8 @@ def plot_results(result: dict, path: Path) -> Path:
             ax.grid(alpha=0.3)
         else:
             rows = result[key]
-            labels = [f"{r['stage1']}/{r['stage2']}" if key == "ablation" else f"({r['roots']},{r['paper_shape'][1]})" for r in rows]
+            labels = [f"{r['stage1']}/{r['stage2']}" if key == "ablation" else f"({r['roots']},{r['paper_shape'][1]})"
+                      for r in rows]
             bars = ax.bar(labels, [r["effective_ratio"] for r in rows], color="tab:blue")
             ax.bar_label(bars, labels=[f"{r['effective_ratio']:.2f} ({r['mixed_trees']:.0f} mixed)"
                                        for r in rows], fontsize=7)
@@ -74,7 +75,8 @@ def plot_sweep(rows: list[dict], path: Path, *, marks: dict[str, float] | None =
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for method in dict.fromkeys(r["method"] for r in rows):
-        points = sorted((r["topic_share"], r["effective_ratio"], r["mixed_trees"]) for r in rows if r["method"] == method)
+        points = sorted((r["topic_share"], r["effective_ratio"], r["mixed_trees"])
+                        for r in rows if r["method"] == method)
         shares, ratios, mixed = zip(*points)
         style = "--" if "oracle" in method else "-"
         axes[0].plot(shares, ratios, style, marker="o", label=method)

@@ -178,13 +178,15 @@ class ReplayTasks:
         for k in record.paths[r]:
             prefix = record.prefixes[k]
             depth = turns_in(prefix.text)
-            cur = cur.add_child(prefix.text, ReplayState(root.handle.prompt, k, depth, depth + float(prefix.turns.mean())))
+            state = ReplayState(root.handle.prompt, k, depth, depth + float(prefix.turns.mean()))
+            cur = cur.add_child(prefix.text, state)
             self.truth[prefix.text] = float(prefix.rewards.mean())
         leaf = cur.add_child(f"{cur.prefix_text}{TURN_MARK}{END}")
         return leaf.finish(float(record.rewards[r]))
 
 
-def replay_world(prompts: Sequence[ReplayPrompt], scenario: Scenario = REAL_RUN) -> tuple[Scenario, Callable[[Scenario], ReplayTasks]]:
+def replay_world(prompts: Sequence[ReplayPrompt],
+                 scenario: Scenario = REAL_RUN) -> tuple[Scenario, Callable[[Scenario], ReplayTasks]]:
     """The scenario (its `n_prompts` set to the recording's) and the world factory for
     `simulate(..., make_world=)`; the pool is capped at the recorded prompts."""
     sc = scenario.with_(n_prompts=len(prompts), pool_size=min(scenario.pool_size, len(prompts)))

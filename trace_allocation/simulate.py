@@ -116,10 +116,12 @@ class SyntheticTasks:
         self.scenario = sc = scenario
         rng = np.random.default_rng([sc.seed, 0])
         topic_effect = rng.standard_normal(sc.n_topics)
-        self.topics = np.stack([rng.choice(sc.n_topics, sc.topics_per_prompt, replace=False) for _ in range(sc.n_prompts)])
+        self.topics = np.stack([rng.choice(sc.n_topics, sc.topics_per_prompt, replace=False)
+                                for _ in range(sc.n_prompts)])
         shared = topic_effect[self.topics].sum(axis=1)
         self.shared = shared = (shared - shared.mean()) / shared.std()
-        self.zeta = math.sqrt(sc.topic_share) * shared + math.sqrt(1 - sc.topic_share) * rng.standard_normal(sc.n_prompts)
+        own = rng.standard_normal(sc.n_prompts)
+        self.zeta = math.sqrt(sc.topic_share) * shared + math.sqrt(1 - sc.topic_share) * own
         self.rate = rng.uniform(0.0, 2.0, sc.n_prompts)
         self.turns = rng.integers(sc.min_turns, sc.max_turns + 1, sc.n_prompts)
         self.spread = self._calibrate_spread()
@@ -182,7 +184,8 @@ class SyntheticTasks:
             for j in range(length):
                 turn = " ".join(self.good[w] if g else self.bad[w] for g, w in zip(good[r][j], words[r][j]))
                 text = f"{text}{TURN_MARK}{turn} left{turns - t0 - j - 1}"
-                cur = cur.add_child(text, SimState(float(xs[r, j]), t0 + j + 1, turns), continuation=continuation and j == 0)
+                cur = cur.add_child(text, SimState(float(xs[r, j]), t0 + j + 1, turns),
+                                    continuation=continuation and j == 0)
                 self.truth[text] = values[r][j]
             leaves.append(cur.finish(values[r][-1]))
         return leaves
@@ -248,7 +251,8 @@ def simulate(
     lengths = ExpectedCost(float(world.turns.mean()))
     report = RunReport(name, scenario)
     for step in range(scenario.steps):
-        pool = np.random.default_rng([scenario.seed, 2, step]).choice(scenario.n_prompts, scenario.pool_size, replace=False)
+        pool = np.random.default_rng([scenario.seed, 2, step]).choice(scenario.n_prompts, scenario.pool_size,
+                                                                      replace=False)
         rng = np.random.default_rng([scenario.seed, 3, step])
         world.truth.clear()
         world.text_truth.clear()
@@ -308,7 +312,8 @@ async def _run_step(
     trees = [world.root_tree(int(p), step) for p in pool]
     texts = [t.root.prefix_text for t in trees]
     true_v = normal_cdf(world.probit(pool, step))
-    pool_error = None if allocator.predictor is None else float(np.mean((allocator.predictor.predict(texts) - true_v) ** 2))
+    predictor = allocator.predictor
+    pool_error = None if predictor is None else float(np.mean((predictor.predict(texts) - true_v) ** 2))
     grown = await driver.grow(_SimEngine(world, trees, rng, lengths), texts, budget)
     brier, brier_root = _brier(allocator, grown.trees)
     _, figures = driver.finish(grown.trees)

@@ -18,7 +18,9 @@ QUICK = {"steps": 6, "warmup": 2}
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("simulate", help="compare rollout allocators on synthetic rollout trees",
                                    description=__doc__.split("\n\n")[0])
-    parser.add_argument("--experiments", default=None, help="any of a (allocators), b (ablation), c (shapes), d (props), e (predictability sweep, slow); default abcd, abc for a replay")
+    parser.add_argument("--experiments", default=None,
+                        help="any of a (allocators), b (ablation), c (shapes), d (props), e (predictability "
+                             "sweep, slow); default abcd, abc for a replay")
     parser.add_argument("--world", choices=["default", "paper", "replay"], default="default",
                         help="simulated world, or replay: a recording's outcomes (docs/allocation.md)")
     parser.add_argument("--data", type=Path, default=None,
@@ -98,7 +100,8 @@ def _world(args: argparse.Namespace):
     if args.data is None:
         return experiments.WORLDS[args.world], SyntheticTasks
     if set(args.experiments) & set("de"):
-        raise UserError("--world replay runs experiments a, b and c only (d and e need a synthetic world's ground truth)")
+        raise UserError("--world replay runs experiments a, b and c only "
+                        "(d and e need a synthetic world's ground truth)")
     from trace_agents.recording.replay import load_replay
     from trace_allocation.replay import replay_world
 
@@ -113,9 +116,9 @@ HEADERS = {
     "expected_mixed": "E mix", "realized_mixed": "mixed", "brier": "brier",
     "brier_root": "b@root", "pool_error": "pool", "paper_shape": "paper",
 }
-LEGEND = ("paper: the paper's tree shape (M, N); ratio: effective ratio; open: prompts opened; E mix / mixed: expected / realized mixed "
-          "trees; brier, b@root: predictor Brier on prefixes / roots; pool: its squared error "
-          "against the true V0 on the candidate pool (per step means)")
+LEGEND = ("paper: the paper's tree shape (M, N); ratio: effective ratio; open: prompts opened; "
+          "E mix / mixed: expected / realized mixed trees; brier, b@root: predictor Brier on prefixes / roots; "
+          "pool: its squared error against the true V0 on the candidate pool (per step means)")
 
 
 COUNTS = {"cost", "active_prompts", "expected_mixed", "realized_mixed", "roots", "budget"}
@@ -142,7 +145,8 @@ def _print_tables(console, result: dict) -> None:
 
     columns = [*HEADLINE, "trained_trees", "starved", "expected_mixed", "brier", "brier_root", "pool_error"]
     sections = [
-        ("(a) allocators at equal budget", [{"method": n, **s} for n, s in result.get("compare", {}).items()], ["method"]),
+        ("(a) allocators at equal budget",
+         [{"method": n, **s} for n, s in result.get("compare", {}).items()], ["method"]),
         ("(b) ablation (Table 1)", result.get("ablation", []), ["stage1", "stage2"]),
         ("(c) tree shapes (Table 2)", result.get("shapes", []), ["paper_shape", "roots", "budget"]),
         ("(e) predictability sweep", result.get("sweep", []), ["topic_share", "method"]),
@@ -172,7 +176,8 @@ def _print_tables(console, result: dict) -> None:
         table.add_column("holds")
         table.add_column("figures")
         for name, check in result["propositions"].items():
-            figures = ", ".join(f"{k}={_fmt(v) if not isinstance(v, list) else [round(x, 3) for x in v]}" for k, v in check.items() if k != "holds")
+            figures = ", ".join(f"{k}={_fmt(v) if not isinstance(v, list) else [round(x, 3) for x in v]}"
+                                for k, v in check.items() if k != "holds")
             table.add_row(name, str(check["holds"]), figures)
         console.print(table)
 
@@ -192,4 +197,5 @@ def _print_scores(console, scores: dict) -> None:
         table.add_row(name, *(_fmt(row.get(c), c) for c in columns))
     console.print(table)
     console.print("skill: Brier skill against the run's base rate so far; spearman: Stage 2's candidate values against "
-                  "the recorded continuation rates (per step, and pooled over the measured steps)", style="dim", highlight=False)
+                  "the recorded continuation rates (per step, and pooled over the measured steps)",
+                  style="dim", highlight=False)

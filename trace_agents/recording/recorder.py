@@ -208,14 +208,16 @@ def make_meta(label: str, model: Any, env: ToolEnv, env_spec: dict[str, Any],
 
 
 async def record(out: Path, model: Any, tokenizer: Any, env: ToolEnv, meta: Meta, *,
-                 prompts: int, batch: int, max_seconds: float | None = None, on_episode: Callable[[Episode], None] | None = None,
+                 prompts: int, batch: int, max_seconds: float | None = None,
+                 on_episode: Callable[[Episode], None] | None = None,
                  on_chunk: Callable[[int, list[PromptRecord], float], None] | None = None) -> int:
     """Record ``prompts`` prompts (rounded up to whole chunks, at most the split) into ``out``,
     continuing the chunks already there; returns how many prompts the folder holds.
 
     ``meta`` (:func:`make_meta`) says what is recorded and how: the plan, the sampling, the
     dialect; ``batch`` is the engine's batch rows and the hidden-state forward's. Past
-    ``max_seconds`` no new chunk starts (what is written stays usable; a later call continues). ``on_chunk(k, records, seconds)`` follows each
+    ``max_seconds`` no new chunk starts (what is written stays usable; a later call continues).
+    ``on_chunk(k, records, seconds)`` follows each
     chunk written."""
     plan = Plan(meta.bare, meta.prefix_rollouts, meta.continuations, meta.chunk, meta.seed)
     out.mkdir(parents=True, exist_ok=True)

@@ -62,13 +62,15 @@ def refuse_unsupported(config: DictConfig, allocator: str) -> None:
         problems.append(f"algorithm.adv_estimator={algo.get('adv_estimator')} (TRACE writes tree advantages; "
                         "use grpo, which starts no critic)")
     if algo.get("use_kl_in_reward", False):
-        problems.append("algorithm.use_kl_in_reward=true (use the actor's KL loss, actor_rollout_ref.actor.use_kl_loss)")
+        problems.append("algorithm.use_kl_in_reward=true "
+                        "(use the actor's KL loss, actor_rollout_ref.actor.use_kl_loss)")
     if not algo.get("norm_adv_by_std_in_grpo", True):
         problems.append("algorithm.norm_adv_by_std_in_grpo=false (TRACE's advantages divide by the group std)")
     correction = algo.get("rollout_correction") or {}
     for key in ("rollout_is", "rollout_rs"):
         if correction.get(key) is not None:
-            problems.append(f"algorithm.rollout_correction.{key}={correction.get(key)} (not applied to tree advantages)")
+            problems.append(f"algorithm.rollout_correction.{key}={correction.get(key)} "
+                            "(not applied to tree advantages)")
     if allocator == "dapo":
         problems.append("trace.allocator=dapo (the verl workers run no refills; use the native trainer for DAPO)")
     if problems:
@@ -234,7 +236,8 @@ class TraceTrainer(PPOTrainerSync):
                     else Path(trainer.default_local_dir) / f"global_step_{self.global_steps}")
         folder = step_dir / TRACE_STATE
         if not folder.is_dir():
-            logger.warning("no TRACE state in %s (saved before trace-rl kept it): the predictor starts afresh", step_dir)
+            logger.warning("no TRACE state in %s (saved before trace-rl kept it): the predictor starts afresh",
+                           step_dir)
             return
         try:
             self.load_trace_state(read_state(folder / "state.json", folder / "arrays.safetensors"))

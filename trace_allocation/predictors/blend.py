@@ -89,7 +89,8 @@ class BlendedPredictor:
         return float(np.clip(noise / max(excess, 1e-3 * weight) - 1.0, 0.5, 200.0))
 
     def state_dict(self) -> dict:
-        return {"text_model": self.text_model.state_dict(), "prior": dict(self._prior), "moments": self._moments.tolist(),
+        return {"text_model": self.text_model.state_dict(), "prior": dict(self._prior),
+                "moments": self._moments.tolist(),
                 "evidence": {k: list(v) for k, v in self._evidence.items()}}
 
     def load_state_dict(self, state: dict) -> None:
@@ -102,7 +103,10 @@ class BlendedPredictor:
         """Posterior mean and variance of each prompt's success rate (an unseen prompt: the text
         model's prediction with the prior's variance p(1-p)/(n0+1))."""
         n0 = self.strength
-        p = np.clip(np.asarray(self.text_model.predict(list(prompts)), dtype=float), EPS, 1 - EPS) if len(prompts) else np.zeros(0)
+        if not len(prompts):
+            p = np.zeros(0)
+        else:
+            p = np.clip(np.asarray(self.text_model.predict(list(prompts)), dtype=float), EPS, 1 - EPS)
         p = np.array([self._prior.get(q, x) for q, x in zip(prompts, p)])
         s, f = np.array([self._evidence.get(q, (0.0, 0.0)) for q in prompts]).reshape(-1, 2).T
         a, b = n0 * p + s, n0 * (1 - p) + f
@@ -139,7 +143,8 @@ class BlendedPredictor:
         if new:  # the text model has not trained on these prompts yet: its prediction is a prior
             p0 = np.clip(np.asarray(self.text_model.predict([texts[i] for i in new]), dtype=float), EPS, 1 - EPS)
             n = w[new]
-            self._moments += [n.sum(), float(n @ (y[new] - p0) ** 2 - (p0 * (1 - p0)).sum()), float(n @ (p0 * (1 - p0)))]
+            spread = p0 * (1 - p0)
+            self._moments += [n.sum(), float(n @ (y[new] - p0) ** 2 - spread.sum()), float(n @ spread)]
             self._prior.update(zip((texts[i] for i in new), p0.tolist()))
         for evidence in self._evidence.values():
             evidence[0] *= self.discount

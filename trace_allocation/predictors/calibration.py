@@ -43,7 +43,8 @@ def reliability_curve(probs: np.ndarray, outcomes: np.ndarray, n_bins: int = 10)
     return ReliabilityCurve(predicted, observed, counts)
 
 
-def brier_skill(probs: np.ndarray, outcomes: np.ndarray, base: float, weights: np.ndarray | None = None) -> float | None:
+def brier_skill(probs: np.ndarray, outcomes: np.ndarray, base: float,
+                weights: np.ndarray | None = None) -> float | None:
     """1 - Brier(probs) / Brier(constant `base`): positive when the predictor beats always saying
     the base rate, 0 when it merely matches it, negative when it is confidently wrong. None when
     the outcomes all equal the base (nothing to beat)."""
