@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from trace_allocation.allocators import Allocator
-
 Unit = Literal["trajectory", "turns", "tokens"]
+
+
+class Multiplied(Protocol):
+    """What a budget reads of an allocator (``trace_allocation.allocators.Allocator`` is one):
+    the budget sits below the allocators that plan against it and never imports them."""
+
+    budget_multiple: float
 
 
 class BudgetExceeded(RuntimeError):
@@ -61,7 +65,7 @@ class Budget:
         """Everything charged so far in every unit (turns/tokens only where they were given)."""
 
     @classmethod
-    def for_allocator(cls, allocator: Allocator, total: float, **options: Any) -> Budget:
+    def for_allocator(cls, allocator: Multiplied, total: float, **options: Any) -> Budget:
         """The step budget of ``allocator``: the common ``total`` times its budget multiple
         (only DAPO over-samples), so every driver sizes a step the same way."""
         return cls(total * allocator.budget_multiple, **options)

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from trace_agents.backends.base import BackendError, ChatPrompt
 from trace_agents.dialects.base import instruction_messages
+from trace_agents.dialects.turn import PlayedTurn
 from trace_envs import ToolEnv
 
 if TYPE_CHECKING:
     from trace_agents.backends.base import Completion
-    from trace_agents.episode import Turn
 
 Message = dict[str, Any]
 
@@ -68,7 +68,7 @@ class NativeToolsDialect:
                          info: Mapping[str, Any]) -> list[int]:
         return []
 
-    def extend(self, prompt: ChatPrompt, turn: Turn) -> ChatPrompt:
+    def extend(self, prompt: ChatPrompt, turn: PlayedTurn) -> ChatPrompt:
         added = self.turn_messages(turn.env_action, turn.observation, turn.info)
         return ChatPrompt((*prompt.messages, *added), prompt.tools)
 
