@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -299,17 +299,15 @@ class EpisodeRunner:
     async def run(self, spec: EnvSpec, sampling_params: Mapping[str, Any], *, prompt_key: str) -> Episode:
         session = uuid.uuid4().hex
         episode = Episode(session, session, prompt_key, spec, "", [])
-        try:
-            env = await asyncio.to_thread(spec.make)
-        except Exception as exc:  # noqa: BLE001 - a broken env fails its episode, not the step
-            return self._failed(episode, exc)
-        try:
+
+        def start(env: ToolEnv) -> None:
             options = None if spec.task_id is None else {"task_id": spec.task_id}
-            episode.task_prompt, _ = await asyncio.to_thread(env.reset, seed=spec.seed, options=options)
+            episode.task_prompt, _ = env.reset(seed=spec.seed, options=options)
             episode.prompt_ids = self.dialect.initial_ids(env, episode.task_prompt)
-        except Exception as exc:  # noqa: BLE001
-            await asyncio.to_thread(env.close)
-            return self._failed(episode, exc)
+
+        env = await self._set_up(episode, start)
+        if env is None:
+            return episode
         if self.prompt_length is not None and len(episode.prompt_ids) > self.prompt_length:
             await asyncio.to_thread(env.close)
             raise ValueError(
@@ -329,25 +327,33 @@ class EpisodeRunner:
             None if logprobs is None else list(logprobs), list(branch.turns),
             parent=(branch.parent_id, branch.turn),
         )
+        env = await self._set_up(episode, lambda env: env.restore(Snapshot.from_bytes(branch.snapshot)))
+        return episode if env is None else await self._play(env, episode, sampling_params)
+
+    async def _set_up(self, ep: Episode, prepare: Callable[[ToolEnv], None]) -> ToolEnv | None:
+        """The episode's env, built from its spec and prepared (reset, or restored); None, with the
+        episode failed and the env closed, when either raises: a broken env fails its episode,
+        not the step."""
         try:
-            env = await asyncio.to_thread(branch.env.make)
+            env = await asyncio.to_thread(ep.env.make)
         except Exception as exc:  # noqa: BLE001
-            return self._failed(episode, exc)
+            self._failed(ep, exc)
+            return None
         try:
-            env.restore(Snapshot.from_bytes(branch.snapshot))
+            await asyncio.to_thread(prepare, env)
         except Exception as exc:  # noqa: BLE001
             await asyncio.to_thread(env.close)
-            return self._failed(episode, exc)
-        return await self._play(env, episode, sampling_params)
+            self._failed(ep, exc)
+            return None
+        return env
 
-    def _failed(self, ep: Episode, exc: Exception) -> Episode:
+    def _failed(self, ep: Episode, exc: Exception) -> None:
         """An episode whose env could not be set up: failed, its error kept, one masked token."""
         ep.stop_reason, ep.error, ep.truncated = "error", f"{type(exc).__name__}: {exc}"[:2000], True
         if not ep.prompt_ids:  # verl pads prompts; an empty one has no position to pad from
             ep.prompt_ids = sorted(self.dialect.stop_ids)[:1] or [0]
         if not ep.response_ids:
             _append(ep, ep.prompt_ids[-1:], 0, None)
-        return ep
 
     async def _play(self, env: ToolEnv, ep: Episode, sampling_params: Mapping[str, Any]) -> Episode:
         async def generate(prompt: Sequence[int], max_tokens: int, _turn: int) -> Completion:
