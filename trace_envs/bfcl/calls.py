@@ -15,6 +15,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from trace_envs.model_source import parse_expression
+
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 MAX_CALL_CHARS = 100_000
 
@@ -40,7 +42,7 @@ def parse_call(
     if len(text) > MAX_CALL_CHARS:
         raise CallSyntaxError(f"call is {len(text)} characters long")
     try:
-        node = ast.parse(text.strip(), mode="eval").body
+        node = parse_expression(text.strip()).body
     except SyntaxError as exc:
         raise CallSyntaxError(f"not a Python call expression: {exc.msg}") from None
     if not isinstance(node, ast.Call):

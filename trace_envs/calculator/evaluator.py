@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping
 from fractions import Fraction
 from numbers import Rational
 
+from trace_envs.model_source import parse_expression
+
 Number = int | Fraction | float
 
 MAX_CHARS = 2_000
@@ -240,7 +242,7 @@ def evaluate(expression: str, variables: Mapping[str, Number] | None = None) -> 
     if not text:
         raise CalculatorError("empty expression")
     try:
-        tree = ast.parse(text, mode="eval")
+        tree = parse_expression(text)
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
         msg = exc.msg if isinstance(exc, SyntaxError) else str(exc) or type(exc).__name__
         raise CalculatorError(f"cannot parse expression: {msg}") from None
