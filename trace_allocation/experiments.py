@@ -136,7 +136,7 @@ def allocators(sc: Scenario) -> dict[str, AllocatorFactory]:
 
 def stage1_variants(sc: Scenario) -> dict[str, AllocatorFactory]:
     """TRACE (lexical) with a Stage 1 guarded against a predictor without skill, measured in
-    docs/allocation.md and not in (a): skill shrinkage, a floor on prompts opened, both."""
+    docs/allocation_results.md and not in (a): skill shrinkage, a floor on prompts opened, both."""
     return {
         "trace_shrunk": tree(sc, "active", "active", lambda w: lexical(), shrink=True),
         "trace_floor": tree(sc, "active", "active", lambda w: lexical(), floor=True),

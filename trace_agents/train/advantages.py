@@ -23,7 +23,7 @@ Leaves without a reward (a rollout that failed to generate) carry no advantage a
 Why ``average``: on the simulator, whose true values V(H_t) are known, the advantage a turn is
 trained with correlates better with its true advantage V(H_t) - V(H_{t-1}) under ``average``
 (0.520 on TRACE's trees, 3 seeds) than under ``once`` (0.467) or ``per_path`` (0.385); sign
-agreement 0.799 / 0.790 / 0.735 (``benchmarks/credit_bench.py``, docs/allocation.md).
+agreement 0.799 / 0.790 / 0.735 (``benchmarks/credit_bench.py``, docs/allocation_results.md).
 """
 
 from __future__ import annotations

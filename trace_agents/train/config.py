@@ -82,8 +82,8 @@ class BudgetConfig(_Strict):
     m_max: int = Field(8, ge=2)
     min_prompts: int = Field(0, ge=0)
     """TRACE's Stage 1 opens at least about this many prompts a step (its roots per prompt capped
-    at ceil(roots / min_prompts)); 0: no floor. Measured in docs/allocation.md ("Guarding Stage 1");
-    not the default, since it did not measure at least as good everywhere."""
+    at ceil(roots / min_prompts)); 0: no floor. Measured in docs/allocation_results.md ("Guarding
+    Stage 1, measured"); not the default, since it did not measure at least as good everywhere."""
     dapo_multiple: float = Field(4.0, ge=1)
     """DAPO over-samples: it may spend up to this multiple of the common budget drawing groups
     until it holds the quota the common budget pays for (total / group_size) of mixed groups;
@@ -108,7 +108,7 @@ class PredictorConfig(_Strict):
     shrink: bool = False
     """TRACE's Stage 1 reads root predictions shrunk toward the run's base rate by the predictor's
     measured skill (``SkillShrunk``); off by default: it lost at the SmolLM2 run's budget
-    (docs/allocation.md, "Guarding Stage 1")."""
+    (docs/allocation_results.md, "Guarding Stage 1, measured")."""
 
 
 class WarmupConfig(_Strict):

@@ -13,7 +13,7 @@ the text model:
   with: once the text model has trained on a prompt's outcomes its prediction already holds them,
   and blending it with the same outcomes counts them twice (that version closed 4% of the
   effective-ratio gap to `trace_oracle_seen`; this one 28 ± 8% in trajectory-equivalents and
-  33 ± 7% in turns over three seeds, without adding mixed trees: docs/allocation.md).
+  33 ± 7% in turns over three seeds, without adding mixed trees: docs/allocation_results.md).
 * s, f are the prompt's successes and failures: each update's root backup target times its
   leaves, discounted by `discount` per update because the policy, and so the success rate, drifts.
 * n0, the prior's strength, is fit by empirical Bayes (method of moments) on every prompt's first
