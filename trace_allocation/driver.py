@@ -68,6 +68,28 @@ class Grown:
     """Stage 1's counts alone."""
 
 
+class ContinuationPool:
+    """Stage 2 shares that their prompts could not use, for the step's later prompts.
+
+    A prompt plans at most ``continuations_per_root`` per bare rollout; one whose sessions failed,
+    or whose tree offers fewer prefixes than its share, hands the rest here, and a prompt planned
+    after it may draw up to its own share again. Without it TRACE left that budget unspent and
+    spent less than GRPO at "equal" cost. Counted in continuations (or, in an exact unit, in
+    budget units); the `Budget` still refuses any overspend, so a draw the budget cannot pay for
+    is simply not run."""
+
+    def __init__(self) -> None:
+        self.left = 0.0
+
+    def give(self, amount: float) -> None:
+        self.left += max(0.0, float(amount))
+
+    def take(self, most: float) -> float:
+        got = min(max(0.0, float(most)), self.left)
+        self.left -= got
+        return got
+
+
 class StepDriver:
     """Plans with one allocator and charges one `Budget` per step (see the module docstring).
 
@@ -82,6 +104,8 @@ class StepDriver:
         """Cost of rollouts that ran but the budget refused to charge (exact units only)."""
         self._pending_roots = 0
         """Roots planned whose charge has not come in: Stage 2 may not spend their budget."""
+        self.pool = ContinuationPool()
+        """This step's unused Stage 2 shares (`grow` starts a fresh one)."""
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return fn(*args) if self.plan_in is None else await self.plan_in(fn, *args)
@@ -104,13 +128,23 @@ class StepDriver:
             left -= caps[-1]
         return np.asarray(caps, dtype=np.int64)
 
-    def plan_continuations(self, tree: RolloutTree, cap: int) -> list[tuple[Node, int]]:
+    def plan_continuations(self, tree: RolloutTree, cap: int, *, extra: int = 0) -> list[tuple[Node, int]]:
         """One prompt's Stage 2 from its bare rollouts: ``continuations_per_root`` per bare
-        rollout, at most ``cap``, spread as the allocator chooses."""
-        count = min(self.allocator.continuations_per_root * tree.bare_rollouts, cap)
+        rollout plus ``extra`` (drawn from the pool), at most ``cap``, spread as the allocator
+        chooses."""
+        count = min(self.allocator.continuations_per_root * tree.bare_rollouts + extra, cap)
         if count <= 0:
             return []
         return [(n, k) for n, k in self.allocator.plan_continuations(tree, count=count) if k > 0]
+
+    def plan_pooled(self, tree: RolloutTree, share: int, cap: int) -> list[tuple[Node, int]]:
+        """`plan_continuations` with the step's pool: the prompt draws up to its own share again
+        from what earlier prompts left, and hands back what its ``share`` (planned with its roots)
+        and the draw did not buy."""
+        extra = int(self.pool.take(self.allocator.continuations_per_root * tree.bare_rollouts))
+        plan = self.plan_continuations(tree, cap, extra=extra)
+        self.pool.give(share + extra - sum(k for _, k in plan))
+        return plan
 
     # ------------------------------------------------------------------ charging
     def charge(self, budget: Budget, spent: Spent, *, continuation: bool) -> None:
@@ -135,6 +169,7 @@ class StepDriver:
     async def grow(self, engine: Engine, prompt_texts: Sequence[str], budget: Budget) -> Grown:
         """Stage 1, every opened prompt's rollouts and Stage 2, then refills while affordable."""
         counts = await self._call(self.plan_roots, prompt_texts, budget)
+        self.pool = ContinuationPool()
         stage1, total = counts.copy(), counts.copy()
         trees: list[RolloutTree] = []
         while counts.any():
@@ -177,7 +212,7 @@ class StepDriver:
             self._settled(m - first)
             await asyncio.sleep(0)
         if ran:
-            await self._continue(engine, tree, ran * price, budget)
+            await self._continue(engine, tree, m, ran * price, budget)
         return ran
 
     def _settled(self, roots: int) -> None:
@@ -186,18 +221,23 @@ class StepDriver:
         budget unspent at a dozen trajectories a step."""
         self._pending_roots = max(0, self._pending_roots - roots)
 
-    async def _continue(self, engine: Engine, tree: RolloutTree, roots_price: float, budget: Budget) -> None:
+    async def _continue(self, engine: Engine, tree: RolloutTree, roots: int, roots_price: float,
+                        budget: Budget) -> None:
+        """One prompt's Stage 2, its planned share (for ``roots`` roots) pooled with the step's."""
         known = engine.known_cost
         if known is not None and budget.unit != "trajectory":
             # exact units: the prompt's planned share of Stage 2, each continuation at its own cost
-            allowance = min(budget.remaining, roots_price * self.allocator.continuations_per_root
-                            * budget.continuation_cost)
+            share = roots_price * self.allocator.continuations_per_root * budget.continuation_cost
+            extra = self.pool.take(share)
+            allowance = min(budget.remaining, share + extra)
             price_of = lambda n: budget.cost(continuation=True, **known(n)._asdict())  # noqa: E731
             plan = await self._call(lambda: [(n, k) for n, k in self.allocator.plan_continuations(
                 tree, allowance=allowance, price_of=price_of) if k > 0])
+            self.pool.give(share + extra - sum(price_of(n) * k for n, k in plan))
         else:
             cap = budget.continuations_affordable(reserved=self._pending_roots * budget.root_price)
-            plan = await self._call(self.plan_continuations, tree, cap)
+            share = self.allocator.continuations_per_root * roots
+            plan = await self._call(self.plan_pooled, tree, share, cap)
         if known is None:
             await asyncio.gather(*(self._run(engine, tree, node, k, budget, continuation=True) for node, k in plan))
             return
@@ -233,4 +273,4 @@ def refit_predictor(allocator: Allocator, trees: Sequence[RolloutTree]) -> float
     return brier
 
 
-__all__ = ["MIN_GROUP", "Engine", "Grown", "Spent", "StepDriver", "refit_predictor"]
+__all__ = ["MIN_GROUP", "ContinuationPool", "Engine", "Grown", "Spent", "StepDriver", "refit_predictor"]
