@@ -25,6 +25,7 @@ from verl.utils.transferqueue_utils import KVBatchMeta
 from trace_agents.verl.main import AGENT_LOOP_YAML
 from trace_agents.verl.trainer import CONTINUATIONS_KEY, TraceAgentLoopWorker, TraceTrainer, trace_settings
 from trace_allocation import RolloutTree
+from trace_allocation.driver import ContinuationPool
 
 TEXTS = ["What is 2+3?", "What is 17*23?", "Add 4 and 9.", "What is 100-58?"]
 
@@ -105,10 +106,26 @@ def test_settings_the_trainer_would_silently_drop_are_refused_before_ray_starts(
         trace_settings(config(tmp_path, override))
 
 
+class LocalPool:
+    """A `SharedPool` actor handle's call shape (``await pool.take.remote(n)``) over the real pool."""
+
+    def __init__(self) -> None:
+        pool = ContinuationPool()
+        self.take, self.give = (SimpleNamespace(remote=self._remote(f)) for f in (pool.take, pool.give))
+        self.left = lambda: pool.left
+
+    @staticmethod
+    def _remote(method):
+        async def call(*args):
+            return method(*args)
+        return call
+
+
 def test_a_prompt_verl_marks_greedy_is_sampled_greedily(monkeypatch):
     """verl's ``__do_sample__`` column (greedy rows) reaches the sessions' sampling parameters."""
     worker = object.__new__(TraceAgentLoopWorker)
-    worker.allocator = SimpleNamespace()
+    worker.allocator = SimpleNamespace(continuations_per_root=2)
+    worker.pool = LocalPool()
     worker.config = SimpleNamespace(actor_rollout_ref=SimpleNamespace(rollout=SimpleNamespace(n=1)))
     seen: list[dict] = []
 
@@ -125,3 +142,4 @@ def test_a_prompt_verl_marks_greedy_is_sampled_greedily(monkeypatch):
         prompt = {"uid": "u", "__rollout_n__": 1, CONTINUATIONS_KEY: 2, "__do_sample__": do_sample}
         asyncio.run(worker._run_prompt(prompt, {"temperature": 1.0, "top_p": 0.9}, {"validate": False}))
     assert seen[0]["temperature"] == 1.0 and seen[1]["temperature"] == 0
+    assert worker.pool.left() == 4  # each prompt's sessions raised: its Stage 2 share (2) went to the pool

@@ -7,7 +7,9 @@ them directly. One step:
     counts = sampler.plan_roots(task_texts, budget)          # trainer: Stage 1 (``__rollout_n__``)
     caps = sampler.driver.continuation_caps(counts, budget)  # trainer: each prompt's Stage 2 cap
     # agent-loop worker, per prompt, as soon as its own roots end (no barrier across prompts):
-    branches = plan_prompt(allocator, root_episodes, cap)    # -> further rollouts of the same uid
+    extra = pool.take(pool_request(allocator, root_episodes))   # what failed prompts left (a Ray actor)
+    branches = plan_prompt(allocator, root_episodes, cap, extra=extra)  # -> more rollouts of the same uid
+    pool.give(cap + extra - len(branches))
     # trainer, on the batch read back from TransferQueue (episodes may be dicts, see Episode.from_dict):
     sampler.observe(episodes, budget)                        # trees + the same Budget charges
     adv = sampler.advantages(mode="tree")                    # trace_agents.train.advantages
@@ -93,13 +95,14 @@ class TraceSampler:
             continuation, turns, tokens = True, len(ep.turns) - ep.branch_turn, sum(ep.response_mask[offset:])
         self.driver.charge(budget, Spent(turns, tokens), continuation=continuation)
 
-    def plan_continuations(self, prompt_key: str, cap: int) -> list[Branch]:
-        """Stage 2 for one observed prompt: up to ``cap`` branches, as the allocator spreads them."""
+    def plan_continuations(self, prompt_key: str, cap: int, *, extra: int = 0) -> list[Branch]:
+        """Stage 2 for one observed prompt: up to ``cap`` branches plus ``extra`` drawn from the
+        step's pool, as the allocator spreads them."""
         tree = self.trees.get(prompt_key)
-        if tree is None or cap <= 0:
+        if tree is None or cap + extra <= 0:
             return []
         branches: list[Branch] = []
-        for node, k in self.driver.plan_continuations(tree, cap):
+        for node, k in self.driver.plan_continuations(tree, cap + extra, extra=extra):
             episode_id, turn = node.handle
             branches += [self.episodes[episode_id].branch(turn)] * k
         return branches
@@ -129,14 +132,22 @@ class TraceSampler:
         return refit_predictor(self.allocator, list(self.trees.values()))
 
 
-def plan_prompt(allocator: Allocator, roots: Sequence[Episode | Mapping[str, Any]], cap: int) -> list[Branch]:
-    """The agent-loop worker's Stage 2 for one prompt, from that prompt's root episodes alone."""
+def plan_prompt(allocator: Allocator, roots: Sequence[Episode | Mapping[str, Any]], cap: int, *,
+                extra: int = 0) -> list[Branch]:
+    """The agent-loop worker's Stage 2 for one prompt, from that prompt's root episodes alone:
+    ``cap`` is its own share, ``extra`` what it drew from the step's pool (`pool_request`)."""
     sampler = TraceSampler(allocator)
     sampler.observe(roots, budget=None)
     keys = {Episode.from_dict(r).prompt_key for r in roots}
     if len(keys) > 1:
         raise ValueError(f"plan_prompt got episodes of several prompts: {sorted(keys)}")
-    return sampler.plan_continuations(keys.pop(), cap) if keys else []
+    return sampler.plan_continuations(keys.pop(), cap, extra=extra) if keys else []
+
+
+def pool_request(allocator: Allocator, roots: Sequence[Episode | Mapping[str, Any]]) -> int:
+    """What a prompt may draw from the step's `ContinuationPool`: its own share again, counted
+    (as the driver's `plan_pooled` counts it) over the roots that finished."""
+    return allocator.continuations_per_root * sum(not Episode.from_dict(r).failed for r in roots)
 
 
 def token_advantages(ep: Episode, turn_advantages: Mapping[int, float]) -> tuple[list[float], list[int]]:
@@ -158,4 +169,5 @@ def _text(ep: Episode, turn: int):
     return lambda: ep.prefix_text(turn)
 
 
-__all__ = ["BRANCH_KEY", "CONTINUATIONS_KEY", "EPISODE_KEY", "TraceSampler", "plan_prompt", "token_advantages"]
+__all__ = ["BRANCH_KEY", "CONTINUATIONS_KEY", "EPISODE_KEY", "TraceSampler", "plan_prompt", "pool_request",
+           "token_advantages"]

@@ -41,10 +41,11 @@ from trace_agents.train.config import BudgetConfig, OptimConfig, PredictorConfig
 from trace_agents.train.loop import make_allocator
 from trace_agents.verl.episode import Episode
 from trace_agents.verl.sampler import (
-    BRANCH_KEY, CONTINUATIONS_KEY, EPISODE_KEY, TraceSampler, plan_prompt, token_advantages,
+    BRANCH_KEY, CONTINUATIONS_KEY, EPISODE_KEY, TraceSampler, plan_prompt, pool_request, token_advantages,
 )
 from trace_allocation import Budget
 from trace_allocation.allocators import Allocator
+from trace_allocation.driver import ContinuationPool
 
 logger = logging.getLogger(__name__)
 
@@ -163,13 +164,15 @@ class TraceTrainer(PPOTrainerSync):
 
     def tree_advantages(self, tags: list[dict], extra_fields: list[Any], lengths: list[int]) -> TensorDict:
         """Grow the step's trees from the sampled rows (verl's padding rows excluded), charge the
-        budget, and return nested ``advantages``/``returns`` and the trained-token masks."""
+        budget, and return nested ``advantages``/``returns`` and the trained-token masks. With
+        ``trainer.v1.parameter_sync_step`` > 1 verl calls this once per mini-batch of whole prompt
+        groups: the trees add up over the step (planning starts them afresh), so the refit and the
+        step's figures see every prompt, not only the last mini-batch's."""
         assert self.budget is not None, "plan_batch must run before the advantage step"
         rows: dict[int, Episode] = {}
         for i, (tag, extra) in enumerate(zip(tags, extra_fields, strict=True)):
             if not tag.get("is_padding", False):
                 rows[i] = Episode.from_dict(dict(getattr(extra, "data", extra))[EPISODE_KEY])
-        self.sampler.reset()
         self.sampler.observe(sorted(rows.values(), key=lambda e: e.parent is not None), self.budget)
         opt = self.settings.optim
         turn_adv = self.sampler.advantages(mode=opt.advantage, shared=opt.shared_tokens)
@@ -245,6 +248,13 @@ class TraceTrainer(PPOTrainerSync):
             raise ValueError(f"cannot resume TRACE's state from {folder}: {type(exc).__name__}: {exc}") from None
 
 
+@ray.remote(num_cpus=0)
+class SharedPool(ContinuationPool):
+    """The step's `ContinuationPool`, one actor every worker draws from: a prompt whose sessions
+    failed, or whose tree has too few prefixes, leaves its Stage 2 share to prompts planned later
+    on any worker (the native driver's `plan_pooled`)."""
+
+
 class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
     """Per prompt: bare rollouts, then at once that prompt's Stage 2 continuations (same ``uid``,
     sessions ``n, n+1, ...``), all written to TransferQueue as verl's own worker writes them."""
@@ -252,9 +262,10 @@ class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.allocator: Allocator | None = None
+        self.pool: Any = None
 
-    def set_allocator(self, allocator: Allocator) -> None:
-        self.allocator = allocator
+    def set_allocator(self, allocator: Allocator, pool: Any) -> None:
+        self.allocator, self.pool = allocator, pool
 
     async def _agent_loop_postprocess(self, output, validate, **kwargs):
         kwargs.pop(BRANCH_KEY, None)  # a Branch is the agent loop's input, not a batch field
@@ -267,7 +278,7 @@ class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             return await super()._run_prompt(prompt, sampling_params, trajectory, trace)
         uid = prompt["uid"]
         await tq.async_kv_put(key=uid, partition_id="train", tag={"status": "running"})
-        status = "finished"
+        status, unplanned = "finished", cap
         try:
             n = int(prompt.pop("__rollout_n__", self.config.actor_rollout_ref.rollout.n))
             params = dict(sampling_params)
@@ -277,13 +288,21 @@ class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             episodes = [o.extra_fields[EPISODE_KEY] for o in roots if o is not None]
             if len(episodes) < n:
                 status = "failure"
-            branches = plan_prompt(self.allocator, episodes, cap) if episodes else []
+            request = pool_request(self.allocator, episodes)
+            extra = int(await self.pool.take.remote(request)) if request else 0
+            unplanned += extra
+            branches = plan_prompt(self.allocator, episodes, cap, extra=extra) if episodes else []
+            unplanned -= len(branches)
+            await self.pool.give.remote(unplanned)  # at once, so that prompts planned later may draw it
+            unplanned = 0
             conts = await self._sessions(params, trajectory, trace, prompt, branches, first=n)
             if any(o is None for o in conts):
                 status = "failure"
         except Exception:
             logger.exception("TRACE prompt %s failed", uid)
             status = "failure"
+            if unplanned:
+                await self.pool.give.remote(unplanned)
         await tq.async_kv_put(key=uid, partition_id="train", tag={"status": status})
 
     async def _sessions(self, params, trajectory, trace, prompt, branches, *, first: int) -> list[Any]:
@@ -309,9 +328,10 @@ class TraceAgentLoopManager(AgentLoopManagerTQ):
         self.agent_loop_workers_class = ray.remote(TraceAgentLoopWorker)
 
     def set_allocator(self, allocator: Allocator) -> None:
-        """Ship the allocator (its refit predictor) once per step: one object every worker reads."""
-        shipped = ray.put(allocator)
-        ray.get([w.set_allocator.remote(shipped) for w in self.agent_loop_workers])
+        """Ship the allocator (its refit predictor) once per step: one object every worker reads,
+        with the step's fresh `SharedPool`."""
+        shipped, pool = ray.put(allocator), SharedPool.remote()
+        ray.get([w.set_allocator.remote(shipped, pool) for w in self.agent_loop_workers])
 
 
 @ray.remote
@@ -319,5 +339,5 @@ class TraceTaskRunner(TaskRunnerV1.__ray_actor_class__):
     """verl's V1 task runner; importing this module registered the ``trace`` trainer in its process."""
 
 
-__all__ = ["TRAINER_NAME", "TraceAgentLoopManager", "TraceAgentLoopWorker", "TraceTaskRunner", "TraceTrainer",
-           "refuse_unsupported", "task_text", "trace_settings"]
+__all__ = ["TRAINER_NAME", "SharedPool", "TraceAgentLoopManager", "TraceAgentLoopWorker", "TraceTaskRunner",
+           "TraceTrainer", "refuse_unsupported", "task_text", "trace_settings"]
