@@ -19,8 +19,9 @@ written to ``--out`` after each shape (a timeout keeps what finished):
 - update: seconds, trained tokens/s, peak GPU memory;
 - precision: the share of the layers' weights one update at ``--lr`` moves, float32 weights with
   bfloat16 forwards (the loop) against bfloat16 weights (what the loop did before);
-- shared prefix: a micro-batch's forward + backward (per `--shared-rows`) with the rows' common prefix run once and
-  run per row, and the largest log-probability difference between the two.
+- shared prefix: a micro-batch's forward + backward (per `--shared-rows`) in each layout (the rows'
+  common prefix once, every row in full, the packed trie with its tree mask), and each one's largest
+  log-probability difference from the per-row forward.
 """
 
 from __future__ import annotations
@@ -203,13 +204,14 @@ def precision(start: torch.nn.Module, pad_id: int, trees: Any, cfg: Any) -> dict
 
 def both_ways(model: torch.nn.Module, tokens: torch.Tensor, attention: torch.Tensor,
               repeats: int = 3) -> dict[str, Any]:
-    """Forward + backward in bfloat16 with the rows' common prefix run once and run per row: the
-    median seconds of each (after a warm-up round; the order alternates), the speed-up, and the
-    largest log-probability difference between the two."""
+    """Forward + backward in bfloat16 in each layout (the rows' common prefix once, every row in
+    full, the packed trie with its tree mask): the median seconds of each (after a warm-up round;
+    the order alternates), the speed-ups over per-row, and the largest log-probability difference
+    from per-row."""
     from trace_agents.models import autocast
     from trace_agents.train.forward import token_logprobs
 
-    ways = {"prefix_once_s": 1, "per_row_s": 1 << 30}  # min_shared
+    ways = {"prefix_once_s": "prefix_once", "per_row_s": "padded", "packed_s": "packed"}
     seconds: dict[str, list[float]] = {label: [] for label in ways}
     values: dict[str, torch.Tensor] = {}
     for i in range(repeats + 1):
@@ -217,7 +219,7 @@ def both_ways(model: torch.nn.Module, tokens: torch.Tensor, attention: torch.Ten
             model.zero_grad(set_to_none=True)
             started = synced()
             with autocast(model, torch.bfloat16):
-                logp = token_logprobs(model, tokens, attention, min_shared=ways[label])
+                logp = token_logprobs(model, tokens, attention, layout=ways[label])
             (logp * attention.to(logp.device)).sum().backward()
             if i:
                 seconds[label].append(synced() - started)
@@ -225,8 +227,11 @@ def both_ways(model: torch.nn.Module, tokens: torch.Tensor, attention: torch.Ten
     model.zero_grad(set_to_none=True)
     out: dict[str, Any] = {label: sorted(t)[len(t) // 2] for label, t in seconds.items()}
     out["speedup"] = out["per_row_s"] / out["prefix_once_s"]
+    out["packed_speedup"] = out["per_row_s"] / out["packed_s"]
     mask = attention.to(values["per_row_s"].device).bool()
-    out["max_logprob_diff"] = float((values["prefix_once_s"] - values["per_row_s"])[mask].abs().max())
+    mask[:, 0] = False
+    for label, key in (("prefix_once_s", "max_logprob_diff"), ("packed_s", "packed_max_logprob_diff")):
+        out[key] = float((values[label] - values["per_row_s"])[mask].abs().max())
     return out
 
 
