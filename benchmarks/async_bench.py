@@ -1,14 +1,13 @@
 """Step period of GRPO and TRACE through the training loop (sampling + update + weight sync),
 in process on the tiny Qwen3, at equal sampling budget (12 traj-eq, the shape of
-rollout_bench.py's section c): the baseline that asynchronous steps (docs/training.md,
-"Asynchronous steps") are meant to close.
+rollout_bench.py's section c): how much a TRACE step's tail of continuations costs
+(docs/training.md, "The TRACE step's tail, measured").
 
     python benchmarks/async_bench.py --steps 10
 
 Prints, per allocator, the steady-state step period (median and min over steps 1.., step 0 pays
 the warm-up), the engine's decode steps and mean batch rows per step, mixed trees and effective
-ratio, then TRACE/GRPO ratios. Only the synchronous loop exists (``async.enabled`` is refused at
-config load), so there is no async column yet.
+ratio, then TRACE/GRPO ratios. The loop is synchronous (an overlapped mode is not built).
 """
 
 from __future__ import annotations

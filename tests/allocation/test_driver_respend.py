@@ -11,9 +11,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.fuzz import examples
 from trace_allocation import Budget
 from trace_allocation.allocators import TreeAllocator
 from trace_allocation.driver import ContinuationPool, Spent, StepDriver
@@ -69,7 +70,7 @@ steps = st.tuples(st.integers(2, 6), st.integers(0, 2**16), st.integers(4, 12), 
                   st.sampled_from(["active", "uniform"]))
 
 
-@settings(max_examples=60, deadline=None)
+@examples(60)
 @given(steps, st.data())
 def test_a_failed_prompts_share_is_re_spent_and_the_budget_never_exceeded(shape, data):
     n, seed, roots, cpr, prefixes = shape
@@ -89,7 +90,7 @@ def test_a_failed_prompts_share_is_re_spent_and_the_budget_never_exceeded(shape,
         assert b_budget.continuations == min(room, affordable)
 
 
-@settings(max_examples=40, deadline=None)
+@examples(40)
 @given(steps)
 def test_without_failures_the_pool_changes_nothing(shape):
     n, seed, roots, cpr, prefixes = shape
