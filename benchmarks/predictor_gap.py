@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trace_allocation.experiments import HEADLINE, WORLDS, allocators, stage1_variants  # noqa: E402
+from trace_allocation.experiments import HEADLINE, WORLDS, allocators, policy_variants, stage1_variants  # noqa: E402
 from trace_allocation.replay import (  # noqa: E402
     REAL_RUN,
     SCORES,
@@ -83,7 +83,7 @@ def main() -> None:
             per_seed = []
             for seed in args.seeds:
                 sc = world.with_(seed=seed, cost_unit=unit, **overrides)
-                make = (allocators(sc) | stage1_variants(sc))[method]
+                make = (allocators(sc) | stage1_variants(sc) | policy_variants(sc))[method]
                 cards: list[Scorecard] = []
                 run = simulate(sc, scored(make, cards) if args.data else make, name=method, make_world=make_world)
                 per_seed.append({k: run.mean(k) for k in FIGURES} | score_summary(cards, sc.warmup))

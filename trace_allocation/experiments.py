@@ -26,6 +26,7 @@ from trace_allocation.predictors import (
     BlendedPredictor,
     LexicalPredictor,
     OraclePredictor,
+    PolicyStatePredictor,
     SkillShrunk,
 )
 from trace_allocation.prefix import allocate_prefixes, prefix_value, reproduce_probs
@@ -141,6 +142,17 @@ def stage1_variants(sc: Scenario) -> dict[str, AllocatorFactory]:
         "trace_shrunk": tree(sc, "active", "active", lambda w: lexical(), shrink=True),
         "trace_floor": tree(sc, "active", "active", lambda w: lexical(), floor=True),
         "trace_robust": tree(sc, "active", "active", lambda w: lexical(), shrink=True, floor=True),
+    }
+
+
+def policy_variants(sc: Scenario) -> dict[str, AllocatorFactory]:
+    """Methods whose predictor reads the recorded policy's hidden states (`PolicyStatePredictor`
+    on `ReplayTasks.features`): the replay world only, measured in docs/allocation_results.md."""
+    policy = lambda w: PolicyStatePredictor(w.features)  # noqa: E731
+    return {
+        "trace_policy": tree(sc, "active", "active", policy),
+        "trace_policy_blend": tree(sc, "active", "active", lambda w: BlendedPredictor(policy(w))),
+        "pcl_policy": lambda w, rng: PclAllocator(policy(w), sc.grpo_group),
     }
 
 

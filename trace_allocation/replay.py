@@ -62,6 +62,8 @@ class ReplayPrefix:
     text: str
     rewards: np.ndarray
     turns: np.ndarray
+    state: np.ndarray | None = None
+    """The policy's last-layer hidden state at the prefix's end, where recorded."""
 
     def __post_init__(self) -> None:
         _outcomes(self.rewards, self.turns, f"prefix {self.text[:60]!r}")
@@ -79,6 +81,8 @@ class ReplayPrompt:
     turns: np.ndarray
     paths: tuple[tuple[int, ...], ...]
     prefixes: tuple[ReplayPrefix, ...]
+    state: np.ndarray | None = None
+    """The policy's last-layer hidden state at the prompt's end, where recorded."""
 
     def __post_init__(self) -> None:
         name = f"prompt {self.text[:60]!r}"
@@ -134,11 +138,21 @@ class ReplayTasks:
         self.turns = np.array([p.turns.mean() for p in self.prompts])
         self.base_rate = float(np.concatenate([p.rewards for p in self.prompts]).mean())
         self.prefix_rates = {pre.text: float(pre.rewards.mean()) for p in self.prompts for pre in p.prefixes}
+        self.states = {x.text: x.state for p in self.prompts for x in (p, *p.prefixes) if x.state is not None}
+        """Each recorded prompt's and prefix's hidden state, by text (what `features` serves)."""
         self.truth: dict[str, float] = {}
         self.text_truth: dict[str, float] = {}
         self.trees: list[RolloutTree] = []
         """This step's trees (every `root_tree` of the step; the opened ones have leaves)."""
         self._step: int | None = None
+
+    def features(self, texts: Sequence[str]) -> np.ndarray:
+        """The recorded policy's hidden states of these prompts and prefixes, ``[n, hidden]``:
+        what a policy-state predictor reads (the engine computed them while sampling)."""
+        missing = [t for t in texts if t not in self.states]
+        if missing:
+            raise ValueError(f"the recording holds no hidden state for {len(missing)} texts, e.g. {missing[0][:60]!r}")
+        return np.stack([self.states[t] for t in texts]).astype(np.float64)
 
     def probit(self, prompts: np.ndarray, step: int) -> np.ndarray:
         """Probit of each prompt's recorded bare success rate (the simulator takes Phi of it)."""

@@ -28,17 +28,19 @@ def _arrays(outcomes: list[Outcome]) -> tuple[np.ndarray, np.ndarray]:
             np.array([max(1, o.turns) for o in ended], dtype=float))
 
 
-def _prompt(text: str, records: list[PromptRecord]) -> ReplayPrompt | None:
+def _prompt(text: str, records: list[PromptRecord], hidden: np.ndarray) -> ReplayPrompt | None:
     continuations: dict[str, list[Outcome]] = {}
+    states: dict[str, np.ndarray] = {}
     for p in records:
         for x in p.prefixes:
             continuations.setdefault(x.transcript, []).extend(x.continuations)
+            states.setdefault(x.transcript, hidden[x.hidden_row])  # one state of the policy
     prefixes, index = [], {}
     for transcript, outcomes in continuations.items():
         rewards, turns = _arrays(outcomes)
         if rewards.size:
             index[transcript] = len(prefixes)
-            prefixes.append(ReplayPrefix(transcript, rewards, turns))
+            prefixes.append(ReplayPrefix(transcript, rewards, turns, states[transcript]))
     paths, bare = [], []
     for p in records:
         for r, o in enumerate(p.bare):
@@ -50,7 +52,7 @@ def _prompt(text: str, records: list[PromptRecord]) -> ReplayPrompt | None:
     if not bare:
         return None
     rewards, turns = _arrays(bare)
-    return ReplayPrompt(text, rewards, turns, tuple(paths), tuple(prefixes))
+    return ReplayPrompt(text, rewards, turns, tuple(paths), tuple(prefixes), hidden[records[0].hidden_row])
 
 
 def replay_prompts(recording: Recording) -> list[ReplayPrompt]:
@@ -58,7 +60,7 @@ def replay_prompts(recording: Recording) -> list[ReplayPrompt]:
     by_text: dict[str, list[PromptRecord]] = {}
     for p in recording.prompts:
         by_text.setdefault(p.prompt, []).append(p)
-    prompts = [_prompt(text, records) for text, records in by_text.items()]
+    prompts = [_prompt(text, records, recording.hidden) for text, records in by_text.items()]
     kept = [p for p in prompts if p is not None]
     if not kept:
         raise ValueError("the recording holds no ended bare rollout to replay")

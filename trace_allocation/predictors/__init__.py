@@ -26,6 +26,7 @@ from trace_allocation.predictors.calibration import (
 )
 from trace_allocation.predictors.lexical import LexicalPredictor
 from trace_allocation.predictors.oracle import OraclePredictor
+from trace_allocation.predictors.policy import PolicyStatePredictor
 from trace_allocation.predictors.shrink import SkillShrunk
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ __all__ = [
     "EncoderPredictor",
     "LexicalPredictor",
     "OraclePredictor",
+    "PolicyStatePredictor",
     "ReliabilityCurve",
     "SkillShrunk",
     "SuccessPredictor",
