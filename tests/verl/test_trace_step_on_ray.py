@@ -11,6 +11,7 @@ on GPUs (``PPOTrainer.init``).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -93,7 +94,11 @@ def compose(root: Path, data: Path):
     return config
 
 
-def test_one_trace_step_through_verls_v1_machinery(setup):
+@contextlib.contextmanager
+def trace_trainer(setup, data: Path | None = None):
+    """The real ``TraceTrainer`` as far as a CPU takes it (``PPOTrainer.init()`` would start FSDP
+    workers on GPUs): its tokenizer and dataloader, TransferQueue, and ``TraceAgentLoopManager``'s
+    Ray workers on the stand-in server behind a rollout replica. Yields (trainer, replica)."""
     import transfer_queue as tq
     from omegaconf import OmegaConf
     from verl.workers.rollout.llm_server import LLMServerClient
@@ -102,20 +107,28 @@ def test_one_trace_step_through_verls_v1_machinery(setup):
     from tests.verl.standin_replica import StandinReplica
     from trace_agents.verl.trainer import TraceAgentLoopManager, TraceTrainer
 
-    root, data, server = setup
-    config = compose(root, data)
+    root, train, server = setup
+    config = compose(root, data or train)
     OmegaConf.resolve(config)
     tq.init(config.transfer_queue)
     try:
         replica = StandinReplica.remote(server.url, 1)
         client = LLMServerClient(config, load_balancer_handle=get_router_handle({"standin": replica}))
-
-        trainer = TraceTrainer(config)  # PPOTrainer.init() would start FSDP workers on GPUs: not here
+        trainer = TraceTrainer(config)
         trainer._init_tokenizer()
         trainer._init_dataloader()
         trainer.global_steps = 1
         trainer.agent_loop_manager = TraceAgentLoopManager.create(
             config=config, llm_client=client, teacher_client=None, reward_loop_worker_handles=None)
+        yield trainer, replica
+    finally:
+        tq.close()
+
+
+def test_one_trace_step_through_verls_v1_machinery(setup):
+    import transfer_queue as tq
+
+    with trace_trainer(setup) as (trainer, replica):
         predictor = trainer.sampler.allocator.predictor
 
         trainer.prepare_step()  # Stage 1, per-row __rollout_n__ and caps, allocator to the workers
@@ -166,39 +179,18 @@ def test_one_trace_step_through_verls_v1_machinery(setup):
         assert served and {tuple(r["sampling_params"]["stop"]) for r in served} == {("</tool_call>", "</answer>")}
         assert max(r["sampling_params"]["max_tokens"] for r in served) == 24  # the YAML's option, every run
         json.dumps(metrics)  # loggable
-    finally:
-        tq.close()
 
 
 def test_a_failed_prompts_stage2_share_is_re_spent_by_the_other(setup):
     """Prompt A's sessions all fail (its task does not exist), so its Stage 2 share goes to the
     step's shared pool and prompt B, planned after it on a Ray worker, draws it: the step spends
     its whole budget (2 + 2 roots, 8 continuations: 8 traj-eq), where B alone planned 4."""
-    import transfer_queue as tq
-    from omegaconf import OmegaConf
-    from verl.workers.rollout.llm_server import LLMServerClient
-    from verl.workers.rollout.router import get_router_handle
-
-    from tests.verl.standin_replica import StandinReplica
-    from trace_agents.verl.trainer import TraceAgentLoopManager, TraceTrainer
-
-    root, data, server = setup
+    root, data, _ = setup
     rows = pq.read_table(data).to_pylist()[:PROMPTS]
     rows[0]["extra_info"]["task_id"] = "no-such-task"
     broken = root / "broken.parquet"
     pq.write_table(pa.Table.from_pylist(rows), broken)
-    config = compose(root, broken)
-    OmegaConf.resolve(config)
-    tq.init(config.transfer_queue)
-    try:
-        replica = StandinReplica.remote(server.url, 1)
-        client = LLMServerClient(config, load_balancer_handle=get_router_handle({"standin": replica}))
-        trainer = TraceTrainer(config)
-        trainer._init_tokenizer()
-        trainer._init_dataloader()
-        trainer.global_steps = 1
-        trainer.agent_loop_manager = TraceAgentLoopManager.create(
-            config=config, llm_client=client, teacher_client=None, reward_loop_worker_handles=None)
+    with trace_trainer(setup, broken) as (trainer, _):
         trainer.prepare_step()
         batch, _ = trainer.replay_buffer.sample(global_steps=1, partition_id="train", batch_size=PROMPTS)
         metrics: dict = {}
@@ -212,35 +204,13 @@ def test_a_failed_prompts_stage2_share_is_re_spent_by_the_other(setup):
         assert metrics["trace/continuations_cap"] == 8 and len(conts) == 8  # 4 its own + 4 re-spent
         budget = trainer.budget
         assert (budget.roots, budget.continuations, budget.spent) == (4, 8, 8.0) and budget.spent <= budget.total
-    finally:
-        tq.close()
 
 
 def test_mini_batches_of_one_step_add_up_to_the_steps_trees(setup):
     """``trainer.v1.parameter_sync_step=2``: verl samples the step's prompts in two mini-batches and
     runs the advantage step on each; the refit and the step's figures must see both prompts' trees
     (they once saw only the last mini-batch's)."""
-    import transfer_queue as tq
-    from omegaconf import OmegaConf
-    from verl.workers.rollout.llm_server import LLMServerClient
-    from verl.workers.rollout.router import get_router_handle
-
-    from tests.verl.standin_replica import StandinReplica
-    from trace_agents.verl.trainer import TraceAgentLoopManager, TraceTrainer
-
-    root, data, server = setup
-    config = compose(root, data)
-    OmegaConf.resolve(config)
-    tq.init(config.transfer_queue)
-    try:
-        replica = StandinReplica.remote(server.url, 1)
-        client = LLMServerClient(config, load_balancer_handle=get_router_handle({"standin": replica}))
-        trainer = TraceTrainer(config)
-        trainer._init_tokenizer()
-        trainer._init_dataloader()
-        trainer.global_steps = 1
-        trainer.agent_loop_manager = TraceAgentLoopManager.create(
-            config=config, llm_client=client, teacher_client=None, reward_loop_worker_handles=None)
+    with trace_trainer(setup) as (trainer, _):
         trainer.prepare_step()
         for _ in range(2):  # what PPOTrainer.step does with parameter_sync_step=2: _step_once per half
             half, _ = trainer.replay_buffer.sample(global_steps=1, partition_id="train", batch_size=PROMPTS // 2)
@@ -250,5 +220,3 @@ def test_mini_batches_of_one_step_add_up_to_the_steps_trees(setup):
         texts, _, _ = backup_targets(list(trainer.sampler.trees.values()))
         assert {prompt_of(t) for t in texts} == {tree.root.prefix_text for tree in trainer.sampler.trees.values()}
         assert "trace/predictor_brier" in trainer.refit_predictor()
-    finally:
-        tq.close()
