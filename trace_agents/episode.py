@@ -76,6 +76,9 @@ class Turn:
     snapshot: Snapshot
     env_action: Any = None
     """What ``env.step`` received: the text, or the dialect's parsed message."""
+    policy_version: int = 0
+    """The policy's version (updates applied) when the turn's generation started: its oldest
+    tokens' version, which bounds their staleness in an asynchronous run."""
 
     @property
     def ended(self) -> bool:
@@ -158,7 +161,7 @@ async def _turns(episode: Episode, generate: Generate, dialect: Dialect, env: To
         episode.env_seconds += time.perf_counter() - started
         turn = Turn(text, shown, ids, logprobs, tail, float(reward),
                     terminated, truncated, info, out.finish_reason, out.prompt_tokens, out.cached_tokens,
-                    env.snapshot(), action)
+                    env.snapshot(), action, int(out.meta.get("policy_version", 0)))
         if not turn.ended and left is not None and len(ids) + len(tail) >= left:
             episode.turns.append(replace(turn, observation=None, env_ids=(), reward=0.0, truncated=True))
             return _stop(episode, "response_length")  # the observation does not fit

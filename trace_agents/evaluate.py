@@ -89,12 +89,11 @@ async def evaluate(
     with opened as env:
         task_ids = [t.id for t in env.tasks][:limit]
         runner = RolloutRunner(backend, tokenizer=tokenizer, sampling=sampling,
-                               max_concurrency=max_concurrency, dialect=dialect,
-                               on_episode=on_episode)
+                               max_concurrency=max_concurrency, dialect=dialect)
 
         async def one(task_id: str) -> list[Any]:
             tree = runner.new_tree(env.fork(), task_id)
-            return await runner.rollouts(tree, tree.root, samples)
+            return await runner.rollouts(tree, tree.root, samples, on_episode=on_episode)
 
         episodes = [e for batch in await asyncio.gather(*(one(t) for t in task_ids)) for e in batch]
         finished = [e for e in episodes if e.status != "failed"]

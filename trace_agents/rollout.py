@@ -85,6 +85,8 @@ class TokenPath:
     """Sampling log-probability of each model token (None elsewhere or when not reported)."""
     depth: list[int]
     """Turn each token belongs to (0 = prompt): pick the turns a sample trains."""
+    version: list[int]
+    """Policy version that generated each model token (``Turn.policy_version``; 0 elsewhere)."""
 
 
 def start_of(node: Node) -> Start:
@@ -99,6 +101,7 @@ def token_path(node: Node) -> TokenPath:
     n_prompt = len(start.prompt_ids)
     ids, mask, depth = list(start.prompt_ids), [0] * n_prompt, [0] * n_prompt
     lps: list[float | None] = [None] * n_prompt
+    version = [0] * n_prompt
     for t, n in enumerate(node.path()[1:], start=1):
         turn: Turn = n.handle
         ids += turn.action_ids
@@ -108,7 +111,8 @@ def token_path(node: Node) -> TokenPath:
         mask += [0] * len(turn.env_ids)
         lps += [None] * len(turn.env_ids)
         depth += [t] * (len(turn.action_ids) + len(turn.env_ids))
-    return TokenPath(ids, mask, lps, depth)
+        version += [turn.policy_version] * len(turn.action_ids) + [0] * len(turn.env_ids)
+    return TokenPath(ids, mask, lps, depth, version)
 
 
 def prefix_ids(node: Node) -> list[int]:
@@ -167,7 +171,6 @@ class RolloutRunner:
         env_workers: int = 8,
         step_timeout_s: float | None = 120.0,
         episode_timeout_s: float | None = None,
-        on_episode: Callable[[Episode], None] | None = None,
         dialect: str | Dialect = "auto",
         chat_template_kwargs: dict[str, Any] | None = None,
     ) -> None:
@@ -186,8 +189,9 @@ class RolloutRunner:
         )
         """The turn ends at the dialect's stop strings and end-of-turn tokens on every engine."""
         self.max_context_tokens = max_context_tokens
-        self.on_episode = on_episode
-        """Called as each episode ends (progress bars)."""
+        self.policy_version = 0
+        """Updates applied to the weights the backend samples with (the training loop sets it
+        after each weight sync); stamped on every turn as its ``policy_version``."""
         self._slots = asyncio.Semaphore(max_concurrency)
         self.env_pool = concurrent.futures.ThreadPoolExecutor(env_workers, thread_name_prefix="env-step")
         """Runs synchronous env steps off the event loop (at most ``env_workers`` at once)."""
@@ -211,13 +215,15 @@ class RolloutRunner:
                       rng, self.dialect, tuple(env.tool_schemas()))
         return RolloutTree(task_id, prompt, handle=start)
 
-    async def rollouts(self, tree: RolloutTree, node: Node, k: int) -> list[Episode]:
+    async def rollouts(self, tree: RolloutTree, node: Node, k: int, *,
+                       on_episode: Callable[[Episode], None] | None = None) -> list[Episode]:
         """``k`` episodes resumed from ``node``: bare rollouts from the root, continuations from
-        any other node (attached there as new children)."""
+        any other node (attached there as new children); ``on_episode`` is called as each ends
+        (progress bars)."""
         if isinstance(node.handle, Turn) and (node.handle.terminated or node.handle.truncated):
             raise ValueError("cannot continue from a node that ended its episode")
         seeds = start_of(node).rng.integers(0, 2**62, size=k).tolist()
-        episodes = list(await asyncio.gather(*(self._episode(tree, node, s) for s in seeds)))
+        episodes = list(await asyncio.gather(*(self._episode(tree, node, s, on_episode) for s in seeds)))
         # children in episode order, not in the order concurrent episodes finished their first turn
         depth = len(node.path())
         firsts = [e.leaf.path()[depth] for e in episodes if e.leaf is not None]
@@ -225,7 +231,8 @@ class RolloutRunner:
         node.children[:] = [c for c in node.children if id(c) not in ids] + firsts
         return episodes
 
-    async def _episode(self, tree: RolloutTree, start: Node, seed: int) -> Episode:
+    async def _episode(self, tree: RolloutTree, start: Node, seed: int,
+                       on_episode: Callable[[Episode], None] | None) -> Episode:
         """Play one episode through :func:`trace_agents.episode.play`, then hang its turns below
         ``start`` (a failed one's completed turns too, without a reward)."""
         limits = Limits(self.sampling.max_tokens, context_tokens=self.max_context_tokens,
@@ -244,13 +251,17 @@ class RolloutRunner:
             if episode.status in ("terminated", "truncated"):
                 node.finish(episode.reward)  # type: ignore[arg-type]  (a played turn: never None)
         self._account(episode)
-        if self.on_episode is not None:
-            self.on_episode(episode)
+        if on_episode is not None:
+            on_episode(episode)
         return episode
 
-    def _generate(self, seed: int, prompt: Prompt, max_tokens: int, turn: int) -> Awaitable[Completion]:
-        """The backend's generation, seeded per episode and turn."""
-        return self.backend.generate(prompt, replace(self.sampling, max_tokens=max_tokens, seed=(seed + turn) % 2**63))
+    async def _generate(self, seed: int, prompt: Prompt, max_tokens: int, turn: int) -> Completion:
+        """The backend's generation, seeded per episode and turn, stamped with the policy version
+        it started under."""
+        version = self.policy_version
+        out = await self.backend.generate(prompt, replace(self.sampling, max_tokens=max_tokens,
+                                                          seed=(seed + turn) % 2**63))
+        return replace(out, meta={**out.meta, "policy_version": version})
 
     def _account(self, episode: Episode) -> None:
         s = self.stats

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -77,49 +78,43 @@ class TraceSampler:
         fit_predictor: bool = True,
     ) -> None:
         self.runner = runner
-        self.driver = StepDriver(allocator, plan_in=self._plan)
+        self.allocator = allocator
         self.progress = progress
         self.fit_predictor = fit_predictor
         self.steps = 0
-        self._planner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="allocator")
-        self._plan_s = 0.0
-
-    @property
-    def allocator(self) -> Allocator:
-        return self.driver.allocator
-
-    @property
-    def unpaid(self) -> float:
+        self.unpaid = 0.0
         """Cost of rollouts that ran but the budget refused to charge (exact units only)."""
-        return self.driver.unpaid
+        self._planner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="allocator")
 
-    async def _plan(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run an allocator call in the planning thread; its time counts to ``plan_s``."""
+    async def _plan(self, fn: Callable[..., Any], *args: Any, timer: list[float] | None = None) -> Any:
+        """Run an allocator call in the planning thread, adding its time to ``timer[0]``."""
         def timed() -> Any:
             started = time.perf_counter()
             try:
                 return fn(*args)
             finally:
-                self._plan_s += time.perf_counter() - started
+                if timer is not None:
+                    timer[0] += time.perf_counter() - started
 
         return await asyncio.get_running_loop().run_in_executor(self._planner, timed)
 
     async def step(self, candidates: Sequence[Candidate], budget: Budget,
                    label: str | None = None) -> StepResult:
-        """One step; ``label`` names it on the progress display (default: "step <n>")."""
+        """One step; ``label`` names it on the progress display (default: "step <n>").
+
+        Steps may overlap (an asynchronous training loop samples the next step while this one
+        ends): each has its own driver and budget, and their allocator calls take turns in the
+        one planning thread."""
         started = time.perf_counter()
         self.steps += 1
-        self._plan_s = 0.0
+        plan_s = [0.0]
+        driver = StepDriver(self.allocator, plan_in=functools.partial(self._plan, timer=plan_s))
         with _StepProgress(label or f"step {self.steps - 1}", budget, enabled=self.progress) as bar:
             engine = _Engine(self.runner, candidates, bar)
-            self.runner.on_episode = bar.episode_done
-            try:
-                grown = await self.driver.grow(engine, [c.text for c in candidates], budget)
-            finally:
-                self.runner.on_episode = None
-        plan_s = self._plan_s
+            grown = await driver.grow(engine, [c.text for c in candidates], budget)
+        self.unpaid += driver.unpaid
         fit_started = time.perf_counter()
-        brier, figures = await self._plan(lambda: self.driver.finish(grown.trees, refit=self.fit_predictor))
+        brier, figures = await self._plan(lambda: driver.finish(grown.trees, refit=self.fit_predictor))
         fit_s = time.perf_counter() - fit_started
         seconds = time.perf_counter() - started
         training = self.allocator.training_trees(grown.trees)
@@ -131,7 +126,7 @@ class TraceSampler:
             "roots": budget.roots, "continuations": budget.continuations,
             "cost": budget.spent, "budget": budget.total, "unpaid": self.unpaid, **summary,
             "cache_hit_rate": summary["cached_tokens"] / max(summary["prompt_tokens"], 1),
-            "predictor_brier": brier, "plan_s": plan_s, "fit_s": fit_s, "seconds": seconds,
+            "predictor_brier": brier, "plan_s": plan_s[0], "fit_s": fit_s, "seconds": seconds,
             "tokens_per_s": summary["generated_tokens"] / max(seconds, 1e-9),
         }
         return StepResult(self.steps, grown.trees, training, engine.episodes, grown.counts, budget,
@@ -153,7 +148,7 @@ class _Engine:
 
     async def rollouts(self, tree: RolloutTree, node: Node, k: int, *, continuation: bool) -> list[Spent]:
         self.bar.planned(k)
-        batch = await self.runner.rollouts(tree, node, k)
+        batch = await self.runner.rollouts(tree, node, k, on_episode=self.bar.episode_done)
         self.episodes += batch
         return [Spent(len(e.turns), e.generated_tokens) for e in batch]
 

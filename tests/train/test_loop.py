@@ -15,7 +15,7 @@ from trace_agents.cli import main as cli
 from trace_agents.train.config import TrainConfig
 from trace_agents.train.loop import run
 
-TIMING = {"seconds", "update_s", "plan_s", "fit_s", "tokens_per_s"}
+TIMING = {"seconds", "update_s", "plan_s", "fit_s", "tokens_per_s", "period_s"}
 REPO = Path(__file__).resolve().parents[2]
 
 

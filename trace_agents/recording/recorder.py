@@ -100,12 +100,12 @@ def _prefix_nodes(e: Episode) -> list[Node]:
 
 
 async def _sample_prompt(runner: RolloutRunner, env: ToolEnv, index: int, task_id: str,
-                         plan: Plan) -> _Sampled:
+                         plan: Plan, on_episode: Callable[[Episode], None] | None) -> _Sampled:
     runner.rng = np.random.default_rng([plan.seed, index])  # the tree's seeds: (seed, index) only
     tree = runner.new_tree(env, task_id)
-    bare = await runner.rollouts(tree, tree.root, plan.bare)
+    bare = await runner.rollouts(tree, tree.root, plan.bare, on_episode=on_episode)
     starts = [(j, n) for j, e in enumerate(bare[: plan.prefix_rollouts]) for n in _prefix_nodes(e)]
-    continued = await asyncio.gather(*(runner.rollouts(tree, n, plan.continuations)
+    continued = await asyncio.gather(*(runner.rollouts(tree, n, plan.continuations, on_episode=on_episode)
                                        for _, n in starts))
     return _Sampled(index, tree, bare, [(j, n, c) for (j, n), c in zip(starts, continued)])
 
@@ -226,7 +226,7 @@ async def record(out: Path, model: Any, tokenizer: Any, env: ToolEnv, meta: Meta
     chunks = -(-min(prompts, len(order)) // plan.chunk)
     backend = HFBackend(model, tokenizer, max_batch=batch)
     runner = RolloutRunner(backend, tokenizer=tokenizer, sampling=SamplingParams(**meta.sampling),
-                           max_concurrency=batch, on_episode=on_episode, dialect=meta.dialect)
+                           max_concurrency=batch, dialect=meta.dialect)
     began = time.perf_counter()
     try:
         for k in range(done, chunks):
@@ -236,7 +236,8 @@ async def record(out: Path, model: Any, tokenizer: Any, env: ToolEnv, meta: Meta
             backend.flush_cache()  # every chunk starts from the same engine state
             indices = range(k * plan.chunk, min((k + 1) * plan.chunk, len(order)))
             sampled = await asyncio.gather(*(
-                _sample_prompt(runner, env, i, env.tasks[int(order[i])].id, plan) for i in indices))
+                _sample_prompt(runner, env, i, env.tasks[int(order[i])].id, plan, on_episode)
+                for i in indices))
             requests = [r for s in sampled for r in _hidden_requests(s)]
             records, hidden = _records(list(sampled), hidden_states(model, requests, batch))
             write_chunk(chunk_path(out, k), Recording(meta, records, hidden))

@@ -135,6 +135,19 @@ class OptimConfig(_Strict):
     advantage: Literal["tree", "grpo"] = "tree"
     shared_tokens: Literal["once", "average", "per_path"] = "average"
     """Credit of a turn shared by several leaves (``trace_agents.train.advantages``)."""
+    stale_weight_cap: float = Field(2.0, gt=0)
+    """Truncation of the behaviour weight ``π_old/π_behaviour`` of tokens an older policy sampled
+    (``pipeline.staleness`` > 0); tokens of the current policy are not reweighted."""
+
+
+class PipelineConfig(_Strict):
+    """Asynchronous steps: the next steps' sampling runs while this step's ends and updates."""
+
+    staleness: int = Field(0, ge=0, le=4)
+    """How many updates a sampled token may lag the policy that trains on it. 0: synchronous
+    (each step samples, then updates). 1: step k+1 samples beside step k from its start, so the
+    engine fills step k's tail of continuations; its early tokens are one version old and the
+    update corrects them (``optim.stale_weight_cap``). The pipeline drains at every checkpoint."""
 
 
 class TrackingConfig(_Strict):
@@ -162,10 +175,20 @@ class TrainConfig(_Strict):
     predictor: PredictorConfig = PredictorConfig()
     warmup: WarmupConfig = WarmupConfig()
     optim: OptimConfig = OptimConfig()
+    pipeline: PipelineConfig = PipelineConfig()
     checkpoint_every: int = Field(1, ge=1)
+    """Steps between checkpoints; an asynchronous run drains its pipeline at each, so it needs
+    more than 1 to overlap anything."""
     tracking: TrackingConfig = TrackingConfig()
     threads: int = Field(0, ge=0)
     """torch's CPU threads (``trace_agents.models.set_threads``); 0: one fewer than the CPUs."""
+
+    @pydantic.model_validator(mode="after")
+    def _pipeline_can_overlap(self) -> TrainConfig:
+        if self.pipeline.staleness and self.checkpoint_every == 1:
+            raise ValueError("pipeline.staleness > 0 drains at every checkpoint: with "
+                             "checkpoint_every 1 no step would overlap another; raise checkpoint_every")
+        return self
 
 
 class ConfigError(ValueError):

@@ -5,11 +5,22 @@ TRACE sampler grow rollout trees (Stage 1 roots, bare rollouts, Stage 2 continua
 shared predictor is refit on the backup targets), update the policy on the trees' tree-aware
 advantages, and sync the new weights to the inference engine. After every step all arms are
 checkpointed together, so ``--resume`` continues exactly where a stopped run left off.
+
+Asynchronous steps (``pipeline.staleness`` s > 0): step j's sampling starts as soon as update
+j-1-s is done, so up to s+1 steps sample at once and a TRACE step's tail of continuations
+shares the engine with the next step's bare rollouts instead of running at a small batch. Each
+step keeps its own budget (charged to the step that planned it); every turn records the policy
+version it was sampled by, and the update corrects older tokens (``trace_agents.train.update``).
+An in-process engine pauses while the update runs (one device: they take turns); a server keeps
+generating. The pipeline drains at each checkpoint, so a checkpoint holds no work in flight and
+``--resume`` restarts it exactly as the uninterrupted run did (the same event order given, the
+same run: which tokens land before an update depends on timing, and the docs say so).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import hashlib
 import json
@@ -28,9 +39,10 @@ from rich.console import Console
 import trace_envs  # noqa: F401  (registers the envs)
 from trace_agents.backends import make_backend
 from trace_agents.backends.base import Backend, SamplingParams
+from trace_agents.backends.hf import HFBackend
 from trace_agents.models import compute_dtype, load_model, set_threads, threads_alone
 from trace_agents.rollout import RolloutRunner
-from trace_agents.sampler import Candidate, TraceSampler
+from trace_agents.sampler import Candidate, StepResult, TraceSampler
 from trace_agents.train import run_dir
 from trace_agents.train.checkpoint import load_checkpoint, save_checkpoint
 from trace_agents.train.config import CONFIG_NAME, TrainConfig
@@ -185,7 +197,9 @@ def _arm(name: str, cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any, pr
     runner = RolloutRunner(backend, tokenizer=tokenizer, sampling=sampling,
                            max_concurrency=cfg.backend.max_concurrency, seed=cfg.seed,
                            dialect=cfg.model.dialect)
-    sampler = TraceSampler(runner, make_allocator(name, cfg, alloc_rng), progress=progress)
+    # overlapping steps would draw their progress bars over each other: their lines suffice
+    sampler = TraceSampler(runner, make_allocator(name, cfg, alloc_rng),
+                           progress=progress and not cfg.pipeline.staleness)
     updater = PolicyUpdater(model, pad_id=pad_id, config=cfg.optim, compute_dtype=precision)
     env = gym.make(cfg.env.id, split=cfg.env.split, **cfg.env.kwargs)  # last: nothing after it can fail
     return Arm(name, env, model, updater, backend, runner, sampler, np.random.default_rng(cfg.seed),
@@ -214,18 +228,63 @@ def step_inputs(arm: Arm, cfg: TrainConfig) -> tuple[list[Candidate], Budget]:
     return candidates, budget
 
 
-async def run_step(arm: Arm, step: int, cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
+def launch(arm: Arm, step: int, cfg: TrainConfig) -> asyncio.Task[StepResult]:
+    """Start the step's sampling (its pool and budget drawn now, in step order)."""
     candidates, budget = step_inputs(arm, cfg)
-    result = await arm.sampler.step(candidates, budget, label=f"step {step} {arm.name}")
+    return asyncio.create_task(arm.sampler.step(candidates, budget, label=f"step {step} {arm.name}"))
+
+
+def engine_paused(backend: Backend) -> contextlib.AbstractContextManager[Any]:
+    """An in-process engine decodes nothing while the update runs (it samples from the very
+    weights being changed, on the same device); a server's engine keeps generating."""
+    return backend.engine.lock if isinstance(backend, HFBackend) else contextlib.nullcontext()
+
+
+async def run_step(arm: Arm, step: int, cfg: TrainConfig, out_dir: Path,
+                   sampling: asyncio.Task[StepResult] | None = None) -> dict[str, Any]:
+    """Sample (or await the sampling ``launch`` started ahead), update, sync the weights."""
+    result = await (sampling or launch(arm, step, cfg))
     started = time.perf_counter()
-    with threads_alone(cfg.threads):  # nothing samples meanwhile: every core
-        update = arm.updater.update(result.training_trees)
+    with engine_paused(arm.backend), threads_alone(cfg.threads):  # every core to the update
+        update = arm.updater.update(result.training_trees, version=step)
     update_s = time.perf_counter() - started
     sync = await sync_weights(arm.backend, arm.model, out_dir / "weights" / arm.name)
+    arm.runner.policy_version = step + 1
     record = {**result.metrics, "step": step, "allocator": arm.name, **update,
               "update_s": update_s, "weight_sync": sync,
               "calibration": _calibration(result.trees, arm.sampler.allocator.predictor)}
     return record
+
+
+class Pipeline:
+    """One arm's steps in flight: step j samples once update j-1-``staleness`` is done, and never
+    across a drain (a checkpoint, the run's stop)."""
+
+    def __init__(self, arm: Arm, cfg: TrainConfig, drains: set[int]) -> None:
+        self.arm, self.cfg, self.drains = arm, cfg, drains
+        self.sampling: dict[int, asyncio.Task[StepResult]] = {}
+        self.finished: float | None = None
+
+    async def step(self, step: int, out_dir: Path) -> dict[str, Any]:
+        last = step
+        while last < min(step + self.cfg.pipeline.staleness, self.cfg.steps - 1) and last not in self.drains:
+            last += 1
+        for j in range(step, last + 1):
+            if j not in self.sampling:
+                self.sampling[j] = launch(self.arm, j, self.cfg)
+        record = await run_step(self.arm, step, self.cfg, out_dir, self.sampling.pop(step))
+        now = time.perf_counter()
+        record["period_s"] = None if self.finished is None else now - self.finished
+        record["in_flight"] = len(self.sampling)
+        self.finished = now
+        return record
+
+    async def cancel(self) -> None:
+        """Stop the sampling still in flight (a failed or stopped run)."""
+        for task in self.sampling.values():
+            task.cancel()
+        await asyncio.gather(*self.sampling.values(), return_exceptions=True)
+        self.sampling.clear()
 
 
 def _seed_everything(seed: int) -> None:
@@ -260,6 +319,7 @@ async def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, stop_after: i
     set_threads(cfg.threads)
     arms = build_arms(cfg, progress=progress, warm=not resume, console=console)
     sinks: list[Any] = []
+    pipes: list[Pipeline] = []
     try:
         start = 0
         if resume:
@@ -268,6 +328,7 @@ async def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, stop_after: i
             for arm in arms:
                 arm.load_state(loaded.states[arm.name])
                 await sync_weights(arm.backend, arm.model, out_dir / "weights" / arm.name)
+                arm.runner.policy_version = loaded.step + 1
             start = loaded.step + 1
             log.truncate_after(loaded.step)
             console.print(f"resumed {out_dir} after step {loaded.step}")
@@ -275,26 +336,30 @@ async def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, stop_after: i
             (out_dir / CONFIG_NAME).write_text(yaml.safe_dump(cfg.model_dump()), encoding="utf-8")
         sinks = open_sinks(cfg.tracking, out_dir, config=cfg.model_dump(), first_step=start,
                            resume=resume)
-        for step in range(start, cfg.steps):
-            for arm in arms:
-                record = await run_step(arm, step, cfg, out_dir)
+        last = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+        checkpoints = {s for s in range(start, last)
+                       if (s + 1) % cfg.checkpoint_every == 0 or s + 1 == cfg.steps}
+        pipes = [Pipeline(arm, cfg, drains=checkpoints | {last - 1}) for arm in arms]
+        for step in range(start, last):
+            for pipe in pipes:
+                record = await pipe.step(step, out_dir)
                 log.append(record)
                 for sink in sinks:
                     sink.log(record)
                 console.print(
-                    f"step {step} [bold]{arm.name:>6}[/]: {record['mixed_trees']} mixed trees, "
+                    f"step {step} [bold]{pipe.arm.name:>6}[/]: {record['mixed_trees']} mixed trees, "
                     f"effective ratio {record['effective_ratio']:.2f}, reward {record['reward_mean']:.2f}, "
                     f"cost {record['cost_trajectory']:.1f}/{cfg.budget.total:g} traj-eq "
                     f"({record['cost_turns']:g} turns), "
                     f"{record['seconds'] + record['update_s']:.0f} s"
                 )
-            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            if step in checkpoints:
                 save_checkpoint(out_dir, step=step, models={a.name: a.model for a in arms},
                                 optimizers={a.name: a.updater.optimizer for a in arms},
                                 states={a.name: a.state() for a in arms})
-            if stop_after is not None and step + 1 >= stop_after:
-                break
     finally:  # on every path, Ctrl-C included: no tool server outlives the run
+        for pipe in pipes:
+            await pipe.cancel()
         close_envs(arms)
         for sink in sinks:
             sink.close()

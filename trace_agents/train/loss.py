@@ -46,13 +46,20 @@ def policy_loss(
     ref_logprobs: torch.Tensor | None = None,
     kl_coef: float = 0.0,
     level: Level = "token",
+    weights: torch.Tensor | None = None,
 ) -> LossOutput:
-    """PPO-clip surrogate, negated for minimisation, plus ``kl_coef`` × the k3 KL estimator."""
+    """PPO-clip surrogate, negated for minimisation, plus ``kl_coef`` × the k3 KL estimator.
+
+    ``weights`` multiply each token's surrogate: the behaviour correction of tokens sampled by an
+    older policy (decoupled PPO: ``old_logprobs`` is then the proximal policy, the weights
+    ``π_old/π_behaviour``, truncated)."""
     mask = mask.to(logprobs.dtype)
     ratio = torch.exp(logprobs - old_logprobs)
     high = clip_eps if clip_eps_high is None else clip_eps_high
     clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + high)
     surrogate = torch.minimum(ratio * advantages, clipped * advantages)
+    if weights is not None:
+        surrogate = surrogate * weights
     loss = -_reduce(surrogate, mask, level)
     kl_value = 0.0
     if ref_logprobs is not None and kl_coef > 0:

@@ -3,6 +3,13 @@
 The old log-probabilities are recomputed with the weights that sampled (before the first
 gradient step), not taken from the engine: engines report them under their own numerics and some
 report none, and a recomputation keeps the first PPO pass exactly on-policy (ratio 1).
+
+In an asynchronous run some tokens were sampled by an older policy (``Turn.policy_version`` below
+the update's ``version``). Their recomputed log-probabilities are then the proximal policy of
+decoupled PPO, and each such token's surrogate is weighted by ``π_old/π_behaviour`` from the
+engine's own log-probability, truncated at ``stale_weight_cap``; a stale token whose engine
+reported no log-probability cannot be corrected and is left out (counted in ``stale_dropped``).
+Tokens of the current policy are never reweighted, so a synchronous update is unchanged.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from typing import Any
 import torch
 
 from trace_agents.models import autocast
-from trace_agents.rollout import token_path
+from trace_agents.rollout import TokenPath, token_path
 from trace_agents.train.advantages import Sample, training_samples
 from trace_agents.train.config import OptimConfig
 from trace_agents.train.forward import token_logprobs
@@ -33,9 +40,10 @@ class Batch:
     advantages: torch.Tensor
 
 
-def sample_tensors(sample: Sample) -> tuple[list[int], list[float], list[float]]:
-    """Token ids, loss mask and per-token advantages of one sample."""
-    path = token_path(sample.leaf)
+def sample_tensors(sample: Sample, path: TokenPath | None = None) -> tuple[list[int], list[float], list[float]]:
+    """Token ids, loss mask and per-token advantages of one sample (``path``: its token path,
+    when already computed)."""
+    path = path or token_path(sample.leaf)
     mask, adv = [], []
     for trainable, depth in zip(path.loss_mask, path.depth):
         a = sample.advantages.get(depth)
@@ -43,6 +51,42 @@ def sample_tensors(sample: Sample) -> tuple[list[int], list[float], list[float]]
         mask.append(1.0 if on else 0.0)
         adv.append(a if on else 0.0)
     return path.ids, mask, adv
+
+
+@dataclass
+class Behaviour:
+    """What sampled each token of a micro-batch: the engine's log-probability (NaN where it
+    reported none) and the policy version (padded like ``Batch.tokens``)."""
+
+    logprobs: torch.Tensor
+    version: torch.Tensor
+
+
+def behaviour_tensors(paths: Sequence[TokenPath], width: int) -> Behaviour:
+    logprobs = torch.full((len(paths), width), float("nan"))
+    version = torch.zeros((len(paths), width), dtype=torch.long)
+    for i, p in enumerate(paths):
+        n = len(p.ids)
+        logprobs[i, :n] = torch.tensor([float("nan") if x is None else x for x in p.logprobs])
+        version[i, :n] = torch.tensor(p.version)
+    return Behaviour(logprobs, version)
+
+
+def stale_weights(old: torch.Tensor, behaviour: Behaviour, mask: torch.Tensor, version: int,
+                  cap: float) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """Per-token weights (1 on current tokens, truncated ``π_old/π_behaviour`` on stale ones) and
+    the mask without the stale tokens that cannot be corrected, with their counts."""
+    stale = (mask > 0) & (behaviour.version < version)
+    known = ~torch.isnan(behaviour.logprobs)
+    ratio = torch.exp(old - torch.nan_to_num(behaviour.logprobs))
+    weights = torch.where(stale & known, ratio.clamp(max=cap), torch.ones_like(old))
+    kept = mask * ~(stale & ~known)
+    corrected = stale & known
+    counts = {"stale": float(stale.sum()), "dropped": float((stale & ~known).sum()),
+              "capped": float((corrected & (ratio > cap)).sum()),
+              "weight_sum": float(weights[corrected].sum()),
+              "staleness_max": float((version - behaviour.version)[stale].max()) if stale.any() else 0.0}
+    return weights, kept, counts
 
 
 def collate(rows: Sequence[tuple[list[int], list[float], list[float]]], pad_id: int) -> Batch:
@@ -81,24 +125,32 @@ class PolicyUpdater:
         with autocast(model, self.compute_dtype):
             return token_logprobs(model, batch.tokens, batch.attention).cpu()
 
-    def update(self, trees: Sequence[RolloutTree]) -> dict[str, Any]:
+    def update(self, trees: Sequence[RolloutTree], *, version: int = 0) -> dict[str, Any]:
+        """One update on the trees' samples by the policy of ``version`` (updates applied so
+        far): tokens sampled by an older version get the behaviour correction."""
         cfg = self.config
         samples = [
             s for s in training_samples(trees, mode=cfg.advantage, shared=cfg.shared_tokens)
             if any(a != 0.0 for a in s.advantages.values())
         ]
         stats: dict[str, Any] = {"samples": len(samples), "trained_tokens": 0, "loss": None,
-                                 "clip_fraction": None, "kl": None, "grad_norm": None}
+                                 "clip_fraction": None, "kl": None, "grad_norm": None,
+                                 "stale_tokens": 0, "stale_dropped": 0, "stale_capped": 0,
+                                 "stale_weight_mean": None, "staleness_max": 0}
         if not samples:  # no contrast anywhere: nothing to learn from this step
             return stats
-        rows = [sample_tensors(s) for s in samples]
-        micro = [rows[i : i + cfg.micro_batch] for i in range(0, len(rows), cfg.micro_batch)]
-        batches = [collate(m, self.pad_id) for m in micro]
-        stats["trained_tokens"] = int(sum(float(b.mask.sum()) for b in batches))
+        paths = [token_path(s.leaf) for s in samples]
+        rows = [sample_tensors(s, p) for s, p in zip(samples, paths)]
+        chunks = range(0, len(rows), cfg.micro_batch)
+        batches = [collate(rows[i : i + cfg.micro_batch], self.pad_id) for i in chunks]
         self.model.train()
         with torch.no_grad():
             old = [self._logprobs(self.model, b) for b in batches]
             ref = [self._logprobs(self.reference, b) for b in batches] if self.reference else None
+        weights: list[torch.Tensor | None] = [None] * len(batches)
+        if any(v < version for p in paths for v, m in zip(p.version, p.loss_mask) if m):
+            weights = self._correct_stale(batches, old, paths, version, stats)
+        stats["trained_tokens"] = int(sum(float(b.mask.sum()) for b in batches))
         losses, clips, kls, norms = [], [], [], []
         groups = [range(i, min(i + cfg.grad_accum, len(batches)))
                   for i in range(0, len(batches), cfg.grad_accum)]
@@ -111,7 +163,7 @@ class PolicyUpdater:
                     out = policy_loss(
                         self._logprobs(self.model, b), old[j], b.advantages, b.mask,
                         clip_eps=cfg.clip_eps, ref_logprobs=None if ref is None else ref[j],
-                        kl_coef=cfg.kl_coef, level=cfg.level,
+                        kl_coef=cfg.kl_coef, level=cfg.level, weights=weights[j],
                     )
                     share = float(b.mask.sum()) / max(group_tokens, 1.0)
                     (out.loss * share).backward()
@@ -126,3 +178,20 @@ class PolicyUpdater:
                      clip_fraction=sum(clips) / len(clips), kl=sum(kls) / len(kls),
                      grad_norm=sum(norms) / len(norms))
         return stats
+
+    def _correct_stale(self, batches: list[Batch], old: list[torch.Tensor], paths: list[TokenPath],
+                       version: int, stats: dict[str, Any]) -> list[torch.Tensor | None]:
+        """Weights of each micro-batch's stale tokens (masking the uncorrectable ones in place)."""
+        weights: list[torch.Tensor | None] = []
+        total = {"stale": 0.0, "dropped": 0.0, "capped": 0.0, "weight_sum": 0.0, "staleness_max": 0.0}
+        for b, o, i in zip(batches, old, range(0, len(paths), self.config.micro_batch)):
+            behaviour = behaviour_tensors(paths[i : i + len(b.tokens)], b.tokens.shape[1])
+            w, b.mask, counts = stale_weights(o, behaviour, b.mask, version, self.config.stale_weight_cap)
+            weights.append(w)
+            for key, value in counts.items():
+                total[key] = max(total[key], value) if key == "staleness_max" else total[key] + value
+        corrected = total["stale"] - total["dropped"]
+        stats.update(stale_tokens=int(total["stale"]), stale_dropped=int(total["dropped"]),
+                     stale_capped=int(total["capped"]), staleness_max=int(total["staleness_max"]),
+                     stale_weight_mean=total["weight_sum"] / corrected if corrected else None)
+        return weights
