@@ -4,7 +4,7 @@ rollout_bench.py's section c), synchronous and asynchronous (``pipeline.stalenes
 TRACE step's tail of continuations costs, and how much of it the next step's sampling fills
 (docs/training.md, "The TRACE step's tail, measured").
 
-    python benchmarks/async_bench.py --steps 10 --staleness 0 1
+    python benchmarks/async_bench.py --steps 10 --staleness 0 1 [--env parity]
 
 Prints, per mode and allocator, the steady-state step period (mean and median of the time
 between consecutive steps' ends, from step 1 on: step 0 pays the warm-up; overlapping steps end
@@ -18,16 +18,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from trace_agents.models import set_threads
-from trace_agents.train.config import TrainConfig
-from trace_agents.train.loop import Pipeline, build_arms, close_envs
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.train.parity_env import ENV_ID as PARITY  # noqa: E402  (registers the env)
+from trace_agents.models import set_threads  # noqa: E402
+from trace_agents.train.config import TrainConfig  # noqa: E402
+from trace_agents.train.loop import Pipeline, build_arms, close_envs  # noqa: E402
+
+ENVS = {
+    "calculator": {"id": "trace/Calculator-v0",
+                   "kwargs": {"max_turns": 3, "suite_options": {"steps": 2, "digits": 2, "size": 64}}},
+    "parity": {"id": PARITY},
+}
+"""The tiny model earns nothing on the calculator (no update runs: sampling alone); on the test
+suite's parity env its outcomes are mixed, so every step updates and stale tokens are corrected."""
 
 
 def config(allocator: str, staleness: int, args: argparse.Namespace) -> TrainConfig:
@@ -35,13 +46,12 @@ def config(allocator: str, staleness: int, args: argparse.Namespace) -> TrainCon
         "seed": args.seed, "steps": args.steps, "allocators": [allocator], "threads": args.threads,
         "model": {"name": "tiny-qwen3"},
         "backend": {"max_concurrency": args.cap},
-        "env": {"id": "trace/Calculator-v0",
-                "kwargs": {"max_turns": 3, "suite_options": {"steps": 2, "digits": 2, "size": 64}}},
+        "env": ENVS[args.env],
         "sampling": {"temperature": 1.0, "max_tokens": args.max_tokens},
         "budget": {"pool": 16, "roots": args.roots, "continuations_per_root": 2, "group_size": 4,
                    "m_min": 2, "m_max": 4},
         "optim": {"lr": 1e-3, "micro_batch": 8},
-        "pipeline": {"staleness": staleness}, "checkpoint_every": args.steps,
+        "pipeline": {"staleness": staleness, "launch": args.launch}, "checkpoint_every": args.steps,
     })
 
 
@@ -79,8 +89,11 @@ async def run_arm(allocator: str, staleness: int, args: argparse.Namespace) -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--env", choices=sorted(ENVS), default="calculator")
     parser.add_argument("--staleness", type=int, nargs="+", default=[0, 1],
                         help="modes to run: 0 synchronous, s > 0 asynchronous")
+    parser.add_argument("--launch", choices=["tail", "ready"], default="tail",
+                        help="pipeline.launch of the asynchronous modes")
     parser.add_argument("--roots", type=int, default=6, help="TRACE's M; GRPO spends M(1+N/2)")
     parser.add_argument("--cap", type=int, default=16, help="engine batch rows / episodes in flight")
     parser.add_argument("--max-tokens", type=int, default=48)

@@ -99,11 +99,12 @@ class TraceSampler:
         return await asyncio.get_running_loop().run_in_executor(self._planner, timed)
 
     async def step(self, candidates: Sequence[Candidate], budget: Budget,
-                   label: str | None = None) -> StepResult:
-        """One step; ``label`` names it on the progress display (default: "step <n>").
+                   label: str | None = None, *, on_tail: Callable[[], None] | None = None) -> StepResult:
+        """One step; ``label`` names it on the progress display (default: "step <n>");
+        ``on_tail`` is called when its bare rollouts have all ended (`StepDriver.grow`).
 
-        Steps may overlap (an asynchronous training loop samples the next step while this one
-        ends): each has its own driver and budget, and their allocator calls take turns in the
+        Steps may overlap (an asynchronous training loop starts the next step in this one's
+        tail): each has its own driver and budget, and their allocator calls take turns in the
         one planning thread."""
         started = time.perf_counter()
         self.steps += 1
@@ -111,7 +112,7 @@ class TraceSampler:
         driver = StepDriver(self.allocator, plan_in=functools.partial(self._plan, timer=plan_s))
         with _StepProgress(label or f"step {self.steps - 1}", budget, enabled=self.progress) as bar:
             engine = _Engine(self.runner, candidates, bar)
-            grown = await driver.grow(engine, [c.text for c in candidates], budget)
+            grown = await driver.grow(engine, [c.text for c in candidates], budget, on_tail=on_tail)
         self.unpaid += driver.unpaid
         fit_started = time.perf_counter()
         brier, figures = await self._plan(lambda: driver.finish(grown.trees, refit=self.fit_predictor))

@@ -106,6 +106,8 @@ class StepDriver:
         """Roots planned whose charge has not come in: Stage 2 may not spend their budget."""
         self.pool = ContinuationPool()
         """This step's unused Stage 2 shares (`grow` starts a fresh one)."""
+        self._bare_left = 0
+        self._on_tail: Callable[[], None] | None = None
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return fn(*args) if self.plan_in is None else await self.plan_in(fn, *args)
@@ -166,10 +168,15 @@ class StepDriver:
         return n
 
     # ------------------------------------------------------------------ the step
-    async def grow(self, engine: Engine, prompt_texts: Sequence[str], budget: Budget) -> Grown:
-        """Stage 1, every opened prompt's rollouts and Stage 2, then refills while affordable."""
+    async def grow(self, engine: Engine, prompt_texts: Sequence[str], budget: Budget, *,
+                   on_tail: Callable[[], None] | None = None) -> Grown:
+        """Stage 1, every opened prompt's rollouts and Stage 2, then refills while affordable.
+        ``on_tail`` is called once every Stage 1 prompt's bare rollouts have ended: what is left
+        is Stage 2's tail (and refills), which an asynchronous loop fills with the next step."""
         counts = await self._call(self.plan_roots, prompt_texts, budget)
         self.pool = ContinuationPool()
+        self._bare_left, self._on_tail = int(np.count_nonzero(counts)), on_tail
+        self._tail_check()
         stage1, total = counts.copy(), counts.copy()
         trees: list[RolloutTree] = []
         while counts.any():
@@ -211,9 +218,16 @@ class StepDriver:
                 ran += rest
             self._settled(m - first)
             await asyncio.sleep(0)
+        self._bare_left -= 1
+        self._tail_check()
         if ran:
             await self._continue(engine, tree, m, ran * price, budget)
         return ran
+
+    def _tail_check(self) -> None:
+        if self._bare_left <= 0 and self._on_tail is not None:
+            on_tail, self._on_tail = self._on_tail, None
+            on_tail()
 
     def _settled(self, roots: int) -> None:
         """Planned roots that are charged (or refused) now: no longer reserved from Stage 2. A

@@ -15,19 +15,21 @@ from trace_agents.train.loss import policy_loss
 from trace_agents.train.update import Behaviour, stale_weights
 
 
-def asynchronous(steps: int, checkpoint_every: int, **changes):
-    return config(steps=steps, allocators=["trace"], pipeline={"staleness": 1},
-                  checkpoint_every=checkpoint_every, **changes)
+def asynchronous(steps: int, checkpoint_every: int, launch: str = "tail", staleness: int = 1, **changes):
+    return config(steps=steps, allocators=["trace"], checkpoint_every=checkpoint_every,
+                  pipeline={"staleness": staleness, "launch": launch}, **changes)
 
 
-def test_overlapping_steps_keep_their_budgets_and_correct_stale_tokens(tmp_path):
-    cfg = asynchronous(steps=4, checkpoint_every=4)
+@pytest.mark.parametrize(("launch", "staleness"), [("tail", 1), ("ready", 1), ("ready", 2)])
+def test_overlapping_steps_keep_their_budgets_and_correct_stale_tokens(launch, staleness, tmp_path):
+    cfg = asynchronous(steps=4, checkpoint_every=4, launch=launch, staleness=staleness)
     records = run(cfg, tmp_path, progress=False)
     assert [r["step"] for r in records] == [0, 1, 2, 3]
-    assert [r["in_flight"] for r in records] == [1, 1, 1, 0]  # the last step drains
+    # steps sampling ahead when each step ends: as many as the bound allows, none past the drain
+    assert [r["in_flight"] for r in records] == [min(staleness, 3 - k) for k in range(4)]
     for r in records:  # each step charged alone, never over its own budget
         assert 0 < r["cost_trajectory"] <= cfg.budget.total
-        assert r["staleness_max"] <= cfg.pipeline.staleness
+        assert r["staleness_max"] <= staleness
         assert r["stale_dropped"] == 0  # the in-process engine reports every log-probability
     assert records[0]["stale_tokens"] == 0  # nothing was updated before step 0 sampled
     stale = [r for r in records if r["stale_tokens"]]

@@ -20,10 +20,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -411,6 +412,9 @@ class HFBackend:
                                prefix_cache_bytes=prefix_cache_bytes)
         self.tokenizer = tokenizer
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hf-engine")
+        self._running = threading.Event()
+        self._running.set()
+        """Cleared while :meth:`paused`: the stepping thread waits before its next step."""
         self._worker: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -423,6 +427,19 @@ class HFBackend:
         """Copy new weights in place, between steps (the trainer may also share the module)."""
         with self.engine.lock:
             self.engine.model.load_state_dict(state_dict, strict=True)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """No decode step runs inside the block (a colocated trainer's update: the weights it
+        changes are the engine's). Requests keep queueing and resume after it. The stepping thread
+        is stopped before its next step: waiting for the engine's lock alone could take a whole
+        batch's decoding, since the thread takes the lock again as soon as it lets go."""
+        self._running.clear()
+        try:
+            with self.engine.lock:
+                yield
+        finally:
+            self._running.set()
 
     def flush_cache(self) -> None:
         """Drop the prefix cache after a weight update. The next step would drop it anyway (the
@@ -471,6 +488,7 @@ class HFBackend:
         the event loop per decode step idled the engine 1.5-2.5 ms a step on a shared CPU. Requests
         submitted meanwhile are admitted at the next step; the worker waits again once idle."""
         while self.engine.busy:
+            self._running.wait()
             try:
                 self.engine.step()
             except Exception as exc:  # a failed step fails its requests, never the worker

@@ -145,9 +145,13 @@ class PipelineConfig(_Strict):
 
     staleness: int = Field(0, ge=0, le=4)
     """How many updates a sampled token may lag the policy that trains on it. 0: synchronous
-    (each step samples, then updates). 1: step k+1 samples beside step k from its start, so the
-    engine fills step k's tail of continuations; its early tokens are one version old and the
-    update corrects them (``optim.stale_weight_cap``). The pipeline drains at every checkpoint."""
+    (each step samples, then updates). s > 0: step j+1 may sample before update j, once update
+    j-s is done; its tokens sampled before update j are stale and the update corrects them
+    (``optim.stale_weight_cap``). The pipeline drains at every checkpoint."""
+    launch: Literal["tail", "ready"] = "tail"
+    """When the next step starts: ``tail``, once this step's bare rollouts have all ended (only
+    its continuations left: fewer stale tokens); ``ready``, as soon as the staleness bound allows
+    (more overlap, more stale tokens; docs/training.md has both measured)."""
 
 
 class TrackingConfig(_Strict):

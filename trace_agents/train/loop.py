@@ -6,9 +6,11 @@ shared predictor is refit on the backup targets), update the policy on the trees
 advantages, and sync the new weights to the inference engine. After every step all arms are
 checkpointed together, so ``--resume`` continues exactly where a stopped run left off.
 
-Asynchronous steps (``pipeline.staleness`` s > 0): step j's sampling starts as soon as update
-j-1-s is done, so up to s+1 steps sample at once and a TRACE step's tail of continuations
-shares the engine with the next step's bare rollouts instead of running at a small batch. Each
+Asynchronous steps (``pipeline.staleness`` s > 0): step j+1's sampling starts once update j-s is
+done, and by default (``pipeline.launch: tail``) in step j's tail, its bare rollouts all ended and
+its continuations running, so a TRACE step's tail of continuations shares the engine with the
+next step's bare rollouts instead of running at a small batch (GRPO's steps have no tail: they
+stay nearly synchronous); ``launch: ready`` starts it as soon as the bound allows. Each
 step keeps its own budget (charged to the step that planned it); every turn records the policy
 version it was sampled by, and the update corrects older tokens (``trace_agents.train.update``).
 An in-process engine pauses while the update runs (one device: they take turns); a server keeps
@@ -22,10 +24,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import hashlib
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,16 +232,18 @@ def step_inputs(arm: Arm, cfg: TrainConfig) -> tuple[list[Candidate], Budget]:
     return candidates, budget
 
 
-def launch(arm: Arm, step: int, cfg: TrainConfig) -> asyncio.Task[StepResult]:
+def launch(arm: Arm, step: int, cfg: TrainConfig,
+           on_tail: Callable[[], None] | None = None) -> asyncio.Task[StepResult]:
     """Start the step's sampling (its pool and budget drawn now, in step order)."""
     candidates, budget = step_inputs(arm, cfg)
-    return asyncio.create_task(arm.sampler.step(candidates, budget, label=f"step {step} {arm.name}"))
+    return asyncio.create_task(arm.sampler.step(candidates, budget, label=f"step {step} {arm.name}",
+                                                on_tail=on_tail))
 
 
 def engine_paused(backend: Backend) -> contextlib.AbstractContextManager[Any]:
     """An in-process engine decodes nothing while the update runs (it samples from the very
     weights being changed, on the same device); a server's engine keeps generating."""
-    return backend.engine.lock if isinstance(backend, HFBackend) else contextlib.nullcontext()
+    return backend.paused() if isinstance(backend, HFBackend) else contextlib.nullcontext()
 
 
 async def run_step(arm: Arm, step: int, cfg: TrainConfig, out_dir: Path,
@@ -257,22 +263,45 @@ async def run_step(arm: Arm, step: int, cfg: TrainConfig, out_dir: Path,
 
 
 class Pipeline:
-    """One arm's steps in flight: step j samples once update j-1-``staleness`` is done, and never
-    across a drain (a checkpoint, the run's stop)."""
+    """One arm's steps in flight. Step j+1 starts once update j-``staleness`` is done and no drain
+    (a checkpoint, the run's stop) lies between them, and (``launch: tail``) once step j's bare
+    rollouts have all ended, only its continuations left; with staleness 0 each step starts when
+    it is due, after the previous update."""
 
     def __init__(self, arm: Arm, cfg: TrainConfig, drains: set[int]) -> None:
         self.arm, self.cfg, self.drains = arm, cfg, drains
+        self.end = min(cfg.steps, max(drains) + 1)
         self.sampling: dict[int, asyncio.Task[StepResult]] = {}
+        self.tails: set[int] = set()
+        """Steps whose bare rollouts have all ended (or whose sampling has)."""
+        self.updated = 0
+        """Updates done: step j may start once ``j <= updated + staleness``."""
         self.finished: float | None = None
 
+    def _tail(self, step: int) -> None:
+        self.tails.add(step)
+        self._launch_ahead()
+
+    def _launch_ahead(self) -> None:
+        """Start the next step while the newest one running is in its tail, as far as allowed."""
+        while self.sampling:
+            last = max(self.sampling)
+            nxt = last + 1
+            waits = self.cfg.pipeline.launch == "tail" and last not in self.tails
+            if (waits or nxt >= self.end or last in self.drains
+                    or nxt > self.updated + self.cfg.pipeline.staleness):
+                return
+            self.sampling[nxt] = launch(self.arm, nxt, self.cfg, functools.partial(self._tail, nxt))
+
     async def step(self, step: int, out_dir: Path) -> dict[str, Any]:
-        last = step
-        while last < min(step + self.cfg.pipeline.staleness, self.cfg.steps - 1) and last not in self.drains:
-            last += 1
-        for j in range(step, last + 1):
-            if j not in self.sampling:
-                self.sampling[j] = launch(self.arm, j, self.cfg)
-        record = await run_step(self.arm, step, self.cfg, out_dir, self.sampling.pop(step))
+        self.updated = step
+        if step not in self.sampling:
+            self.sampling[step] = launch(self.arm, step, self.cfg, functools.partial(self._tail, step))
+        self._launch_ahead()  # the update just done may allow the next step
+        try:  # kept in ``sampling`` while it runs: its tail starts the next step
+            record = await run_step(self.arm, step, self.cfg, out_dir, self.sampling[step])
+        finally:
+            self.sampling.pop(step, None)
         now = time.perf_counter()
         record["period_s"] = None if self.finished is None else now - self.finished
         record["in_flight"] = len(self.sampling)
