@@ -2,9 +2,10 @@
 in process on the tiny Qwen3, at equal sampling budget (12 traj-eq, the shape of
 rollout_bench.py's section c), synchronous and asynchronous (``pipeline.staleness``): how much a
 TRACE step's tail of continuations costs, and how much of it the next step's sampling fills
-(docs/training.md, "The TRACE step's tail, measured").
+(docs/training.md, "Asynchronous steps").
 
-    python benchmarks/async_bench.py --steps 10 --staleness 0 1 [--env parity]
+    python benchmarks/async_bench.py --steps 10 --staleness 0 1 [--env parity] [--launch ready]
+        [--backend standin]
 
 Prints, per mode and allocator, the steady-state step period (mean and median of the time
 between consecutive steps' ends, from step 1 on: step 0 pays the warm-up; overlapping steps end
@@ -28,7 +29,8 @@ from rich.console import Console
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.train.parity_env import ENV_ID as PARITY  # noqa: E402  (registers the env)
-from trace_agents.models import set_threads  # noqa: E402
+from trace_agents.models import load_model, set_threads  # noqa: E402
+from trace_agents.testing.standin_server import StandinServer  # noqa: E402
 from trace_agents.train.config import TrainConfig  # noqa: E402
 from trace_agents.train.loop import Pipeline, build_arms, close_envs  # noqa: E402
 
@@ -41,11 +43,11 @@ ENVS = {
 suite's parity env its outcomes are mixed, so every step updates and stale tokens are corrected."""
 
 
-def config(allocator: str, staleness: int, args: argparse.Namespace) -> TrainConfig:
+def config(allocator: str, staleness: int, args: argparse.Namespace, url: str | None = None) -> TrainConfig:
     return TrainConfig.model_validate({
         "seed": args.seed, "steps": args.steps, "allocators": [allocator], "threads": args.threads,
         "model": {"name": "tiny-qwen3"},
-        "backend": {"max_concurrency": args.cap},
+        "backend": {"max_concurrency": args.cap, **({"kind": "sglang", "url": url} if url else {})},
         "env": ENVS[args.env],
         "sampling": {"temperature": 1.0, "max_tokens": args.max_tokens},
         "budget": {"pool": 16, "roots": args.roots, "continuations_per_root": 2, "group_size": 4,
@@ -56,10 +58,14 @@ def config(allocator: str, staleness: int, args: argparse.Namespace) -> TrainCon
 
 
 async def run_arm(allocator: str, staleness: int, args: argparse.Namespace) -> dict[str, Any]:
-    cfg = config(allocator, staleness, args)
+    server = None
+    if args.backend == "standin":  # its own copy of the same start weights, synced from disk
+        model, tokenizer = load_model("tiny-qwen3", "float32")
+        server = StandinServer(model, tokenizer, max_batch=args.cap).start()
+    cfg = config(allocator, staleness, args, url=server and server.url)
     set_threads(cfg.threads)
     (arm,) = build_arms(cfg, progress=False, warm=False, console=Console(quiet=True))
-    stats = arm.backend.engine.stats
+    stats = (server.standin.backend if server else arm.backend).engine.stats
     pipe = Pipeline(arm, cfg, drains={cfg.steps - 1})
     periods, decode, rows, mixed, effective, stale, trained = [], [], [], [], [], [], []
     try:
@@ -80,6 +86,8 @@ async def run_arm(allocator: str, staleness: int, args: argparse.Namespace) -> d
         await pipe.cancel()
         close_envs([arm])
         await arm.backend.aclose()
+        if server is not None:
+            server.stop()
     return {"period_mean_s": statistics.mean(periods), "period_median_s": statistics.median(periods),
             "decode_steps": statistics.mean(decode), "mean_batch_rows": statistics.mean(rows),
             "mixed_trees": statistics.mean(mixed), "effective_ratio": statistics.mean(effective),
@@ -92,6 +100,9 @@ def main() -> None:
     parser.add_argument("--env", choices=sorted(ENVS), default="calculator")
     parser.add_argument("--staleness", type=int, nargs="+", default=[0, 1],
                         help="modes to run: 0 synchronous, s > 0 asynchronous")
+    parser.add_argument("--backend", choices=["inprocess", "standin"], default="inprocess",
+                        help="standin: the stand-in SGLang server (own model copy, weights synced "
+                             "from disk, generating through the update)")
     parser.add_argument("--launch", choices=["tail", "ready"], default="tail",
                         help="pipeline.launch of the asynchronous modes")
     parser.add_argument("--roots", type=int, default=6, help="TRACE's M; GRPO spends M(1+N/2)")
