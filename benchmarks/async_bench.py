@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--backend", choices=["inprocess", "standin"], default="inprocess",
                         help="standin: the stand-in SGLang server (own model copy, weights synced "
                              "from disk, generating through the update)")
-    parser.add_argument("--launch", choices=["tail", "ready"], default="tail",
+    parser.add_argument("--launch", choices=["ready", "tail"], default="ready",
                         help="pipeline.launch of the asynchronous modes")
     parser.add_argument("--roots", type=int, default=6, help="TRACE's M; GRPO spends M(1+N/2)")
     parser.add_argument("--cap", type=int, default=16, help="engine batch rows / episodes in flight")

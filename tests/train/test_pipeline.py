@@ -15,7 +15,7 @@ from trace_agents.train.loss import policy_loss
 from trace_agents.train.update import Behaviour, stale_weights
 
 
-def asynchronous(steps: int, checkpoint_every: int, launch: str = "tail", staleness: int = 1, **changes):
+def asynchronous(steps: int, checkpoint_every: int, launch: str = "ready", staleness: int = 1, **changes):
     return config(steps=steps, allocators=["trace"], checkpoint_every=checkpoint_every,
                   pipeline={"staleness": staleness, "launch": launch}, **changes)
 

@@ -7,10 +7,9 @@ advantages, and sync the new weights to the inference engine. After every step a
 checkpointed together, so ``--resume`` continues exactly where a stopped run left off.
 
 Asynchronous steps (``pipeline.staleness`` s > 0): step j+1's sampling starts once update j-s is
-done, and by default (``pipeline.launch: tail``) in step j's tail, its bare rollouts all ended and
-its continuations running, so a TRACE step's tail of continuations shares the engine with the
-next step's bare rollouts instead of running at a small batch (GRPO's steps have no tail: they
-stay nearly synchronous); ``launch: ready`` starts it as soon as the bound allows. Each
+done (``pipeline.launch: tail``: not before step j's bare rollouts have all ended), so a TRACE
+step's tail of continuations shares the engine with the next step's bare rollouts instead of
+running at a small batch. Each
 step keeps its own budget (charged to the step that planned it); every turn records the policy
 version it was sampled by, and the update corrects older tokens (``trace_agents.train.update``).
 An in-process engine pauses while the update runs (one device: they take turns); a server keeps
