@@ -10,8 +10,9 @@ the same candidate pools. Held-out accuracy (greedy, `--eval` test problems the 
 trains on) is measured on the warm-started policy and on each method's final policy.
 
 Prints a table per method (mean over seeds: mixed trees per step, effective ratio, informative
-share, cost in trajectory-equivalents and in turns, start and end accuracy with 95% Wilson
-intervals over all seeds' test episodes, wall time), writes `results.json`, and saves plots:
+share, cost in trajectory-equivalents and in turns, start and end accuracy with 95% intervals
+that resample problems, so the seeds' evaluations of one problem count once, and each method's
+accuracy minus every other's paired by problem; wall time), writes `results.json`, and saves plots:
 training reward, mixed trees and effective ratio per step (mean over seeds) and accuracy at start
 and end. At this scale (a 135M model, a few hundred rollouts per method) the accuracy change of
 any method is small next to its confidence interval; what the run can show reliably is the
@@ -32,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -78,27 +78,37 @@ def accuracy(model, tokenizer, args: argparse.Namespace) -> dict[str, Any]:
     bench = Benchmark("calculator_test", "trace/Calculator-v0", {"split": "test", **env_kwargs(args)})
     sampling = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
 
+    per_task: dict[str, float] = {}
+
+    def seen(episode: Any) -> None:
+        per_task[episode.tree.prompt_id] = float(episode.reward or 0.0)  # greedy: one per problem
+
     async def measure() -> dict[str, Any]:
         backend = make_backend("hf", model, tokenizer, max_concurrency=32)
         try:
             return await evaluate(bench, backend, tokenizer, limit=args.eval, sampling=sampling,
-                                  max_concurrency=32)
+                                  max_concurrency=32, on_episode=seen)
         finally:
             await backend.aclose()
 
-    report = asyncio.run(measure())
+    report = {**asyncio.run(measure()), "per_task": per_task}
     if report["tasks"] < args.eval:
         raise SystemExit(f"only {report['tasks']} test problems; raise --suite-size")
     return report
 
 
-def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 0.0)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (centre - half, centre + half)
+def problem_means(reports: list[dict[str, Any]]) -> np.ndarray:
+    """Each held-out problem's accuracy averaged over the seeds (the same problems every seed)."""
+    ids = sorted(set.intersection(*(set(r["per_task"]) for r in reports)))
+    return np.array([np.mean([r["per_task"][i] for r in reports]) for i in ids])
+
+
+def bootstrap_ci(values: np.ndarray, resamples: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile interval of the mean, resampling problems: a problem evaluated under
+    several seeds is one draw, never counted as independent evidence per seed."""
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
 def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
@@ -139,17 +149,23 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
 
 
 def summarize(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Allocation figures per step (mean over seeds and steps) and held-out accuracy with 95 %
+    intervals over problems; ``acc_end_minus[other]``: this method's accuracy minus ``other``'s,
+    paired by problem."""
     table = {}
-    n = args.eval * len(runs)
-    start_hits = sum(r["start"]["accuracy"] * args.eval for r in runs)
+    start = problem_means([r["start"] for r in runs])
+    end = {name: problem_means([r["end"][name] for r in runs]) for name in args.methods}
     for name in args.methods:
         rows = [rec for r in runs for rec in r["records"] if rec["allocator"] == name]
-        end_hits = sum(r["end"][name]["accuracy"] * args.eval for r in runs)
         table[name] = {
             **{k: float(np.mean([rec[k] for rec in rows])) for k in HEADLINE},
-            "acc_start": start_hits / n, "acc_start_ci": wilson(start_hits, n),
-            "acc_end": end_hits / n, "acc_end_ci": wilson(end_hits, n),
+            "acc_start": float(start.mean()), "acc_start_ci": bootstrap_ci(start),
+            "acc_end": float(end[name].mean()), "acc_end_ci": bootstrap_ci(end[name]),
+            "acc_end_minus": {other: (float((end[name] - end[other]).mean()),
+                                      *bootstrap_ci(end[name] - end[other]))
+                              for other in args.methods if other != name},
             "acc_end_by_seed": [r["end"][name]["accuracy"] for r in runs],
+            "problems": len(end[name]),
             "wall_s": float(sum(rec["seconds"] + rec["update_s"] for rec in rows)),
         }
     return table
@@ -159,7 +175,7 @@ def print_table(table: dict[str, dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    out = Table(title="per step, mean over seeds; accuracy ± 95% Wilson half-width")
+    out = Table(title="per step, mean over seeds; accuracy ± 95% half-width (bootstrap over problems)")
     for col in ("method", "mixed", "ratio", "inform", "traj", "turns", "acc 0", "acc end", "wall s"):
         out.add_column(col, justify="right")
     for name, r in table.items():
@@ -168,6 +184,10 @@ def print_table(table: dict[str, dict[str, Any]]) -> None:
                     f"{r['informative_share']:.2f}", f"{r['cost_trajectory']:.0f}",
                     f"{r['cost_turns']:.0f}", acc("acc_start"), acc("acc_end"), f"{r['wall_s']:.0f}")
     Console().print(out)
+    for name, r in table.items():
+        pairs = ", ".join(f"{other} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+                          for other, (d, lo, hi) in r["acc_end_minus"].items())
+        Console().print(f"{name} end accuracy minus (paired over {r['problems']} problems): {pairs}")
 
 
 def plot(runs: list[dict[str, Any]], table: dict[str, dict[str, Any]], args: argparse.Namespace) -> Path:
