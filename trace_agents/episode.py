@@ -79,6 +79,9 @@ class Turn:
     policy_version: int = 0
     """The policy's version (updates applied) when the turn's generation started: its oldest
     tokens' version, which bounds their staleness in an asynchronous run."""
+    prompt_state: tuple[float, ...] | None = field(default=None, compare=False, repr=False)
+    """The policy's last-layer state at the end of the turn's prompt, when the engine returned
+    it (``trace_agents.policy_states``)."""
 
     @property
     def ended(self) -> bool:
@@ -161,7 +164,7 @@ async def _turns(episode: Episode, generate: Generate, dialect: Dialect, env: To
         episode.env_seconds += time.perf_counter() - started
         turn = Turn(text, shown, ids, logprobs, tail, float(reward),
                     terminated, truncated, info, out.finish_reason, out.prompt_tokens, out.cached_tokens,
-                    env.snapshot(), action, int(out.meta.get("policy_version", 0)))
+                    env.snapshot(), action, int(out.meta.get("policy_version", 0)), out.prompt_state)
         if not turn.ended and left is not None and len(ids) + len(tail) >= left:
             episode.turns.append(replace(turn, observation=None, env_ids=(), reward=0.0, truncated=True))
             return _stop(episode, "response_length")  # the observation does not fit

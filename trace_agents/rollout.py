@@ -215,6 +215,11 @@ class RolloutRunner:
                       rng, self.dialect, tuple(env.tool_schemas()))
         return RolloutTree(task_id, prompt, handle=start)
 
+    def prompt_ids(self, env: ToolEnv, task_id: str) -> list[int]:
+        """The token ids a tree of this task starts from (``env`` is reset on it, as by `new_tree`)."""
+        prompt, _ = env.reset(options={"task_id": task_id})
+        return list(self.dialect.initial_ids(env, prompt))
+
     async def rollouts(self, tree: RolloutTree, node: Node, k: int, *,
                        on_episode: Callable[[Episode], None] | None = None) -> list[Episode]:
         """``k`` episodes resumed from ``node``: bare rollouts from the root, continuations from

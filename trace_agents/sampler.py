@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from trace_agents.policy_states import PolicyStates
 from trace_agents.progress import Reporter
 from trace_agents.rollout import Episode, RolloutRunner, episodes_summary
 from trace_allocation.allocators import Allocator
@@ -76,9 +77,13 @@ class TraceSampler:
         *,
         progress: bool = True,
         fit_predictor: bool = True,
+        states: PolicyStates | None = None,
     ) -> None:
         self.runner = runner
         self.allocator = allocator
+        self.states = states
+        """The policy's hidden states the predictor reads (``predictor.kind: policy``): the
+        candidates are probed before Stage 1, every played node registered as its episode ends."""
         self.progress = progress
         self.fit_predictor = fit_predictor
         self.steps = 0
@@ -110,8 +115,11 @@ class TraceSampler:
         self.steps += 1
         plan_s = [0.0]
         driver = StepDriver(self.allocator, plan_in=functools.partial(self._plan, timer=plan_s))
+        states_before = dict(self.states.stats) if self.states else {}
+        if self.states is not None:
+            await self.states.probe((c.text, self.runner.prompt_ids(c.env, c.task_id)) for c in candidates)
         with _StepProgress(label or f"step {self.steps - 1}", budget, enabled=self.progress) as bar:
-            engine = _Engine(self.runner, candidates, bar)
+            engine = _Engine(self.runner, candidates, bar, self.states)
             grown = await driver.grow(engine, [c.text for c in candidates], budget, on_tail=on_tail)
         self.unpaid += driver.unpaid
         fit_started = time.perf_counter()
@@ -130,6 +138,10 @@ class TraceSampler:
             "predictor_brier": brier, "plan_s": plan_s[0], "fit_s": fit_s, "seconds": seconds,
             "tokens_per_s": summary["generated_tokens"] / max(seconds, 1e-9),
         }
+        if self.states is not None:  # what reading the policy cost this step
+            delta = {k: v - states_before[k] for k, v in self.states.stats.items()}
+            metrics.update(state_probes=delta["probes"], state_free=delta["free"],
+                           state_probe_s=delta["probe_s"], state_share=delta["probe_s"] / max(seconds, 1e-9))
         return StepResult(self.steps, grown.trees, training, engine.episodes, grown.counts, budget,
                           figures.ratio, seconds, metrics)
 
@@ -139,8 +151,9 @@ class _Engine:
 
     known_cost = None
 
-    def __init__(self, runner: RolloutRunner, candidates: Sequence[Candidate], bar: _StepProgress) -> None:
-        self.runner, self.candidates, self.bar = runner, candidates, bar
+    def __init__(self, runner: RolloutRunner, candidates: Sequence[Candidate], bar: _StepProgress,
+                 states: PolicyStates | None) -> None:
+        self.runner, self.candidates, self.bar, self.states = runner, candidates, bar, states
         self.episodes: list[Episode] = []
 
     def open(self, index: int) -> RolloutTree:
@@ -151,6 +164,8 @@ class _Engine:
         self.bar.planned(k)
         batch = await self.runner.rollouts(tree, node, k, on_episode=self.bar.episode_done)
         self.episodes += batch
+        if self.states is not None:  # before the driver plans from these nodes
+            await self.states.observe(batch)
         return [Spent(len(e.turns), e.generated_tokens) for e in batch]
 
 

@@ -74,6 +74,18 @@ def _groups(prompt_texts: Sequence[str], order: np.ndarray, group_size: int, bud
     return counts
 
 
+UNSURE = 1e-6
+"""How close to 0 or 1 a prediction may come in Stage 1. A certain prediction makes a prompt worth
+nothing to the exact solver, which hands out no rollout of zero gain; when every prediction was
+certain (a learned head's clipped output) a TRACE step opened no prompt and spent nothing. Kept
+this far off the bounds, such prompts tie and the budget is spent; Stage 2 needs no guard, since a
+prompt whose prefixes are all certain hands its share to the step's continuation pool."""
+
+
+def unsure(values: np.ndarray) -> np.ndarray:
+    return np.clip(np.asarray(values, dtype=float), UNSURE, 1.0 - UNSURE)
+
+
 def stage1_values(predictor: SuccessPredictor, prompt_texts: Sequence[str], *, uncertainty: bool = True) -> np.ndarray:
     """The values Stage 1 plans with. A predictor that knows how sure it is (`root_moments(texts)
     -> (mean, variance)`, e.g. `BlendedPredictor`) is scored by the posterior mean of v(1 - v),
@@ -83,11 +95,11 @@ def stage1_values(predictor: SuccessPredictor, prompt_texts: Sequence[str], *, u
     value. Other predictors (or `uncertainty=False`) are scored by their prediction."""
     moments = getattr(predictor, "root_moments", None)
     if moments is None or not uncertainty:
-        return predictor.predict(prompt_texts)
+        return unsure(predictor.predict(prompt_texts))
     mean, variance = moments(list(prompt_texts))
     spread = np.clip(mean * (1 - mean) - variance, 0.0, 0.25)
     half_gap = np.sqrt(0.25 - spread)
-    return np.clip(np.where(mean < 0.5, 0.5 - half_gap, 0.5 + half_gap), 0.0, 1.0)
+    return unsure(np.where(mean < 0.5, 0.5 - half_gap, 0.5 + half_gap))
 
 
 class GrpoAllocator(Allocator):

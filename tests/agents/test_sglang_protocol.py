@@ -56,6 +56,7 @@ def _generate(backend: SGLangBackend, prompt: Any, params: SamplingParams) -> An
     SamplingParams(temperature=1.0, top_p=0.9, max_tokens=6, stop=("</tool_call>", "</answer>"), seed=3),
     SamplingParams(temperature=0.0, top_p=1.0, max_tokens=1, stop=()),
     SamplingParams(temperature=0.0, max_tokens=4, stop_token_ids=(0, 2)),
+    SamplingParams(temperature=0.0, max_tokens=1, return_hidden_states=True),  # a policy-state probe
 ])
 def test_generate_request_and_standin_reply_follow_the_contract(contract, standin, tiny, params) -> None:
     _, tokenizer = tiny

@@ -15,7 +15,7 @@ from trace_agents.cli import main as cli
 from trace_agents.train.config import TrainConfig
 from trace_agents.train.loop import run
 
-TIMING = {"seconds", "update_s", "plan_s", "fit_s", "tokens_per_s", "period_s"}
+TIMING = {"seconds", "update_s", "plan_s", "fit_s", "tokens_per_s", "period_s", "state_probe_s", "state_share"}
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -181,7 +181,7 @@ PREDICTOR_ALLOCATORS = ["trace", "pcl"]
 """The allocators that read the predictor; the others are run once, with the default kind."""
 
 
-@pytest.mark.parametrize("kind", ["lexical", "encoder", "beta", "blend"])
+@pytest.mark.parametrize("kind", ["lexical", "encoder", "beta", "blend", "policy"])
 def test_every_predictor_kind_and_allocator_resumes_exactly(kind, tmp_path):
     """Every documented predictor kind, under every allocator that reads it, goes through a
     checkpoint and a resume, and the resumed run plans exactly as the uninterrupted one

@@ -44,6 +44,10 @@ class SamplingParams:
     """Token ids that end generation besides the model's own end of sequence: a dialect's
     end-of-turn markers, which a base model's generation config may not list (Qwen3-Base stops
     at ``<|endoftext|>`` only, not at the ``<|im_end|>`` its chat template closes turns with)."""
+    return_hidden_states: bool = False
+    """Return the last layer's hidden state at the prompt's last token (``Completion.prompt_state``):
+    the in-process engine takes it from the prefill it runs anyway; SGLang (started with
+    ``--enable-return-hidden-states``) for a one-token request; other engines cannot."""
 
     def with_seed(self, seed: int | None) -> SamplingParams:
         return replace(self, seed=seed)
@@ -64,6 +68,9 @@ class Completion:
     message: dict[str, Any] | None = None
     """The assistant message as the server parsed it (content, ``tool_calls`` with their ids,
     reasoning), from servers with native tool calling; None from the others."""
+    prompt_state: tuple[float, ...] | None = field(default=None, repr=False)
+    """The last layer's hidden state at the prompt's last token, when asked for
+    (``SamplingParams.return_hidden_states``)."""
 
 
 def is_token_prompt(prompt: Prompt) -> bool:

@@ -120,6 +120,7 @@ class _Row:
     logprobs: list[float] = field(default_factory=list)
     finish: FinishReason | None = None
     cached: int = 0
+    state: tuple[float, ...] | None = None
 
 
 class HFEngine:
@@ -257,15 +258,18 @@ class HFEngine:
         row.cached = n
         logits = None
         device = self.model.device
+        states = row.params.return_hidden_states
         for start in range(n, len(ids), self.prefill_chunk):
             chunk = torch.as_tensor(ids[start: start + self.prefill_chunk], device=device)[None]
             end = start + chunk.shape[1]
             out = self.model(
                 input_ids=chunk, position_ids=torch.arange(start, end, device=device)[None],
                 attention_mask=torch.ones((1, end), dtype=torch.long, device=device),
-                use_cache=True, logits_to_keep=1, **{self._cache_arg: cache},
+                use_cache=True, logits_to_keep=1, output_hidden_states=states, **{self._cache_arg: cache},
             )
             logits = out.logits[0, -1].float()
+        if states:  # the last chunk's last position: the prompt's end, whatever was cached
+            row.state = tuple(out.hidden_states[-1][0, -1].float().cpu().tolist())
         self.store.insert(row.prompt, [(layer.keys[0], layer.values[0]) for layer in cache.layers])
         self.stats["requests"] += 1
         self.stats["prompt_tokens"] += len(ids)
@@ -378,7 +382,7 @@ class HFEngine:
         row.done(Completion(
             text=text, token_ids=row.ids, logprobs=row.logprobs,
             finish_reason=row.finish or "length", prompt_tokens=len(row.prompt),
-            cached_tokens=row.cached,
+            cached_tokens=row.cached, prompt_state=row.state,
         ))
 
 

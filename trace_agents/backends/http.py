@@ -117,6 +117,18 @@ class HTTPClient:
         await self._client.aclose()
 
 
+def _prompt_state(meta: _SGLangMeta) -> tuple[float, ...]:
+    """The last row of a one-token request's hidden states: the prompt's end (no decode step ran),
+    whether the prefill's rows come as one nested block or flat."""
+    row: Any = meta.hidden_states
+    while isinstance(row, list) and row and isinstance(row[-1], list):
+        row = row[-1]
+    if not isinstance(row, list) or not row or not all(isinstance(x, (int, float)) for x in row):
+        raise BackendError("asked for the prompt's hidden state, the server sent none "
+                           "(start SGLang with --enable-return-hidden-states)")
+    return tuple(float(x) for x in row)
+
+
 def _finish(value: Any) -> FinishReason:
     if isinstance(value, dict):  # SGLang: {"type": "stop" | "length" | "abort", "matched": ...}
         value = value.get("type")
@@ -138,6 +150,9 @@ class _SGLangMeta(_Reply):
     """``[logprob, token_id, text]`` triples (the text is None unless asked for)."""
     cached_tokens: Count | None = None
     id: str | None = None
+    hidden_states: list[Any] | None = None
+    """With ``return_hidden_states``: rows of the positions the server computed (the prompt's
+    uncached part, nested as one block or flat, then one per generated token)."""
 
 
 class _SGLangGenerate(_Reply):
@@ -237,6 +252,10 @@ class SGLangBackend:
         if params.stop_token_ids:
             sampling["stop_token_ids"] = list(params.stop_token_ids)
         payload: dict[str, Any] = {"sampling_params": sampling, "return_logprob": True}
+        if params.return_hidden_states:
+            if params.max_tokens != 1:  # past one token, the rows go on with the generated ones
+                raise ValueError("SGLang returns the prompt's hidden state for one-token requests only")
+            payload["return_hidden_states"] = True  # the HTTP contract's bool (its "last" is not)
         if is_token_prompt(prompt):
             payload["input_ids"] = [int(t) for t in prompt]  # type: ignore[union-attr]
         else:
@@ -257,6 +276,7 @@ class SGLangBackend:
             prompt_tokens=meta.prompt_tokens,
             cached_tokens=meta.cached_tokens,
             meta={"id": meta.id},
+            prompt_state=_prompt_state(meta) if params.return_hidden_states else None,
         )
 
     async def healthy(self) -> bool:

@@ -123,6 +123,7 @@ class _SGLangRequest(_Lenient):
     input_ids: list[int] | None = None
     sampling_params: _SGLangSampling = Field(default_factory=_SGLangSampling)
     return_logprob: bool = False
+    return_hidden_states: bool | None = None
 
 
 class _OpenAIRequest(_Lenient):
@@ -298,8 +299,11 @@ class StandinApp:
             raise ValueError("give text or input_ids")
         sp = req.sampling_params
         stops = _stops(sp.stop)
+        states = bool(req.return_hidden_states)
+        if states and sp.max_new_tokens != 1:
+            raise ValueError("the stand-in returns the hidden states of one-token requests only")
         params = SamplingParams(sp.temperature, sp.top_p, sp.max_new_tokens, stops, sp.sampling_seed,
-                                tuple(sp.stop_token_ids or ()))
+                                tuple(sp.stop_token_ids or ()), return_hidden_states=states)
         out, cached = await self._run(list(ids), params)
         text, matched = _trim(out.text, stops, keep=sp.no_stop_trim)
         finish: dict[str, Any] = {"type": out.finish_reason}
@@ -313,6 +317,8 @@ class StandinApp:
             "id": uuid.uuid4().hex, "finish_reason": finish, "prompt_tokens": len(ids),
             "completion_tokens": len(out.token_ids), "cached_tokens": cached,
         }
+        if states:  # the prompt's last row only (SGLang sends every position it computed)
+            meta["hidden_states"] = [list(out.prompt_state or ())]
         if req.return_logprob:
             meta["output_token_logprobs"] = [
                 [lp, t, None] for lp, t in zip(out.logprobs or [], out.token_ids)

@@ -102,8 +102,11 @@ class BudgetConfig(_Strict):
 
 
 class PredictorConfig(_Strict):
-    kind: Literal["lexical", "encoder", "beta", "blend"] = "lexical"
-    """``blend``: the lexical model as the prior of a per-prompt posterior (BlendedPredictor)."""
+    kind: Literal["lexical", "encoder", "beta", "blend", "policy"] = "lexical"
+    """``blend``: the lexical model as the prior of a per-prompt posterior (BlendedPredictor);
+    ``policy``: a ridge head on the policy's own last-layer hidden states (PolicyStatePredictor,
+    read through the engine: in process or SGLang; with vLLM, which returns none, the lexical
+    model stands in)."""
     options: dict[str, Any] = Field(default_factory=dict)
     shrink: bool = False
     """TRACE's Stage 1 reads root predictions shrunk toward the run's base rate by the predictor's

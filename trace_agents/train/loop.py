@@ -29,7 +29,7 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from trace_agents.backends import make_backend
 from trace_agents.backends.base import Backend, SamplingParams
 from trace_agents.backends.hf import HFBackend
 from trace_agents.models import compute_dtype, load_model, set_threads, threads_alone
+from trace_agents.policy_states import PolicyStates
 from trace_agents.rollout import RolloutRunner
 from trace_agents.sampler import Candidate, StepResult, TraceSampler
 from trace_agents.train import run_dir
@@ -58,8 +59,8 @@ from trace_allocation.allocators import (
 )
 from trace_allocation.budget import Budget
 from trace_allocation.predictors import (
-    BetaBernoulliPredictor, BlendedPredictor, LexicalPredictor, SkillShrunk, SuccessPredictor,
-    reliability_curve,
+    BetaBernoulliPredictor, BlendedPredictor, LexicalPredictor, PolicyStatePredictor, SkillShrunk,
+    SuccessPredictor, reliability_curve,
 )
 from trace_allocation.tree import backup_targets
 from trace_envs import ToolEnv
@@ -67,9 +68,12 @@ from trace_envs import ToolEnv
 METRICS_NAME = "metrics.jsonl"
 
 
-def make_predictor(cfg: TrainConfig) -> SuccessPredictor:
+def make_predictor(cfg: TrainConfig, states: PolicyStates | None = None) -> SuccessPredictor:
+    """The config's predictor; ``policy`` reads ``states`` (the lexical model without them)."""
     kind, options = cfg.predictor.kind, dict(cfg.predictor.options)
-    if kind == "lexical":
+    if kind == "policy" and states is not None:
+        return PolicyStatePredictor(states, **options)
+    if kind in ("lexical", "policy"):
         return LexicalPredictor(seed=cfg.seed, **options)
     if kind == "beta":
         return BetaBernoulliPredictor(**options)
@@ -80,10 +84,11 @@ def make_predictor(cfg: TrainConfig) -> SuccessPredictor:
     return EncoderPredictor(**options)
 
 
-def make_allocator(name: str, cfg: TrainConfig, rng: np.random.Generator) -> Allocator:
+def make_allocator(name: str, cfg: TrainConfig, rng: np.random.Generator,
+                   states: PolicyStates | None = None) -> Allocator:
     b = cfg.budget
     if name == "trace":
-        predictor = make_predictor(cfg)
+        predictor = make_predictor(cfg, states)
         return TreeAllocator(SkillShrunk(predictor) if cfg.predictor.shrink else predictor,
                              continuations_per_root=b.continuations_per_root, m_min=b.m_min, m_max=b.m_max,
                              group_size=b.group_size, min_prompts=b.min_prompts, rng=rng, name="trace")
@@ -94,11 +99,15 @@ def make_allocator(name: str, cfg: TrainConfig, rng: np.random.Generator) -> All
     if name == "grpo":
         return GrpoAllocator(b.group_size, rng=rng)
     if name == "pcl":
-        return PclAllocator(make_predictor(cfg), b.group_size)
+        return PclAllocator(make_predictor(cfg, states), b.group_size)
     if name == "dapo":
         batch = max(1, int(b.total) // b.group_size)
         return DapoAllocator(b.group_size, batch_prompts=batch, rng=rng, budget_multiple=b.dapo_multiple)
     raise ValueError(f"unknown allocator {name!r}")
+
+
+PREDICTOR_READERS = ("trace", "pcl")
+"""The allocators whose plans read the success predictor."""
 
 
 @dataclass
@@ -197,12 +206,17 @@ def _arm(name: str, cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any, pr
     backend = make_backend(cfg.backend.kind, engine_model, tokenizer, url=cfg.backend.url,
                            model_name=cfg.model.name, timeout_s=cfg.backend.timeout_s,
                            max_concurrency=cfg.backend.max_concurrency)
+    states = None
+    if cfg.predictor.kind == "policy" and name in PREDICTOR_READERS and cfg.backend.kind in ("hf", "sglang"):
+        states = PolicyStates(backend)
+        # the in-process engine returns each turn's prompt state from its prefill: prefixes come free
+        sampling = replace(sampling, return_hidden_states=cfg.backend.kind == "hf")
     runner = RolloutRunner(backend, tokenizer=tokenizer, sampling=sampling,
                            max_concurrency=cfg.backend.max_concurrency, seed=cfg.seed,
                            dialect=cfg.model.dialect)
     # overlapping steps would draw their progress bars over each other: their lines suffice
-    sampler = TraceSampler(runner, make_allocator(name, cfg, alloc_rng),
-                           progress=progress and not cfg.pipeline.staleness)
+    sampler = TraceSampler(runner, make_allocator(name, cfg, alloc_rng, states),
+                           progress=progress and not cfg.pipeline.staleness, states=states)
     updater = PolicyUpdater(model, pad_id=pad_id, config=cfg.optim, compute_dtype=precision)
     env = gym.make(cfg.env.id, split=cfg.env.split, **cfg.env.kwargs)  # last: nothing after it can fail
     return Arm(name, env, model, updater, backend, runner, sampler, np.random.default_rng(cfg.seed),

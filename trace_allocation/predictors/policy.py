@@ -3,7 +3,7 @@
 A text model sees the words of a prompt; whether a policy solves it depends on the policy, whose
 hidden state at the prompt's end (and at each turn boundary) the engine computes anyway. The
 head is a ridge regression of the backup targets on those states (a linear probability model,
-clipped to [0, 1]), refit after every update from discounted sufficient statistics: earlier
+clipped to [0.01, 0.99]), refit after every update from discounted sufficient statistics: earlier
 steps' data are kept but fade by ``discount`` per update, as the policy moves. The penalty is
 chosen at each refit by generalised cross-validation over a grid, from the same statistics.
 
@@ -18,6 +18,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 Featurize = Callable[[Sequence[str]], np.ndarray]
+
+UNSURE = 0.01
+"""Predictions stay this far from 0 and 1: a linear head's extremes are extrapolations, and a
+certain prediction is worth nothing to the exact solvers (a step of certain prefixes ran no
+continuation)."""
+
+SCALARS = ("n", "y", "yy")
+"""The sufficient statistics that are numbers (a checkpoint may store them as 1-element arrays)."""
 
 PENALTIES = np.logspace(-2, 4, 13)
 """The ridge penalties GCV chooses among (relative to the mean eigenvalue of the feature scatter)."""
@@ -43,7 +51,7 @@ class PolicyStatePredictor:
         if self._coef is None:
             return np.full(len(texts), self.prior)
         x = np.asarray(self.featurize(texts), dtype=np.float64)
-        return np.clip(self._mean_y + (x - self._mean_x) @ self._coef, 0.0, 1.0)
+        return np.clip(self._mean_y + (x - self._mean_x) @ self._coef, UNSURE, 1.0 - UNSURE)
 
     def update(self, texts: Sequence[str], targets: np.ndarray, weights: np.ndarray | None = None) -> None:
         if not len(texts):
@@ -97,7 +105,7 @@ class PolicyStatePredictor:
         if not stats:
             self._stats, self._coef = None, None
             return
-        self._stats = {k: (float(v) if np.ndim(v) == 0 else np.asarray(v, dtype=np.float64))
+        self._stats = {k: (float(np.asarray(v).reshape(-1)[0]) if k in SCALARS else np.asarray(v, dtype=np.float64))
                        for k, v in stats.items()}
         self._refit()
 
