@@ -21,7 +21,12 @@ written to ``--out`` after each shape (a timeout keeps what finished):
   bfloat16 forwards (the loop) against bfloat16 weights (what the loop did before);
 - shared prefix: a micro-batch's forward + backward (per `--shared-rows`) in each layout (the rows'
   common prefix once, every row in full, the packed trie with its tree mask), and each one's largest
-  log-probability difference from the per-row forward.
+  log-probability difference from the per-row forward;
+- pipeline (``--sections pipeline``): ``--pipeline-steps`` steps of each arm through the loop's
+  `Pipeline`, synchronous and asynchronous (``pipeline.staleness`` 1), and the steady-state step
+  period (mean time between steps' ends from step 1 on), decode steps, batch rows and stale share
+  of each, with TRACE/GRPO ratios: where a decode step costs about the same at any batch size,
+  the asynchronous mode's filled tail should show (docs/training.md, "Asynchronous steps").
 """
 
 from __future__ import annotations
@@ -88,11 +93,12 @@ def random_model(base: Path, shape: str, work: Path) -> Path:
     return path
 
 
-def bench_config(model: Path, args: argparse.Namespace) -> Any:
+def bench_config(model: Path, args: argparse.Namespace, *, steps: int = 2, staleness: int = 0) -> Any:
     from trace_agents.train.config import TrainConfig
 
     return TrainConfig.model_validate({
-        "seed": 0, "steps": 2, "allocators": ["trace", "grpo"],
+        "seed": 0, "steps": steps, "allocators": ["trace", "grpo"],
+        "pipeline": {"staleness": staleness}, "checkpoint_every": max(steps, 2),
         "model": {"name": str(model), "dtype": "auto"},
         "backend": {"kind": "hf", "max_concurrency": args.concurrency},
         "env": {"id": ENV_ID, "split": "train",
@@ -303,6 +309,49 @@ def bench_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def pipeline_periods(shape: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Each arm's steady-state period, synchronous and with staleness 1, through the loop's own
+    `Pipeline` (sampling, update, weight sync per step)."""
+    from rich.console import Console
+
+    from trace_agents.train.loop import Pipeline, build_arms
+
+    path = random_model(args.base, shape, args.work)
+    report: dict[str, Any] = {}
+    for staleness in (0, 1):
+        cfg = bench_config(path, args, steps=args.pipeline_steps, staleness=staleness)
+        arms = build_arms(cfg, progress=False, warm=False, console=Console(stderr=True))
+
+        async def run(arm: Any) -> dict[str, Any]:
+            pipe, stats = Pipeline(arm, cfg, drains={cfg.steps - 1}), arm.backend.engine.stats
+            periods, decode, rows, stale, trained = [], [], [], 0, 0
+            try:
+                for step in range(cfg.steps):
+                    before = dict(stats)
+                    record = await pipe.step(step, args.work)
+                    stale, trained = stale + record["stale_tokens"], trained + record["trained_tokens"]
+                    if record["period_s"] is not None:
+                        steps = stats["decode_steps"] - before["decode_steps"]
+                        periods.append(record["period_s"])
+                        decode.append(steps)
+                        rows.append((stats["row_steps"] - before["row_steps"]) / max(steps, 1))
+            finally:
+                await pipe.cancel()
+                await arm.backend.aclose()
+            return {"period_s": float(np.mean(periods)), "decode_steps": float(np.mean(decode)),
+                    "mean_batch_rows": float(np.mean(rows)), "stale_share": stale / max(trained, 1)}
+
+        for arm in arms:
+            report[f"{arm.name} s={staleness}"] = asyncio.run(run(arm))
+            print(f"{shape} pipeline {arm.name} s={staleness}: {report[f'{arm.name} s={staleness}']}", flush=True)
+        for arm in arms:
+            arm.env.close()
+        del arms
+    grpo = report["grpo s=0"]["period_s"]
+    report["ratios"] = {k: v["period_s"] / grpo for k, v in report.items() if k != "ratios"}
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", type=Path, required=True, help="tokenizer + config.json folder")
@@ -318,6 +367,9 @@ def main() -> None:
                         help="only time the shared-prefix forward at these prefix lengths")
     parser.add_argument("--profile", action="store_true",
                         help="split TRACE's timed sampling step into forwards, sampling, the rest")
+    parser.add_argument("--sections", default="steps,pipeline",
+                        help="steps (timed steps, precision, shared prefix) and/or pipeline")
+    parser.add_argument("--pipeline-steps", type=int, default=6)
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu-bench"))
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -325,10 +377,13 @@ def main() -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     reports: dict[str, Any] = {"device": device, "torch": torch.__version__, "shapes": {}}
     for shape in args.shapes.split(","):
+        sections = args.sections.split(",")
         if args.prefix_sweep:
             reports["shapes"][shape] = {"prefix_sweep": prefix_sweep(shape, args)}
-        else:
+        elif "steps" in sections:
             reports["shapes"][shape] = bench_shape(shape, args)
+        if "pipeline" in sections and not args.prefix_sweep:
+            reports["shapes"].setdefault(shape, {})["pipeline"] = pipeline_periods(shape, args)
         if args.out:
             args.out.write_text(json.dumps(reports, indent=1))
     print(json.dumps(reports, indent=1))
