@@ -109,3 +109,21 @@ def test_unit_weights_leave_the_loss_unchanged():
     assert torch.equal(plain.loss, weighted.loss)
     halved = policy_loss(new, old, adv, mask, weights=torch.full((3, 5), 0.5))
     assert halved.loss.item() == pytest.approx(plain.loss.item() / 2)
+
+
+def test_a_server_engine_keeps_generating_through_the_update(tmp_path):
+    """Through the stand-in SGLang server (its own copy of the start weights, synced from disk
+    after each update while the next step's requests are in flight): the same guarantees."""
+    from trace_agents.models import tiny_qwen3
+    from trace_agents.testing.standin_server import StandinServer
+
+    model, tokenizer = tiny_qwen3()
+    with StandinServer(model, tokenizer) as server:
+        cfg = asynchronous(steps=3, checkpoint_every=3, backend={"kind": "sglang", "url": server.url})
+        records = run(cfg, tmp_path, progress=False)
+        assert server.standin.weight_updates == 3  # every update reached the server
+    assert [r["in_flight"] for r in records] == [1, 1, 0]
+    for r in records:
+        assert 0 < r["cost_trajectory"] <= cfg.budget.total
+        assert r["staleness_max"] <= 1 and r["stale_dropped"] == 0
+        assert r["weight_sync"] == "sglang"
