@@ -9,9 +9,9 @@ checkpointed together, so ``--resume`` continues exactly where a stopped run lef
 Asynchronous steps (``pipeline.staleness`` s > 0): step j+1's sampling starts once update j-s is
 done (``pipeline.launch: tail``: not before step j's bare rollouts have all ended), so a TRACE
 step's tail of continuations shares the engine with the next step's bare rollouts instead of
-running at a small batch. Each
-step keeps its own budget (charged to the step that planned it); every turn records the policy
-version it was sampled by, and the update corrects older tokens (``trace_agents.train.update``).
+running at a small batch. Each step keeps its own budget (charged to the step that planned it);
+every turn records the policy version it was sampled by, and the update corrects older tokens
+(``trace_agents.train.update``).
 An in-process engine pauses while the update runs (one device: they take turns); a server keeps
 generating. The pipeline drains at each checkpoint, so a checkpoint holds no work in flight and
 ``--resume`` restarts it exactly as the uninterrupted run did (the same event order given, the
@@ -178,6 +178,9 @@ def build_arms(cfg: TrainConfig, *, progress: bool, warm: bool,
     precision = compute_dtype(cfg.model.dtype)
     if warm and cfg.warmup.examples:
         warm_started(cfg, base, tokenizer, console)
+    if cfg.predictor.kind == "policy" and cfg.backend.kind not in ("hf", "sglang"):
+        console.print(f"[yellow]predictor.kind policy: {cfg.backend.kind} returns no hidden states; "
+                      "the lexical model stands in[/]")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sampling = SamplingParams(temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
                               max_tokens=cfg.sampling.max_tokens)
