@@ -10,8 +10,9 @@ TRACE step's tail of continuations costs, and how much of it the next step's sam
 Prints, per mode and allocator, the steady-state step period (mean and median of the time
 between consecutive steps' ends, from step 1 on: step 0 pays the warm-up; overlapping steps end
 in bursts, so the mean is the throughput figure), the engine's decode
-steps and mean batch rows per step, mixed trees, effective ratio and the share of trained tokens
-an older policy sampled, then TRACE/GRPO ratios per mode.
+steps and mean batch rows per step, mixed trees, effective ratio, the share of trained tokens
+an older policy sampled and the share of those whose weight was truncated, then TRACE/GRPO ratios
+per mode.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ async def run_arm(allocator: str, staleness: int, args: argparse.Namespace) -> d
     (arm,) = build_arms(cfg, progress=False, warm=False, console=Console(quiet=True))
     stats = (server.standin.backend if server else arm.backend).engine.stats
     pipe = Pipeline(arm, cfg, drains={cfg.steps - 1})
-    periods, decode, rows, mixed, effective, stale, trained = [], [], [], [], [], [], []
+    periods, decode, rows, mixed, effective, stale, trained, capped = [], [], [], [], [], [], [], []
     try:
         with tempfile.TemporaryDirectory() as out:
             for step in range(cfg.steps):
@@ -82,6 +83,7 @@ async def run_arm(allocator: str, staleness: int, args: argparse.Namespace) -> d
                 effective.append(record["effective_ratio"])
                 stale.append(record["stale_tokens"])
                 trained.append(record["trained_tokens"])
+                capped.append(record["stale_capped"])
     finally:
         await pipe.cancel()
         close_envs([arm])
@@ -91,7 +93,8 @@ async def run_arm(allocator: str, staleness: int, args: argparse.Namespace) -> d
     return {"period_mean_s": statistics.mean(periods), "period_median_s": statistics.median(periods),
             "decode_steps": statistics.mean(decode), "mean_batch_rows": statistics.mean(rows),
             "mixed_trees": statistics.mean(mixed), "effective_ratio": statistics.mean(effective),
-            "stale_share": sum(stale) / max(sum(trained), 1)}
+            "stale_share": sum(stale) / max(sum(trained), 1),
+            "capped_share": sum(capped) / max(sum(stale), 1)}
 
 
 def main() -> None:
