@@ -12,7 +12,8 @@ step's tail of continuations shares the engine with the next step's bare rollout
 running at a small batch. Each step keeps its own budget (charged to the step that planned it);
 every turn records the policy version it was sampled by, and the update corrects older tokens
 (``trace_agents.train.update``).
-An in-process engine pauses while the update runs (one device: they take turns); a server keeps
+The update runs off the event loop, so the next step's episodes keep planning and stepping their
+envs meanwhile; an in-process engine pauses (one device: they take turns), a server keeps
 generating. The pipeline drains at each checkpoint, so a checkpoint holds no work in flight and
 ``--resume`` restarts it exactly as the uninterrupted run did (the same event order given, the
 same run: which tokens land before an update depends on timing, and the docs say so).
@@ -266,13 +267,19 @@ async def run_step(arm: Arm, step: int, cfg: TrainConfig, out_dir: Path,
                    sampling: asyncio.Task[StepResult] | None = None) -> dict[str, Any]:
     """Sample (or await the sampling ``launch`` started ahead), update, sync the weights."""
     result = await (sampling or launch(arm, step, cfg))
+
+    def update() -> dict[str, Any]:
+        with engine_paused(arm.backend), threads_alone(cfg.threads):  # every core to the update
+            return arm.updater.update(result.training_trees, version=step)
+
     started = time.perf_counter()
-    with engine_paused(arm.backend), threads_alone(cfg.threads):  # every core to the update
-        update = arm.updater.update(result.training_trees, version=step)
+    # off the event loop: the next step's episodes keep planning and stepping their envs (and a
+    # server keeps generating for them) while the policy updates
+    stats = await asyncio.to_thread(update)
     update_s = time.perf_counter() - started
     sync = await sync_weights(arm.backend, arm.model, out_dir / "weights" / arm.name)
     arm.runner.policy_version = step + 1
-    record = {**result.metrics, "step": step, "allocator": arm.name, **update,
+    record = {**result.metrics, "step": step, "allocator": arm.name, **stats,
               "update_s": update_s, "weight_sync": sync,
               "calibration": _calibration(result.trees, arm.sampler.allocator.predictor)}
     return record
