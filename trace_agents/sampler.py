@@ -108,8 +108,8 @@ class TraceSampler:
         """One step; ``label`` names it on the progress display (default: "step <n>");
         ``on_tail`` is called when its bare rollouts have all ended (`StepDriver.grow`).
 
-        Steps may overlap (an asynchronous training loop starts the next step in this one's
-        tail): each has its own driver and budget, and their allocator calls take turns in the
+        Steps may overlap (an asynchronous training loop starts the next step before this one
+        ends): each has its own driver and budget, and their allocator calls take turns in the
         one planning thread."""
         started = time.perf_counter()
         self.steps += 1
