@@ -166,9 +166,17 @@ def summarize(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
                               for other in args.methods if other != name},
             "acc_end_by_seed": [r["end"][name]["accuracy"] for r in runs],
             "problems": len(end[name]),
+            "skill_positive_share": _positive_share([rec.get("predictor_skill") for rec in rows]),
             "wall_s": float(sum(rec["seconds"] + rec["update_s"] for rec in rows)),
         }
     return table
+
+
+def _positive_share(skills: list[float | None]) -> float | None:
+    """The share of steps whose predictor beat the running base rate (Brier skill > 0), over the
+    steps that report one (GRPO and DAPO read no predictor)."""
+    known = [x for x in skills if x is not None]
+    return sum(x > 0 for x in known) / len(known) if known else None
 
 
 def print_table(table: dict[str, dict[str, Any]]) -> None:
@@ -188,6 +196,8 @@ def print_table(table: dict[str, dict[str, Any]]) -> None:
         pairs = ", ".join(f"{other} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
                           for other, (d, lo, hi) in r["acc_end_minus"].items())
         Console().print(f"{name} end accuracy minus (paired over {r['problems']} problems): {pairs}")
+        if r["skill_positive_share"] is not None:
+            Console().print(f"{name} predictor skill > 0 on {r['skill_positive_share']:.0%} of steps")
 
 
 def plot(runs: list[dict[str, Any]], table: dict[str, dict[str, Any]], args: argparse.Namespace) -> Path:

@@ -34,7 +34,8 @@ from trace_agents.rollout import Episode, RolloutRunner, episodes_summary
 from trace_allocation.allocators import Allocator
 from trace_allocation.budget import Budget
 from trace_allocation.driver import Spent, StepDriver
-from trace_allocation.tree import Node, RolloutTree
+from trace_allocation.predictors import brier_score
+from trace_allocation.tree import Node, RolloutTree, backup_targets
 from trace_envs import ToolEnv
 
 
@@ -89,6 +90,9 @@ class TraceSampler:
         self.steps = 0
         self.unpaid = 0.0
         """Cost of rollouts that ran but the budget refused to charge (exact units only)."""
+        self.seen = [0.0, 0.0]
+        """Weighted sum and weight of every step's backup targets so far: the running base rate a
+        predictor's skill is measured against (part of a training checkpoint)."""
         self._planner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="allocator")
 
     async def _plan(self, fn: Callable[..., Any], *args: Any, timer: list[float] | None = None) -> Any:
@@ -125,6 +129,7 @@ class TraceSampler:
         fit_started = time.perf_counter()
         brier, figures = await self._plan(lambda: driver.finish(grown.trees, refit=self.fit_predictor))
         fit_s = time.perf_counter() - fit_started
+        skill = self._skill(grown.trees, brier)
         seconds = time.perf_counter() - started
         training = self.allocator.training_trees(grown.trees)
         summary = episodes_summary(engine.episodes)
@@ -135,7 +140,7 @@ class TraceSampler:
             "roots": budget.roots, "continuations": budget.continuations,
             "cost": budget.spent, "budget": budget.total, "unpaid": self.unpaid, **summary,
             "cache_hit_rate": summary["cached_tokens"] / max(summary["prompt_tokens"], 1),
-            "predictor_brier": brier, "plan_s": plan_s[0], "fit_s": fit_s, "seconds": seconds,
+            "predictor_brier": brier, "predictor_skill": skill, "plan_s": plan_s[0], "fit_s": fit_s, "seconds": seconds,
             "tokens_per_s": summary["generated_tokens"] / max(seconds, 1e-9),
         }
         if self.states is not None:  # what reading the policy cost this step
@@ -144,6 +149,18 @@ class TraceSampler:
                            state_probe_s=delta["probe_s"], state_share=delta["probe_s"] / max(seconds, 1e-9))
         return StepResult(self.steps, grown.trees, training, engine.episodes, grown.counts, budget,
                           figures.ratio, seconds, metrics)
+
+
+    def _skill(self, trees: Sequence[RolloutTree], brier: float | None) -> float | None:
+        """The predictor's Brier skill on this step's targets against the running base rate of
+        the steps before (1/2 before any): above 0, it foresaw the step better than a constant."""
+        _, targets, weights = backup_targets(trees)
+        if not len(targets):
+            return None
+        base = self.seen[0] / self.seen[1] if self.seen[1] else 0.5
+        reference = brier_score(np.full(len(targets), base), targets, weights)
+        self.seen = [self.seen[0] + float(weights @ targets), self.seen[1] + float(weights.sum())]
+        return None if brier is None or reference == 0 else 1.0 - brier / reference
 
 
 class _Engine:

@@ -132,6 +132,7 @@ class Arm:
             "alloc_rng": self.alloc_rng.bit_generator.state,
             "runner_rng": self.runner.rng.bit_generator.state,
             "sampler_steps": self.sampler.steps,
+            "outcomes_seen": self.sampler.seen,
             "predictor": None if predictor is None else predictor.state_dict(),
         }
 
@@ -140,6 +141,7 @@ class Arm:
         self.alloc_rng.bit_generator.state = state["alloc_rng"]
         self.runner.rng.bit_generator.state = state["runner_rng"]
         self.sampler.steps = int(state["sampler_steps"])
+        self.sampler.seen = [float(x) for x in state.get("outcomes_seen", (0.0, 0.0))]
         predictor = self.sampler.allocator.predictor
         if predictor is not None:
             predictor.load_state_dict(state["predictor"])
