@@ -150,7 +150,6 @@ class TraceSampler:
         return StepResult(self.steps, grown.trees, training, engine.episodes, grown.counts, budget,
                           figures.ratio, seconds, metrics)
 
-
     def _skill(self, trees: Sequence[RolloutTree], brier: float | None) -> float | None:
         """The predictor's Brier skill on this step's targets against the running base rate of
         the steps before (1/2 before any): above 0, it foresaw the step better than a constant."""

@@ -265,7 +265,8 @@ class HFEngine:
             out = self.model(
                 input_ids=chunk, position_ids=torch.arange(start, end, device=device)[None],
                 attention_mask=torch.ones((1, end), dtype=torch.long, device=device),
-                use_cache=True, logits_to_keep=1, output_hidden_states=states, **{self._cache_arg: cache},
+                use_cache=True, logits_to_keep=1, output_hidden_states=states and end == len(ids),
+                **{self._cache_arg: cache},
             )
             logits = out.logits[0, -1].float()
         if states:  # the last chunk's last position: the prompt's end, whatever was cached

@@ -154,7 +154,7 @@ class PipelineConfig(_Strict):
     launch: Literal["ready", "tail"] = "ready"
     """When the next step starts: ``ready``, as soon as the staleness bound allows; ``tail``, not
     before this step's bare rollouts have all ended (only its continuations left): half the stale
-    tokens, but it saved TRACE no wall time on CPU where ``ready`` saved 5-15 %
+    tokens, but it saved TRACE 0-7 % of a step on CPU where ``ready`` saved 5-15 %
     (docs/training.md, "Asynchronous steps")."""
 
 

@@ -11,12 +11,12 @@ done (``pipeline.launch: tail``: not before step j's bare rollouts have all ende
 step's tail of continuations shares the engine with the next step's bare rollouts instead of
 running at a small batch. Each step keeps its own budget (charged to the step that planned it);
 every turn records the policy version it was sampled by, and the update corrects older tokens
-(``trace_agents.train.update``).
-The update runs off the event loop, so the next step's episodes keep planning and stepping their
-envs meanwhile; an in-process engine pauses (one device: they take turns), a server keeps
-generating. The pipeline drains at each checkpoint, so a checkpoint holds no work in flight and
-``--resume`` restarts it exactly as the uninterrupted run did (the same event order given, the
-same run: which tokens land before an update depends on timing, and the docs say so).
+(``trace_agents.train.update``). The update runs off the event loop, so the next step's
+episodes keep planning and stepping their envs meanwhile; an in-process engine pauses (one
+device: they take turns), a server keeps generating. The pipeline drains at each checkpoint,
+so a checkpoint holds no work in flight and ``--resume`` restarts it exactly as the
+uninterrupted run did (the same event order given, the same run: which tokens land before an
+update depends on timing, and the docs say so).
 """
 
 from __future__ import annotations
@@ -110,6 +110,9 @@ def make_allocator(name: str, cfg: TrainConfig, rng: np.random.Generator,
 PREDICTOR_READERS = ("trace", "pcl")
 """The allocators whose plans read the success predictor."""
 
+STATE_BACKENDS = ("hf", "sglang")
+"""The engines that return the policy's hidden states (``predictor.kind: policy``)."""
+
 
 @dataclass
 class Arm:
@@ -181,7 +184,7 @@ def build_arms(cfg: TrainConfig, *, progress: bool, warm: bool,
     precision = compute_dtype(cfg.model.dtype)
     if warm and cfg.warmup.examples:
         warm_started(cfg, base, tokenizer, console)
-    if cfg.predictor.kind == "policy" and cfg.backend.kind not in ("hf", "sglang"):
+    if cfg.predictor.kind == "policy" and cfg.backend.kind not in STATE_BACKENDS:
         console.print(f"[yellow]predictor.kind policy: {cfg.backend.kind} returns no hidden states; "
                       "the lexical model stands in[/]")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -213,7 +216,7 @@ def _arm(name: str, cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any, pr
                            model_name=cfg.model.name, timeout_s=cfg.backend.timeout_s,
                            max_concurrency=cfg.backend.max_concurrency)
     states = None
-    if cfg.predictor.kind == "policy" and name in PREDICTOR_READERS and cfg.backend.kind in ("hf", "sglang"):
+    if cfg.predictor.kind == "policy" and name in PREDICTOR_READERS and cfg.backend.kind in STATE_BACKENDS:
         states = PolicyStates(backend)
         # the in-process engine returns each turn's prompt state from its prefill: prefixes come free
         sampling = replace(sampling, return_hidden_states=cfg.backend.kind == "hf")
@@ -295,7 +298,6 @@ class Pipeline:
 
     def __init__(self, arm: Arm, cfg: TrainConfig, drains: set[int]) -> None:
         self.arm, self.cfg, self.drains = arm, cfg, drains
-        self.end = min(cfg.steps, max(drains) + 1)
         self.sampling: dict[int, asyncio.Task[StepResult]] = {}
         self.tails: set[int] = set()
         """Steps whose bare rollouts have all ended (or whose sampling has)."""
@@ -313,7 +315,7 @@ class Pipeline:
             last = max(self.sampling)
             nxt = last + 1
             waits = self.cfg.pipeline.launch == "tail" and last not in self.tails
-            if (waits or nxt >= self.end or last in self.drains
+            if (waits or nxt >= self.cfg.steps or last in self.drains
                     or nxt > self.updated + self.cfg.pipeline.staleness):
                 return
             self.sampling[nxt] = launch(self.arm, nxt, self.cfg, functools.partial(self._tail, nxt))

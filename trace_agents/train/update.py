@@ -78,11 +78,11 @@ def stale_weights(old: torch.Tensor, behaviour: Behaviour, mask: torch.Tensor, v
     the mask without the stale tokens that cannot be corrected, with their counts."""
     stale = (mask > 0) & (behaviour.version < version)
     known = ~torch.isnan(behaviour.logprobs)
+    corrected, dropped = stale & known, stale & ~known
     ratio = torch.exp(old - torch.nan_to_num(behaviour.logprobs))
-    weights = torch.where(stale & known, ratio.clamp(max=cap), torch.ones_like(old))
-    kept = mask * ~(stale & ~known)
-    corrected = stale & known
-    counts = {"stale": float(stale.sum()), "dropped": float((stale & ~known).sum()),
+    weights = torch.where(corrected, ratio.clamp(max=cap), torch.ones_like(old))
+    kept = mask * ~dropped
+    counts = {"stale": float(stale.sum()), "dropped": float(dropped.sum()),
               "capped": float((corrected & (ratio > cap)).sum()),
               "weight_sum": float(weights[corrected].sum()),
               "staleness_max": float((version - behaviour.version)[stale].max()) if stale.any() else 0.0}
@@ -141,15 +141,15 @@ class PolicyUpdater:
             return stats
         paths = [token_path(s.leaf) for s in samples]
         rows = [sample_tensors(s, p) for s, p in zip(samples, paths)]
-        chunks = range(0, len(rows), cfg.micro_batch)
-        batches = [collate(rows[i : i + cfg.micro_batch], self.pad_id) for i in chunks]
+        chunks = [slice(i, i + cfg.micro_batch) for i in range(0, len(rows), cfg.micro_batch)]
+        batches = [collate(rows[c], self.pad_id) for c in chunks]
         self.model.train()
         with torch.no_grad():
             old = [self._logprobs(self.model, b) for b in batches]
             ref = [self._logprobs(self.reference, b) for b in batches] if self.reference else None
         weights: list[torch.Tensor | None] = [None] * len(batches)
         if any(v < version for p in paths for v, m in zip(p.version, p.loss_mask) if m):
-            weights = self._correct_stale(batches, old, paths, version, stats)
+            weights = self._correct_stale(batches, old, [paths[c] for c in chunks], version, stats)
         stats["trained_tokens"] = int(sum(float(b.mask.sum()) for b in batches))
         losses, clips, kls, norms = [], [], [], []
         groups = [range(i, min(i + cfg.grad_accum, len(batches)))
@@ -179,13 +179,14 @@ class PolicyUpdater:
                      grad_norm=sum(norms) / len(norms))
         return stats
 
-    def _correct_stale(self, batches: list[Batch], old: list[torch.Tensor], paths: list[TokenPath],
+    def _correct_stale(self, batches: list[Batch], old: list[torch.Tensor], paths: list[list[TokenPath]],
                        version: int, stats: dict[str, Any]) -> list[torch.Tensor | None]:
-        """Weights of each micro-batch's stale tokens (masking the uncorrectable ones in place)."""
+        """Weights of each micro-batch's stale tokens (masking the uncorrectable ones in place);
+        ``paths``: each micro-batch's token paths."""
         weights: list[torch.Tensor | None] = []
         total = {"stale": 0.0, "dropped": 0.0, "capped": 0.0, "weight_sum": 0.0, "staleness_max": 0.0}
-        for b, o, i in zip(batches, old, range(0, len(paths), self.config.micro_batch)):
-            behaviour = behaviour_tensors(paths[i : i + len(b.tokens)], b.tokens.shape[1])
+        for b, o, batch_paths in zip(batches, old, paths):
+            behaviour = behaviour_tensors(batch_paths, b.tokens.shape[1])
             w, b.mask, counts = stale_weights(o, behaviour, b.mask, version, self.config.stale_weight_cap)
             weights.append(w)
             for key, value in counts.items():

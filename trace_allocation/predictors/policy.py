@@ -19,7 +19,7 @@ import numpy as np
 
 Featurize = Callable[[Sequence[str]], np.ndarray]
 
-UNSURE = 0.01
+CLIP = 0.01
 """Predictions stay this far from 0 and 1: a linear head's extremes are extrapolations, and a
 certain prediction is worth nothing to the exact solvers (a step of certain prefixes ran no
 continuation)."""
@@ -51,7 +51,7 @@ class PolicyStatePredictor:
         if self._coef is None:
             return np.full(len(texts), self.prior)
         x = np.asarray(self.featurize(texts), dtype=np.float64)
-        return np.clip(self._mean_y + (x - self._mean_x) @ self._coef, UNSURE, 1.0 - UNSURE)
+        return np.clip(self._mean_y + (x - self._mean_x) @ self._coef, CLIP, 1.0 - CLIP)
 
     def update(self, texts: Sequence[str], targets: np.ndarray, weights: np.ndarray | None = None) -> None:
         if not len(texts):
