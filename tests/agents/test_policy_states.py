@@ -8,10 +8,11 @@ import asyncio
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.agents.test_sampler import calc  # noqa: F401  (fixture)
+from tests.fuzz import examples
 from trace_agents.backends.base import SamplingParams
 from trace_agents.backends.hf import HFBackend
 from trace_agents.backends.http import SGLangBackend
@@ -107,7 +108,7 @@ json_values = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=False
                            lambda inner: st.lists(inner, max_size=4), max_leaves=20)
 
 
-@settings(max_examples=300, deadline=None)
+@examples(300)
 @given(json_values)
 def test_any_hidden_states_reply_is_a_state_or_a_clear_error(value):
     """Server replies are untrusted: whatever ``meta_info.hidden_states`` holds, the client gets the

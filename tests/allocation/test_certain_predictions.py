@@ -3,9 +3,10 @@ solvers hand out no rollout of zero gain, and a TRACE step whose every predictio
 opened no prompt and spent nothing (seen with the policy-state head's clipped output)."""
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.fuzz import examples
 from trace_allocation.allocators import TreeAllocator
 from trace_allocation.budget import Budget
 
@@ -21,7 +22,7 @@ class Certain:
         pass
 
 
-@settings(max_examples=60, deadline=None)
+@examples(60)
 @given(st.lists(st.sampled_from([0.0, 1.0]), min_size=2, max_size=12), st.integers(2, 12))
 def test_certain_predictions_still_spend_stage_one(values, roots):
     allocator = TreeAllocator(Certain(values), continuations_per_root=1, m_min=2, m_max=4,

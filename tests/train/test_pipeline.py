@@ -5,9 +5,10 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.fuzz import examples
 from tests.train.test_loop import config
 from trace_agents.train.config import ConfigError, load_config
 from trace_agents.train.loop import run
@@ -74,7 +75,7 @@ def test_a_pipeline_that_could_never_overlap_is_refused(tmp_path):
 finite = st.floats(-8.0, 0.0, allow_nan=False)
 
 
-@settings(max_examples=60, deadline=None)
+@examples(60)
 @given(st.data(), st.integers(1, 4), st.integers(1, 12), st.floats(1.0, 4.0))
 def test_stale_weights_correct_only_older_tokens(data, rows, width, cap):
     shape = (rows, width)
