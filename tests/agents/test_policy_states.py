@@ -49,6 +49,9 @@ def test_the_engine_returns_its_prefills_prompt_state(tiny):
     got.append(asyncio.run(states_of(HFBackend(model, tok), [longer], turn))[0])
     for ids, state in zip([prompt, prompt, longer, longer], got):
         np.testing.assert_allclose(state, last_state(model, ids), atol=1e-4)
+    chunked = HFBackend(model, tok)
+    chunked.engine.prefill_chunk = 4  # a prefill in two chunks: the state is the last one's
+    np.testing.assert_allclose(asyncio.run(states_of(chunked, [longer]))[0], last_state(model, longer), atol=1e-4)
     plain = asyncio.run(HFBackend(model, tok).generate(prompt, SamplingParams(max_tokens=2)))
     assert plain.prompt_state is None  # not asked: nothing computed or sent
 
