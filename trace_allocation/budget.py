@@ -154,6 +154,25 @@ class Budget:
             self.continuations += 1
         return cost
 
+    def state_dict(self) -> dict[str, Any]:
+        """What was charged, for a checkpoint (a `prices` callable is not state: pass it again)."""
+        return {"total": self.total, "unit": self.unit, "continuation_cost": self.continuation_cost,
+                "estimates": list(self._estimates), "spent": self.spent, "roots": self.roots,
+                "continuations": self.continuations, "charged": {k: list(v) for k, v in self._charged.items()},
+                "usage": dict(self.usage)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], **options: Any) -> Budget:
+        budget = cls(float(state["total"]), unit=state["unit"], continuation_cost=float(state["continuation_cost"]),
+                     estimates=tuple(map(float, state["estimates"])), **options)
+        budget.spent, budget.roots = float(state["spent"]), int(state["roots"])
+        budget.continuations = int(state["continuations"])
+        budget._charged = {k: [float(v[0]), int(v[1])] for k, v in state["charged"].items()}
+        if set(budget._charged) != {"root", "continuation"} or budget.spent > budget.total + 1e-9:
+            raise ValueError(f"not a budget's state: {state!r}")
+        budget.usage = {k: float(state["usage"][k]) for k in ("trajectory", "turns", "tokens")}
+        return budget
+
     def __repr__(self) -> str:
         return (
             f"Budget(total={self.total:g}, spent={self.spent:g}, unit={self.unit!r}, "

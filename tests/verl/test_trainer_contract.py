@@ -23,9 +23,9 @@ from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 from verl.utils.transferqueue_utils import KVBatchMeta
 
 from trace_agents.verl.main import AGENT_LOOP_YAML
+from trace_agents.verl.plans import PLAN_KEY, ContinuationPools
 from trace_agents.verl.trainer import CONTINUATIONS_KEY, TraceAgentLoopWorker, TraceTrainer, trace_settings
 from trace_allocation import RolloutTree
-from trace_allocation.driver import ContinuationPool
 
 TEXTS = ["What is 2+3?", "What is 17*23?", "Add 4 and 9.", "What is 100-58?"]
 
@@ -106,13 +106,12 @@ def test_settings_the_trainer_would_silently_drop_are_refused_before_ray_starts(
         trace_settings(config(tmp_path, override))
 
 
-class LocalPool:
-    """A `SharedPool` actor handle's call shape (``await pool.take.remote(n)``) over the real pool."""
+class LocalPools:
+    """A `PlanPools` actor handle's call shape (``await pools.take.remote(plan, n)``) over the real pools."""
 
     def __init__(self) -> None:
-        pool = ContinuationPool()
-        self.take, self.give = (SimpleNamespace(remote=self._remote(f)) for f in (pool.take, pool.give))
-        self.left = lambda: pool.left
+        self.pools = ContinuationPools()
+        self.take, self.give = (SimpleNamespace(remote=self._remote(f)) for f in (self.pools.take, self.pools.give))
 
     @staticmethod
     def _remote(method):
@@ -125,7 +124,7 @@ def test_a_prompt_verl_marks_greedy_is_sampled_greedily(monkeypatch):
     """verl's ``__do_sample__`` column (greedy rows) reaches the sessions' sampling parameters."""
     worker = object.__new__(TraceAgentLoopWorker)
     worker.allocator = SimpleNamespace(continuations_per_root=2)
-    worker.pool = LocalPool()
+    worker.pools = LocalPools()
     worker.config = SimpleNamespace(actor_rollout_ref=SimpleNamespace(rollout=SimpleNamespace(n=1)))
     seen: list[dict] = []
 
@@ -138,8 +137,9 @@ def test_a_prompt_verl_marks_greedy_is_sampled_greedily(monkeypatch):
 
     monkeypatch.setattr(worker, "_run_agent_loop", run_agent_loop, raising=False)
     monkeypatch.setattr("trace_agents.verl.trainer.tq.async_kv_put", put)
-    for do_sample in (True, False):
-        prompt = {"uid": "u", "__rollout_n__": 1, CONTINUATIONS_KEY: 2, "__do_sample__": do_sample}
+    for plan, do_sample in ((0, True), (3, False)):
+        prompt = {"uid": "u", "__rollout_n__": 1, CONTINUATIONS_KEY: 2, "__do_sample__": do_sample, PLAN_KEY: plan}
         asyncio.run(worker._run_prompt(prompt, {"temperature": 1.0, "top_p": 0.9}, {"validate": False}))
     assert seen[0]["temperature"] == 1.0 and seen[1]["temperature"] == 0
-    assert worker.pool.left() == 4  # each prompt's sessions raised: its Stage 2 share (2) went to the pool
+    # each prompt's sessions raised: its Stage 2 share (2) went to its own plan's pool
+    assert {p: pool.left for p, pool in worker.pools.pools.pools.items()} == {0: 2, 3: 2}

@@ -397,10 +397,12 @@ def _record(ep: Episode, played: Played) -> None:
 def _note_engine(ep: Episode, out: Any) -> None:
     """Keep the server's stop reason and weights version (verl >= 0.9 ``TokenOutput``)."""
     ep.engine_stop_reason = getattr(out, "stop_reason", None)
-    steps = (getattr(out, "extra_fields", None) or {}).get("global_steps")
-    if steps is not None:
-        ep.min_global_steps = steps if ep.min_global_steps is None else ep.min_global_steps
-        ep.max_global_steps = steps
+    extra = getattr(out, "extra_fields", None) or {}
+    steps = extra.get("global_steps")
+    if steps is not None:  # a call resumed across a weight update (verl's async client) spans versions
+        first = extra.get("min_global_steps", steps)
+        ep.min_global_steps = first if ep.min_global_steps is None else ep.min_global_steps
+        ep.max_global_steps = extra.get("max_global_steps", steps)
 
 
 def _tokens(out: Any) -> tuple[list[int], list[float] | None]:

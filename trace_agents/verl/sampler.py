@@ -58,8 +58,8 @@ class TraceSampler:
         self._nodes.clear()
 
     def plan_roots(self, prompt_texts: Sequence[str], budget: Budget) -> np.ndarray:
-        """Stage 1: root rollouts per candidate prompt (0 drops it). Starts a new step."""
-        self.reset()
+        """Stage 1: root rollouts per candidate prompt (0 drops it). The trees are kept: an
+        asynchronous trainer plans while it trains the groups of earlier plans (`reset` starts a step)."""
         return self.driver.plan_roots(prompt_texts, budget)
 
     def observe(self, episodes: Iterable[Episode | Mapping[str, Any]], budget: Budget | None) -> None:
@@ -78,7 +78,7 @@ class TraceSampler:
                     raise ValueError(f"continuation {ep.id} of unknown turn {ep.parent}; observe its parent first")
                 node, continuation = self._nodes[ep.parent], True
             if budget is not None:
-                self._charge(ep, budget)
+                self.charge(ep, budget)
             for turn in range(ep.branch_turn + 1, len(ep.turns) + 1):
                 node = node.add_child(_text(ep, turn), handle=(ep.id, turn), continuation=continuation)
                 continuation = False
@@ -87,7 +87,8 @@ class TraceSampler:
                 node.finish(ep.reward)
             self.episodes[ep.id] = ep
 
-    def _charge(self, ep: Episode, budget: Budget) -> None:
+    def charge(self, ep: Episode, budget: Budget) -> None:
+        """Charge what the episode generated (a continuation: past its branch turn) to ``budget``."""
         if ep.parent is None:
             continuation, turns, tokens = False, len(ep.turns), sum(ep.response_mask)
         else:

@@ -29,27 +29,30 @@ import numpy as np
 import ray
 import torch
 import transfer_queue as tq
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tensordict import TensorDict
 from verl.trainer.main_ppo import TaskRunnerV1
 from verl.trainer.ppo.v1 import AgentLoopManagerTQ, AgentLoopWorkerTQ, PPOTrainerSync, register_trainer
 from verl.trainer.ppo.v1.agent_loop_tq import apply_greedy_sampling_params
+from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer, ReplayBufferAsync
+from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
 from verl.utils import tensordict_utils as tu
 
 from trace_agents.train.checkpoint import dump_state, read_state
 from trace_agents.train.config import BudgetConfig, OptimConfig, PredictorConfig, TrainConfig
 from trace_agents.train.loop import make_allocator
 from trace_agents.verl.episode import Episode
+from trace_agents.verl.plans import PLAN_KEY, ContinuationPools, PlanLedger
 from trace_agents.verl.sampler import (
     BRANCH_KEY, CONTINUATIONS_KEY, EPISODE_KEY, TraceSampler, plan_prompt, pool_request, token_advantages,
 )
 from trace_allocation import Budget
 from trace_allocation.allocators import Allocator
-from trace_allocation.driver import ContinuationPool
 
 logger = logging.getLogger(__name__)
 
 TRAINER_NAME = "trace"
+ASYNC_TRAINER_NAME = "trace_async"
 TRACE_STATE = "trace"
 """Folder in verl's ``global_step_N`` checkpoint holding TRACE's own state."""
 
@@ -72,6 +75,17 @@ def refuse_unsupported(config: DictConfig, allocator: str) -> None:
         if correction.get(key) is not None:
             problems.append(f"algorithm.rollout_correction.{key}={correction.get(key)} "
                             "(not applied to tree advantages)")
+    sampler = OmegaConf.select(config, "trainer.v1.sampler") or {}
+    if (sampler.get("custom_sampler") or {}).get("path"):
+        problems.append("trainer.v1.sampler.custom_sampler (TRACE brings its own replay buffer, which tells it "
+                        "what is trained and evicted)")
+    if sampler.get("sync_refill_failed_groups", False):
+        problems.append("trainer.v1.sampler.sync_refill_failed_groups=true (a refill gets rollout.n flat rollouts)")
+    if (algo.get("filter_groups") or {}).get("enable", False):
+        problems.append("algorithm.filter_groups.enable=true (DAPO's refills get no Stage 2; "
+                        "use trace.allocator with the native trainer for DAPO)")
+    if OmegaConf.select(config, "skip.rollout_tq.enable", default=False):
+        problems.append("skip.rollout_tq.enable=true (cached rollouts bypass TRACE's planning)")
     if allocator == "dapo":
         problems.append("trace.allocator=dapo (the verl workers run no refills; use the native trainer for DAPO)")
     if problems:
@@ -109,49 +123,109 @@ def task_text(raw_prompt: Any) -> str:
     return str(user[-1]["content"])
 
 
-@register_trainer(TRAINER_NAME)
-class TraceTrainer(PPOTrainerSync):
-    """verl's synchronous V1 trainer with TRACE's allocation, trees and advantages."""
+class _TraceSteps:
+    """TRACE's planning, trees, advantages, refit and checkpointed state, shared by the synchronous
+    (`TraceTrainer`) and asynchronous (`TraceAsyncTrainer`) trainers: every batch verl submits for
+    rollout is planned (`plan_batch`) as its own plan in a `PlanLedger`, and each rollout is charged
+    to its plan's budget when verl hands its group over to train or evicts it."""
+
+    VERL_MODE: str
+    """verl's trainer mode this trainer runs as (its replay buffer, and its config block)."""
+    REPLAY: str
+    """The replay-buffer class in this module that tells the trainer what it samples and evicts."""
 
     def __init__(self, config: DictConfig) -> None:
         name, self.settings = trace_settings(config)
         self.alloc_rng = np.random.default_rng(self.settings.seed)
         self.sampler = TraceSampler(make_allocator(name, self.settings, self.alloc_rng))
+        self.plans = PlanLedger()
         self.budget: Budget | None = None
-        self.trace_metrics: dict[str, float] = {}
+        """The budget of the latest plan (in the synchronous trainer: this step's)."""
+        self.refits = 0
+        self._shipped: int | None = None
+        self._begin_step()
         super().__init__(config)
 
-    def _build_replay_buffer(self):
-        # A TRACE step is synchronous: verl's sync replay buffer and prompt registration apply.
-        self.trainer_mode = "sync"
-        return super()._build_replay_buffer()
+    def _begin_step(self) -> None:
+        self.sampler.reset()
+        self.trace_metrics: dict[str, float] = {}
+        self.sampled: list[str] = []
+        b = self.settings.budget
+        self.charged = Budget(float("inf"), continuation_cost=b.continuation_cost)
+        """Everything charged during this step, whichever plan paid (``trace/cost``)."""
 
-    # ------------------------------------------------------------------ Stage 1
-    def prepare_step(self) -> dict:
-        batch = self.plan_batch(self._next_train_batch())
-        self._submit_batch_to_rollout(batch)
-        return {}
+    def _build_replay_buffer(self):
+        """verl's replay buffer for `VERL_MODE`, through verl's custom-sampler hook: a subclass
+        that reports the groups it hands over and evicts (`_Settling`)."""
+        self.trainer_mode = self.VERL_MODE
+        self.parameter_sync_step = self.config.trainer.v1.get(self.trainer_mode, {}).get("parameter_sync_step", 1)
+        with open_dict(self.config):
+            self.config.trainer.v1.sampler.custom_sampler = {"path": f"pkg://{__name__}", "name": self.REPLAY}
+        buffer = super()._build_replay_buffer()
+        buffer.trainer = self
+        return buffer
+
+    # ------------------------------------------------------------------ Stage 1, per submitted batch
+    def _submit_batch_to_rollout(self, batch: TensorDict) -> int:
+        return super()._submit_batch_to_rollout(self.plan_batch(batch))
+
+    def plan_share(self, prompts: int) -> float:
+        """The share of a step's budget a batch of ``prompts`` gets."""
+        return 1.0
 
     def plan_batch(self, batch: TensorDict) -> TensorDict:
-        """Stage 1 over the batch's prompts: per-row ``__rollout_n__`` and Stage 2 cap, and the
-        workers get the allocator as refit at the last step's end."""
+        """Stage 1 over the batch's prompts as one plan with its own budget: per-row
+        ``__rollout_n__``, Stage 2 cap and plan id; the workers get the allocator as last refit."""
         if not hasattr(self.agent_loop_manager, "set_allocator"):
             raise TypeError(
                 "the TRACE trainer needs actor_rollout_ref.rollout.agent.agent_loop_manager_class="
                 "trace_agents.verl.trainer.TraceAgentLoopManager"
             )
         b = self.settings.budget
-        self.budget = Budget.for_allocator(self.sampler.allocator, b.total, continuation_cost=b.continuation_cost)
+        budget = Budget.for_allocator(self.sampler.allocator, b.total * self.plan_share(len(batch)),
+                                      continuation_cost=b.continuation_cost)
         texts = [task_text(p) for p in batch["raw_prompt"]]
-        counts = self.sampler.plan_roots(texts, self.budget)
-        caps = self.sampler.driver.continuation_caps(counts, self.budget)
+        counts = self.sampler.plan_roots(texts, budget)
+        caps = self.sampler.driver.continuation_caps(counts, budget)
+        plan = self.plans.open([str(u) for u in batch["uid"]], budget, step=getattr(self, "global_steps", 0),
+                               counts=counts)
+        self.budget = budget
         tu.assign_non_tensor_stack(batch, "__rollout_n__", [int(c) for c in counts])
         tu.assign_non_tensor_stack(batch, CONTINUATIONS_KEY, [int(c) for c in caps])
-        self.agent_loop_manager.set_allocator(self.sampler.allocator)
-        self.trace_metrics = {"trace/prompts_opened": int((counts > 0).sum()),
-                              "trace/roots_planned": int(counts.sum()),
-                              "trace/continuations_cap": int(caps.sum())}
+        tu.assign_non_tensor_stack(batch, PLAN_KEY, [plan.id] * len(batch))
+        if self._shipped != self.refits:
+            self.agent_loop_manager.set_allocator(self.sampler.allocator)
+            self._shipped = self.refits
+        for key, value in (("prompts_opened", int((counts > 0).sum())), ("roots_planned", int(counts.sum())),
+                           ("continuations_cap", int(caps.sum())), ("plans", 1)):
+            self.trace_metrics[f"trace/{key}"] = self.trace_metrics.get(f"trace/{key}", 0) + value
         return batch
+
+    # ------------------------------------------------------------------ what verl samples and evicts
+    def groups_sampled(self, uids: list[str]) -> None:
+        """The replay buffer hands these prompt groups over to train in this step."""
+        self.sampled += uids
+
+    def groups_evicted(self, uids: set[str], keys: list[str]) -> None:
+        """The replay buffer evicts these groups (stale or failed): what their trajectories
+        (``keys``) generated is charged to their plans; they are neither trained nor refit on."""
+        if keys:
+            data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["extra_fields"])
+            for extra in data["extra_fields"]:
+                self._charge(Episode.from_dict(dict(getattr(extra, "data", extra))[EPISODE_KEY]))
+        self.plans.settle(uids, trained=False, step=self.global_steps)
+        self.trace_metrics["trace/evicted_groups"] = self.trace_metrics.get("trace/evicted_groups", 0) + len(uids)
+
+    def _charge(self, episode: Episode) -> Budget | None:
+        """Charge a rollout to its plan's budget (and to this step's tally); returns the budget."""
+        try:
+            budget = self.plans.budget_of(episode.prompt_key)
+        except KeyError:
+            logger.warning("episode %s belongs to no open TRACE plan: not charged", episode.id)
+            return None
+        self.sampler.charge(episode, budget)
+        self.sampler.charge(episode, self.charged)
+        return budget
 
     # ------------------------------------------------------------------ trees and advantages
     def _compute_advantage(self, batch, metrics: dict):
@@ -163,17 +237,18 @@ class TraceTrainer(PPOTrainerSync):
         return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
 
     def tree_advantages(self, tags: list[dict], extra_fields: list[Any], lengths: list[int]) -> TensorDict:
-        """Grow the step's trees from the sampled rows (verl's padding rows excluded), charge the
-        budget, and return nested ``advantages``/``returns`` and the trained-token masks. With
-        ``trainer.v1.parameter_sync_step`` > 1 verl calls this once per mini-batch of whole prompt
-        groups: the trees add up over the step (planning starts them afresh), so the refit and the
-        step's figures see every prompt, not only the last mini-batch's."""
-        assert self.budget is not None, "plan_batch must run before the advantage step"
+        """Grow the step's trees from the sampled rows (verl's padding rows excluded), charge each
+        rollout to its plan, and return nested ``advantages``/``returns`` and the trained-token
+        masks. With ``parameter_sync_step`` > 1 verl calls this once per mini-batch of whole prompt
+        groups: the trees add up over the step, so the refit and the step's figures see every
+        prompt, not only the last mini-batch's."""
         rows: dict[int, Episode] = {}
         for i, (tag, extra) in enumerate(zip(tags, extra_fields, strict=True)):
             if not tag.get("is_padding", False):
                 rows[i] = Episode.from_dict(dict(getattr(extra, "data", extra))[EPISODE_KEY])
-        self.sampler.observe(sorted(rows.values(), key=lambda e: e.parent is not None), self.budget)
+        for ep in sorted(rows.values(), key=lambda e: e.parent is not None):
+            self.sampler.observe([ep], budget=None)
+            self._charge(ep)
         opt = self.settings.optim
         turn_adv = self.sampler.advantages(mode=opt.advantage, shared=opt.shared_tokens)
         values, masks = [], []
@@ -186,8 +261,8 @@ class TraceTrainer(PPOTrainerSync):
             masks.append(torch.tensor(m, dtype=torch.int64))
         trees = list(self.sampler.trees.values())
         self.trace_metrics.update({
-            "trace/cost": self.budget.spent, "trace/budget": self.budget.total,
-            "trace/roots": self.budget.roots, "trace/continuations": self.budget.continuations,
+            "trace/cost": self.charged.spent, "trace/budget": self.settings.budget.total,
+            "trace/roots": self.charged.roots, "trace/continuations": self.charged.continuations,
             "trace/unpaid": self.sampler.driver.unpaid,
             "trace/effective_ratio": float(np.mean([t.is_mixed for t in trees])) if trees else 0.0,
         })
@@ -195,23 +270,41 @@ class TraceTrainer(PPOTrainerSync):
         return TensorDict({"advantages": nested(values), "returns": nested(values),
                            "response_mask": nested(masks), "loss_mask": nested(masks)}, batch_size=len(lengths))
 
-    # ------------------------------------------------------------------ predictor refit
+    # ------------------------------------------------------------------ the step's end: plans, refit
     def refit_predictor(self) -> dict[str, float]:
         brier = self.sampler.update_predictor()
+        self.refits += 1
         return {} if brier is None else {"trace/predictor_brier": brier}
 
     def step(self, metrics: dict, timing_raw: dict):
-        """verl's step, then the refit: ``fit()`` saves the checkpoint right after ``step`` and
-        before ``on_step_end``, so the saved predictor is the one the next step plans with."""
+        """verl's step; then the groups it trained settle their plans, and the predictor is refit:
+        ``fit()`` saves the checkpoint right after ``step`` and before ``on_step_end``, so the saved
+        ledger and predictor are the ones the next step plans with."""
+        self._begin_step()
         batch = super().step(metrics, timing_raw)
+        self.plans.settle(self.sampled, trained=True, step=self.global_steps)
+        metrics.update(self.plan_metrics())
         metrics.update(self.refit_predictor())
         return batch
+
+    def plan_metrics(self) -> dict[str, float]:
+        """The plans that closed in this step (each prompt trained or evicted) and what they spent."""
+        closed = self.plans.drain()
+        unspent = self.agent_loop_manager.close_plans(closed.ids) if closed.ids else 0.0
+        out = {"trace/plans_open": len(self.plans.plans), "trace/plans_closed": len(closed.ids)}
+        if closed.ids:
+            out.update({"trace/plans_closed_cost": closed.spent, "trace/plans_closed_budget": closed.total,
+                        "trace/plans_closed_trained": closed.trained, "trace/plans_closed_evicted": closed.evicted,
+                        "trace/plans_closed_pool_unspent": unspent,
+                        "trace/plan_staleness_max": max(closed.staleness)})
+        return out
 
     # ------------------------------------------------------------------ checkpoints
     def trace_state(self) -> dict[str, Any]:
         predictor = self.sampler.allocator.predictor
         return {"alloc_rng": self.alloc_rng.bit_generator.state, "unpaid": self.sampler.driver.unpaid,
-                "predictor": None if predictor is None else predictor.state_dict()}
+                "predictor": None if predictor is None else predictor.state_dict(),
+                "plans": self.plans.state_dict()}
 
     def load_trace_state(self, state: dict[str, Any]) -> None:
         predictor = self.sampler.allocator.predictor
@@ -221,6 +314,8 @@ class TraceTrainer(PPOTrainerSync):
         self.sampler.driver.unpaid = float(state["unpaid"])
         if predictor is not None:
             predictor.load_state_dict(state["predictor"])
+        if state.get("plans") is not None:  # saved before plans were kept: a synchronous run has none open
+            self.plans.load_state_dict(state["plans"])
 
     def _save_checkpoint(self) -> None:
         """TRACE's state first: verl marks the step saved (``latest_checkpointed_iteration.txt``)
@@ -248,11 +343,64 @@ class TraceTrainer(PPOTrainerSync):
             raise ValueError(f"cannot resume TRACE's state from {folder}: {type(exc).__name__}: {exc}") from None
 
 
+@register_trainer(TRAINER_NAME)
+class TraceTrainer(_TraceSteps, PPOTrainerSync):
+    """verl's synchronous V1 trainer with TRACE's allocation, trees and advantages: one plan a
+    step, trained (and closed) by that step."""
+
+    VERL_MODE = "sync"
+    REPLAY = "TraceReplayBuffer"
+
+
+@register_trainer(ASYNC_TRAINER_NAME)
+class TraceAsyncTrainer(_TraceSteps, PPOTrainerColocateAsync):
+    """verl's ``colocate_async`` V1 trainer with TRACE: verl submits batches ahead
+    (``trainer.v1.colocate_async.num_warmup_batches``), trains whichever prompt groups finished
+    first, evicts groups staler than ``trainer.v1.sampler.max_off_policy_threshold`` and refills
+    them. Each submitted batch (a step's, a warm-up's, a refill's) is a plan with its share of
+    the step budget; a group is charged to its plan when trained or evicted."""
+
+    VERL_MODE = "colocate_async"
+    REPLAY = "TraceReplayBufferAsync"
+
+    def plan_share(self, prompts: int) -> float:
+        return prompts / self.config.data.train_batch_size
+
+
+class _Settling:
+    """verl's replay buffer telling the TRACE trainer which prompt groups it hands over to train
+    (`_materialize_batch`) and which it evicts (`_evict_terminal_groups`: stale, failed), so each
+    group's rollouts are charged to the plan that decided them."""
+
+    trainer: _TraceSteps
+
+    def _materialize_batch(self, partition_id, selected_prompt_uids, partition_snapshot):
+        if partition_id == "train":
+            self.trainer.groups_sampled(list(selected_prompt_uids))
+        return super()._materialize_batch(partition_id, selected_prompt_uids, partition_snapshot)
+
+    def _evict_terminal_groups(self, global_steps, partition_id, eviction_reasons):
+        stale, dapo, failed, _ = eviction_reasons
+        uids = stale | dapo | failed
+        if uids and partition_id == "train":
+            keys = [k for k in self.partitions[partition_id] if k.split("_")[0] in uids]
+            self.trainer.groups_evicted(uids, keys)
+        return super()._evict_terminal_groups(global_steps, partition_id, eviction_reasons)
+
+
+class TraceReplayBuffer(_Settling, ReplayBuffer):
+    """verl's synchronous replay buffer, reporting to `TraceTrainer`."""
+
+
+class TraceReplayBufferAsync(_Settling, ReplayBufferAsync):
+    """verl's asynchronous replay buffer, reporting to `TraceAsyncTrainer`."""
+
+
 @ray.remote(num_cpus=0)
-class SharedPool(ContinuationPool):
-    """The step's `ContinuationPool`, one actor every worker draws from: a prompt whose sessions
-    failed, or whose tree has too few prefixes, leaves its Stage 2 share to prompts planned later
-    on any worker (the native driver's `plan_pooled`)."""
+class PlanPools(ContinuationPools):
+    """Every open plan's Stage 2 pool, one actor all workers draw from: a prompt whose sessions
+    failed, or whose tree has too few prefixes, leaves its Stage 2 share to the prompts of its
+    own plan planned later, on any worker (the native driver's `plan_pooled`)."""
 
 
 class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
@@ -262,10 +410,10 @@ class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.allocator: Allocator | None = None
-        self.pool: Any = None
+        self.pools: Any = None
 
-    def set_allocator(self, allocator: Allocator, pool: Any) -> None:
-        self.allocator, self.pool = allocator, pool
+    def set_allocator(self, allocator: Allocator, pools: Any) -> None:
+        self.allocator, self.pools = allocator, pools
 
     async def _agent_loop_postprocess(self, output, validate, **kwargs):
         kwargs.pop(BRANCH_KEY, None)  # a Branch is the agent loop's input, not a batch field
@@ -274,9 +422,10 @@ class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
 
     async def _run_prompt(self, prompt: dict, sampling_params: dict, trajectory: dict, trace: bool = False) -> None:
         cap = int(prompt.pop(CONTINUATIONS_KEY, 0) or 0)
-        if trajectory["validate"] or cap <= 0 or self.allocator is None:
+        plan = prompt.pop(PLAN_KEY, None)
+        if trajectory["validate"] or cap <= 0 or self.allocator is None or plan is None:
             return await super()._run_prompt(prompt, sampling_params, trajectory, trace)
-        uid = prompt["uid"]
+        uid, plan = prompt["uid"], int(plan)
         await tq.async_kv_put(key=uid, partition_id="train", tag={"status": "running"})
         status, unplanned = "finished", cap
         try:
@@ -289,11 +438,11 @@ class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             if len(episodes) < n:
                 status = "failure"
             request = pool_request(self.allocator, episodes)
-            extra = int(await self.pool.take.remote(request)) if request else 0
+            extra = int(await self.pools.take.remote(plan, request)) if request else 0
             unplanned += extra
             branches = plan_prompt(self.allocator, episodes, cap, extra=extra) if episodes else []
             unplanned -= len(branches)
-            await self.pool.give.remote(unplanned)  # at once, so that prompts planned later may draw it
+            await self.pools.give.remote(plan, unplanned)  # at once, so that prompts planned later may draw it
             unplanned = 0
             conts = await self._sessions(params, trajectory, trace, prompt, branches, first=n)
             if any(o is None for o in conts):
@@ -302,7 +451,7 @@ class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             logger.exception("TRACE prompt %s failed", uid)
             status = "failure"
             if unplanned:
-                await self.pool.give.remote(unplanned)
+                await self.pools.give.remote(plan, unplanned)
         await tq.async_kv_put(key=uid, partition_id="train", tag={"status": status})
 
     async def _sessions(self, params, trajectory, trace, prompt, branches, *, first: int) -> list[Any]:
@@ -321,17 +470,22 @@ class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
 
 
 class TraceAgentLoopManager(AgentLoopManagerTQ):
-    """verl's TransferQueue agent-loop manager with `TraceAgentLoopWorker` workers."""
+    """verl's TransferQueue agent-loop manager with `TraceAgentLoopWorker` workers and the run's
+    `PlanPools`."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.agent_loop_workers_class = ray.remote(TraceAgentLoopWorker)
+        self.pools = PlanPools.remote()
 
     def set_allocator(self, allocator: Allocator) -> None:
-        """Ship the allocator (its refit predictor) once per step: one object every worker reads,
-        with the step's fresh `SharedPool`."""
-        shipped, pool = ray.put(allocator), SharedPool.remote()
-        ray.get([w.set_allocator.remote(shipped, pool) for w in self.agent_loop_workers])
+        """Ship the allocator (its refit predictor) to every worker: one object they all read."""
+        shipped = ray.put(allocator)
+        ray.get([w.set_allocator.remote(shipped, self.pools) for w in self.agent_loop_workers])
+
+    def close_plans(self, plans: list[int]) -> float:
+        """Drop the closed plans' pools; returns what they left unspent."""
+        return float(ray.get(self.pools.close.remote(plans)))
 
 
 @ray.remote
@@ -339,5 +493,6 @@ class TraceTaskRunner(TaskRunnerV1.__ray_actor_class__):
     """verl's V1 task runner; importing this module registered the ``trace`` trainer in its process."""
 
 
-__all__ = ["TRAINER_NAME", "SharedPool", "TraceAgentLoopManager", "TraceAgentLoopWorker", "TraceTaskRunner",
-           "TraceTrainer", "refuse_unsupported", "task_text", "trace_settings"]
+__all__ = ["ASYNC_TRAINER_NAME", "TRAINER_NAME", "PlanPools", "TraceAgentLoopManager", "TraceAgentLoopWorker",
+           "TraceAsyncTrainer", "TraceReplayBuffer", "TraceReplayBufferAsync", "TraceTaskRunner", "TraceTrainer",
+           "refuse_unsupported", "task_text", "trace_settings"]
