@@ -74,8 +74,8 @@ def agent_loop_yaml(root: Path) -> Path:
     return root / "agent_loop.yaml"
 
 
-def compose(root: Path, data: Path):
-    overrides = [
+def compose(root: Path, data: Path, *extra: str):
+    overrides = [*extra,
         f"actor_rollout_ref.model.path={root / 'model'}",
         "actor_rollout_ref.rollout.name=sglang",
         "actor_rollout_ref.rollout.prompt_length=2048",
@@ -95,7 +95,7 @@ def compose(root: Path, data: Path):
 
 
 @contextlib.contextmanager
-def trace_trainer(setup, data: Path | None = None):
+def trace_trainer(setup, data: Path | None = None, *overrides: str):
     """The real ``TraceTrainer`` as far as a CPU takes it (``PPOTrainer.init()`` would start FSDP
     workers on GPUs): its tokenizer and dataloader, TransferQueue, and ``TraceAgentLoopManager``'s
     Ray workers on the stand-in server behind a rollout replica. Yields (trainer, replica)."""
@@ -105,16 +105,17 @@ def trace_trainer(setup, data: Path | None = None):
     from verl.workers.rollout.router import get_router_handle
 
     from tests.verl.standin_replica import StandinReplica
-    from trace_agents.verl.trainer import TraceAgentLoopManager, TraceTrainer
+    from trace_agents.verl.trainer import TraceAgentLoopManager, TraceAsyncTrainer, TraceTrainer
 
     root, train, server = setup
-    config = compose(root, data or train)
+    config = compose(root, data or train, *overrides)
     OmegaConf.resolve(config)
     tq.init(config.transfer_queue)
     try:
         replica = StandinReplica.remote(server.url, 1)
         client = LLMServerClient(config, load_balancer_handle=get_router_handle({"standin": replica}))
-        trainer = TraceTrainer(config)
+        asynchronous = config.trainer.v1.trainer_mode == "trace_async"
+        trainer = (TraceAsyncTrainer if asynchronous else TraceTrainer)(config)
         trainer._init_tokenizer()
         trainer._init_dataloader()
         trainer.global_steps = 1
@@ -220,3 +221,57 @@ def test_mini_batches_of_one_step_add_up_to_the_steps_trees(setup):
         texts, _, _ = backup_targets(list(trainer.sampler.trees.values()))
         assert {prompt_of(t) for t in texts} == {tree.root.prefix_text for tree in trainer.sampler.trees.values()}
         assert "trace/predictor_brier" in trainer.refit_predictor()
+
+
+def test_trace_under_verls_colocate_async_trainer_charges_each_group_to_its_own_plan(setup, monkeypatch):
+    """``trainer.v1.trainer_mode=trace_async``: verl's own ``step``/``_step_once``, its async replay
+    buffer and its refills, in ``fit()``'s order (warm-up batch, then steps). What needs GPUs is
+    passed through: the actor's log-probs and update, batch balancing, the weight sync around
+    sampling. With ``max_off_policy_threshold=1`` the warm-up's leftover groups are stale at step
+    2: verl evicts and refills them, and each rollout is charged to the plan that decided it."""
+    import time
+
+    import transfer_queue as tq
+
+    from trace_agents.verl.trainer import TraceAsyncTrainer
+
+    for name in ("_balance_batch", "_compute_old_log_prob", "_update_actor"):
+        monkeypatch.setattr(TraceAsyncTrainer, name, lambda self, batch, *a, **k: batch)
+    monkeypatch.setattr(TraceAsyncTrainer, "on_sample_end", lambda self: None)
+    overrides = ("trainer.v1.trainer_mode=trace_async", "trainer.v1.colocate_async.num_warmup_batches=1",
+                 "trainer.v1.sampler.max_off_policy_threshold=1")
+    with trace_trainer(setup, None, *overrides) as (trainer, _):
+        trainer.reward_loop_manager = type("Rewards", (), {"reward_loop_worker_handles": ["in the agent loop"]})
+        trainer.on_train_begin()  # the warm-up batch: plan 0
+        assert trainer.replay_buffer.trainer is trainer and type(trainer.replay_buffer).__name__ == \
+            "TraceReplayBufferAsync"
+
+        def settle_in_flight():  # let every submitted group end, so the eviction below is certain
+            deadline = time.time() + 300
+            while time.time() < deadline:
+                tags = tq.kv_list("train").get("train", {})
+                if all(t.get("status") in ("finished", "failure") for t in tags.values() if t.get("is_prompt")):
+                    return
+                time.sleep(1)
+            raise TimeoutError("groups still in flight")
+
+        figures = []
+        for step in (1, 2):
+            trainer.global_steps = step
+            settle_in_flight()
+            metrics: dict = {}
+            trainer.step(metrics, {})
+            figures.append(metrics)
+            trained = {ep.prompt_key for ep in trainer.sampler.episodes.values()}
+            assert len(trained) == PROMPTS and metrics["trace/cost"] > 0
+
+        first, second = figures
+        assert first["trace/plans"] == 1 and first["trace/plans_closed"] == 1  # plan 1 submitted, plan 0 trained
+        assert first["trace/plans_closed_budget"] == trainer.settings.budget.total
+        # step 2: step 1's batch is stale (span 2 > 1): evicted, charged to plan 1, refilled as plan 3
+        assert second["trace/evicted_groups"] == PROMPTS and second["trace/plans"] == 2
+        assert second["trace/plans_closed"] == 2 and second["trace/plans_closed_evicted"] == PROMPTS
+        assert second["trace/plans_closed_cost"] > second["trace/cost"] - 1e-9  # plan 1 paid what was evicted
+        assert 0 < first["trace/plans_closed_cost"] <= first["trace/plans_closed_budget"]
+        assert len(trainer.plans.plans) == 1  # the plan of step 2's own batch is open, its groups in flight
+        json.dumps(figures)
