@@ -266,12 +266,17 @@ def test_trace_under_verls_colocate_async_trainer_charges_each_group_to_its_own_
             assert len(trained) == PROMPTS and metrics["trace/cost"] > 0
 
         first, second = figures
-        assert first["trace/plans"] == 1 and first["trace/plans_closed"] == 1  # plan 1 submitted, plan 0 trained
-        assert first["trace/plans_closed_budget"] == trainer.settings.budget.total
-        # step 2: step 1's batch is stale (span 2 > 1): evicted, charged to plan 1, refilled as plan 3
+        # step 1 trained 2 of the 4 groups of plans 0 (warm-up) and 1 (its batch), whichever ended first
+        assert first["trace/plans"] == 1
+        # step 2: the other 2 are stale (span 2 > 1): evicted, charged to their plans, refilled
         assert second["trace/evicted_groups"] == PROMPTS and second["trace/plans"] == 2
-        assert second["trace/plans_closed"] == 2 and second["trace/plans_closed_evicted"] == PROMPTS
-        assert second["trace/plans_closed_cost"] > second["trace/cost"] - 1e-9  # plan 1 paid what was evicted
-        assert 0 < first["trace/plans_closed_cost"] <= first["trace/plans_closed_budget"]
-        assert len(trainer.plans.plans) == 1  # the plan of step 2's own batch is open, its groups in flight
+        closed = [f for f in figures if f["trace/plans_closed"]]
+        assert sum(f["trace/plans_closed"] for f in figures) >= 2
+        assert sum(f["trace/plans_closed_trained"] + f["trace/plans_closed_evicted"] for f in closed) >= 2 * PROMPTS
+        assert sum(f["trace/plans_closed_evicted"] for f in closed) == PROMPTS
+        assert all(0 < f["trace/plans_closed_cost"] <= f["trace/plans_closed_budget"] for f in closed)
+        # step 2 submitted 4 prompts (its batch and the refill) and trained 2 of them: the other 2
+        # stay open in the plans of step 2 that decided them
+        assert sum(len(p.open) for p in trainer.plans.plans.values()) == PROMPTS
+        assert {p.step for p in trainer.plans.plans.values()} == {2}
         json.dumps(figures)
