@@ -13,6 +13,7 @@ import inspect
 import pytest
 from verl.trainer.ppo.v1 import AgentLoopManagerTQ, AgentLoopWorkerTQ
 from verl.trainer.ppo.v1.agent_loop_tq import apply_greedy_sampling_params
+from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
 WORKER = AgentLoopWorkerTQ.__ray_actor_class__
@@ -31,6 +32,8 @@ SIGNATURES = {  # overridden or called with these parameters
     "PPOTrainer._next_train_batch": (PPOTrainer._next_train_batch, "(self, num_prompts: int | None = None) -> tensordict._td.TensorDict"),
     "PPOTrainer._submit_batch_to_rollout": (PPOTrainer._submit_batch_to_rollout, "(self, batch: tensordict._td.TensorDict) -> int"),
     "PPOTrainer._build_replay_buffer": (PPOTrainer._build_replay_buffer, "(self) -> verl.trainer.ppo.v1.replay_buffer.ReplayBuffer"),
+    "ReplayBuffer._materialize_batch": (ReplayBuffer._materialize_batch, "(self, partition_id: str, selected_prompt_uids: list[str], partition_snapshot: dict[str, dict]) -> transfer_queue.metadata.KVBatchMeta"),
+    "ReplayBuffer._evict_terminal_groups": (ReplayBuffer._evict_terminal_groups, "(self, global_steps: int, partition_id: str, eviction_reasons: tuple[set[str], set[str], set[str], collections.Counter]) -> tuple[set[str], int, int, dict]"),
     "AgentLoopWorkerTQ._run_agent_loop": (WORKER._run_agent_loop, "(self, sampling_params: dict[str, typing.Any], trajectory: dict[str, typing.Any], *, agent_name: str, trace: bool = True, _ray_trace_ctx=None, **kwargs) -> verl.experimental.agent_loop.agent_loop._InternalAgentLoopOutput"),
     "AgentLoopWorkerTQ._agent_loop_postprocess": (WORKER._agent_loop_postprocess, "(self, output: verl.experimental.agent_loop.agent_loop.AgentLoopOutput | list[verl.experimental.agent_loop.agent_loop.AgentLoopOutput], validate, *, _ray_trace_ctx=None, **kwargs) -> None"),
 }
@@ -58,3 +61,5 @@ def test_the_attributes_and_row_keys_the_adapter_uses_are_still_there():
     run_prompt = inspect.getsource(WORKER._run_prompt)
     assert '"__rollout_n__"' in run_prompt and '"__do_sample__"' in run_prompt
     assert "self.trainer_mode" in inspect.getsource(PPOTrainer.__init__)
+    assert "custom_sampler" in inspect.getsource(PPOTrainer._build_replay_buffer)
+    assert "self.partitions" in inspect.getsource(ReplayBuffer.__init__)

@@ -1,17 +1,20 @@
 """TRACE as a verl 0.9 V1 trainer, built on verl's extension points (no fork of verl).
 
-* `TraceTrainer` (``@register_trainer("trace")``, a ``PPOTrainerSync``): each step plans Stage 1
-  over the batch's prompts and sets each row's ``__rollout_n__`` (which ``AgentLoopWorkerTQ.
-  _run_prompt`` reads) and its Stage 2 cap; its advantage step reads the episodes back from
-  TransferQueue, grows the trees, charges the `Budget` and writes tree-aware advantages
+* `TraceTrainer` (``@register_trainer("trace")``, a ``PPOTrainerSync``): each batch verl submits
+  is planned (Stage 1 over its prompts, as a plan of `trace_agents.verl.plans`) and each row gets
+  its ``__rollout_n__`` (which ``AgentLoopWorkerTQ._run_prompt`` reads), Stage 2 cap and plan id;
+  its advantage step reads the episodes back from TransferQueue, grows the trees, charges each
+  rollout to its plan's `Budget` and writes tree-aware advantages
   (``trace_agents.train.advantages``, the native trainer's function); ``step`` refits the
   predictor as it ends, before ``fit()`` writes the checkpoint. verl's checkpoints carry TRACE's state (the predictor,
-  the allocator's RNG) in ``global_step_N/trace``, so a resumed run keeps what it learned.
+  the allocator's RNG, the open plans) in ``global_step_N/trace``, so a resumed run keeps what it learned.
+* `TraceAsyncTrainer` (``"trace_async"``, verl's ``colocate_async``): the same, with batches
+  submitted ahead, groups trained as they finish and stale ones evicted, each charged to its plan.
 * `TraceAgentLoopWorker` (an ``AgentLoopWorkerTQ``): runs a prompt's bare rollouts, plans **that
   prompt's** continuations at once (no wait for other prompts) and runs them as further sessions
   of the same ``uid``, resumed from the env snapshots and exact token prefixes.
 * `TraceAgentLoopManager` (``actor_rollout_ref.rollout.agent.agent_loop_manager_class``): starts
-  those workers and hands them the allocator (with the refit predictor) before each step.
+  those workers and hands them the allocator (with the refit predictor) and the plans' pools.
 * `TraceTaskRunner`: verl's ``TaskRunnerV1`` in a process that has imported this module, so the
   ``trace`` trainer is registered there; ``python -m trace_agents.verl.main`` launches it.
 
