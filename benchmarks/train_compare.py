@@ -191,13 +191,14 @@ def print_table(table: dict[str, dict[str, Any]]) -> None:
         out.add_row(name, f"{r['mixed_trees']:.1f}", f"{r['effective_ratio']:.2f}",
                     f"{r['informative_share']:.2f}", f"{r['cost_trajectory']:.0f}",
                     f"{r['cost_turns']:.0f}", acc("acc_start"), acc("acc_end"), f"{r['wall_s']:.0f}")
-    Console().print(out)
+    console = Console(width=120)  # wide enough that a log file keeps every column whole
+    console.print(out)
     for name, r in table.items():
         pairs = ", ".join(f"{other} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
                           for other, (d, lo, hi) in r["acc_end_minus"].items())
-        Console().print(f"{name} end accuracy minus (paired over {r['problems']} problems): {pairs}")
+        console.print(f"{name} end accuracy minus (paired over {r['problems']} problems): {pairs}")
         if r["skill_positive_share"] is not None:
-            Console().print(f"{name} predictor skill > 0 on {r['skill_positive_share']:.0%} of steps")
+            console.print(f"{name} predictor skill > 0 on {r['skill_positive_share']:.0%} of steps")
 
 
 def plot(runs: list[dict[str, Any]], table: dict[str, dict[str, Any]], args: argparse.Namespace) -> Path:
