@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from trace_allocation.experiments import HEADLINE, WORLDS, allocators, policy_variants, stage1_variants  # noqa: E402
 from trace_allocation.replay import (  # noqa: E402
     REAL_RUN,
-    SCORES,
+    SUMMARY,
     Scorecard,
     replay_world,
     score_summary,
@@ -87,7 +87,7 @@ def main() -> None:
                 cards: list[Scorecard] = []
                 run = simulate(sc, scored(make, cards) if args.data else make, name=method, make_world=make_world)
                 per_seed.append({k: run.mean(k) for k in FIGURES} | score_summary(cards, sc.warmup))
-            figures = FIGURES + (SCORES + ("spearman_pooled",) if args.data else ())
+            figures = FIGURES + (SUMMARY if args.data else ())
             rows[method] = {k: _mean([s[k] for s in per_seed]) for k in figures}
             for k in figures:
                 rows[method][f"{k}_sd"] = _sd([s[k] for s in per_seed])

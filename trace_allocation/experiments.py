@@ -62,9 +62,10 @@ ABLATION = [("uniform", "uniform"), ("active", "uniform"), ("uniform", "active")
 OnStep = Callable[[str, StepReport], None]
 
 
-def lexical() -> LexicalPredictor:
-    """The CPU-default learned predictor used by every learned method in the experiments."""
-    return LexicalPredictor()
+def lexical(normalize: bool = False) -> LexicalPredictor:
+    """The CPU-default learned predictor used by every learned method in the experiments
+    (`normalize`: each text's features scaled to norm 1, the `_normalized` variants)."""
+    return LexicalPredictor(normalize=normalize)
 
 
 class SeenPromptOracle:
@@ -137,11 +138,21 @@ def allocators(sc: Scenario) -> dict[str, AllocatorFactory]:
 
 def stage1_variants(sc: Scenario) -> dict[str, AllocatorFactory]:
     """TRACE (lexical) with a Stage 1 guarded against a predictor without skill, measured in
-    docs/allocation_results.md and not in (a): skill shrinkage, a floor on prompts opened, both."""
-    return {
-        "trace_shrunk": tree(sc, "active", "active", lambda w: lexical(), shrink=True),
-        "trace_floor": tree(sc, "active", "active", lambda w: lexical(), floor=True),
-        "trace_robust": tree(sc, "active", "active", lambda w: lexical(), shrink=True, floor=True),
+    docs/allocation_results.md and not in (a): skill shrinkage, a floor on prompts opened, both;
+    and PCL, TRACE and the guards on the lexical model with normalized rows (`_normalized`)."""
+    variants = {}
+    for suffix, normalize in (("", False), ("_normalized", True)):
+        learned = lambda w, normalize=normalize: lexical(normalize)  # noqa: E731
+        variants |= {
+            f"trace_shrunk{suffix}": tree(sc, "active", "active", learned, shrink=True),
+            f"trace_floor{suffix}": tree(sc, "active", "active", learned, floor=True),
+            f"trace_robust{suffix}": tree(sc, "active", "active", learned, shrink=True, floor=True),
+        }
+    normalized = lambda w: lexical(normalize=True)  # noqa: E731
+    return variants | {
+        "pcl_normalized": lambda w, rng: PclAllocator(normalized(w), sc.grpo_group),
+        "trace_normalized": tree(sc, "active", "active", normalized),
+        "trace_blend_normalized": tree(sc, "active", "active", lambda w: BlendedPredictor(normalized(w))),
     }
 
 

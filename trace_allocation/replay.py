@@ -303,17 +303,22 @@ def scored(make_allocator: Callable, world_scores: list[Scorecard]) -> Callable:
 
 
 SCORES = ("skill_root", "auc_root", "skill_prefix", "auc_prefix", "spearman_prefix")
+SUMMARY = (*SCORES, "skill_positive", "spearman_pooled")
+"""What `score_summary` reports."""
 
 
 def score_summary(cards: Sequence[Scorecard], warmup: int) -> dict[str, float | None]:
     """A run's predictor scores: each `StepScore` figure's mean over the measured steps (from
-    `warmup` on; steps without the figure skipped) and the pooled Spearman (`spearman_pooled`);
-    all None for a method without a predictor (no card)."""
+    `warmup` on; steps without the figure skipped), the share of those steps whose root skill
+    was positive (`skill_positive`, the real run's goal metric) and the pooled Spearman
+    (`spearman_pooled`); all None for a method without a predictor (no card)."""
     if not cards:
-        return dict.fromkeys((*SCORES, "spearman_pooled"))
+        return dict.fromkeys(SUMMARY)
     measured = cards[0].scores[warmup:]
     means = {}
     for key in SCORES:
         values = [getattr(s, key) for s in measured if getattr(s, key) is not None]
         means[key] = float(np.mean(values)) if values else None
-    return means | {"spearman_pooled": cards[0].spearman_since(warmup)}
+    skills = [s.skill_root for s in measured if s.skill_root is not None]
+    return means | {"skill_positive": float(np.mean(np.array(skills) > 0)) if skills else None,
+                    "spearman_pooled": cards[0].spearman_since(warmup)}

@@ -85,7 +85,7 @@ def test_requests_joining_a_running_batch_each_complete_once_as_if_alone(tiny):
             await backend.aclose()
 
     together = asyncio.run(run())
-    assert calls == {i: 1 for i in range(len(requests))}
+    assert calls == dict.fromkeys(range(len(requests)), 1)
     assert backend.engine.stats["queued_steps"] > 0  # some waited for a row
     for a, b in zip(alone, together):
         assert a.token_ids == b.token_ids

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.fuzz import examples
 from trace_allocation.predictors import (
     BetaBernoulliPredictor,
     LexicalPredictor,
@@ -224,3 +225,26 @@ def test_blend_posterior_is_a_probability_between_prior_and_evidence(updates, in
     restored.text_model.seen = dict(model.text_model.seen)
     restored.load_state_dict(state)
     assert restored.root_moments(prompts)[0].tolist() == pytest.approx(mean.tolist())
+
+
+@examples(40)
+@given(words=st.integers(1, 300), target=st.sampled_from([0.0, 1.0]))
+def test_normalized_rows_bound_a_texts_first_step_whatever_its_length(words, target):
+    """AdaGrad's first step moves each of a text's n features by about the learning rate: its
+    logit by ~n x lr as it is (a 27-word prompt saturates at once), by at most sqrt(n) x lr with
+    normalized rows."""
+    text = " ".join(f"w{i}" for i in range(words))
+    for normalize in (False, True):
+        model = LexicalPredictor(normalize=normalize, replay=0)
+        model.update([text], np.array([target]))
+        logit = model._logits(*model._features([text]), 1)[0]  # exact where the sigmoid saturates
+        features = 3 * words - 1  # unigrams, bigrams, depth-crossed unigrams
+        bound = model.learning_rate * (np.sqrt(features) if normalize else features) + model.learning_rate
+        assert abs(logit) <= bound + 1e-6
+        assert np.sign(logit) == (1 if target else -1)
+    if words >= 27:  # a real prompt's length: saturated as it is, not with normalized rows
+        plain = LexicalPredictor(replay=0)
+        plain.update([text], np.array([target]))
+        unit = LexicalPredictor(normalize=True, replay=0)
+        unit.update([text], np.array([target]))
+        assert abs(plain.predict([text])[0] - target) < 1e-6 < abs(unit.predict([text])[0] - target)

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.fuzz import examples
+from trace_allocation.allocators import PclAllocator
 from trace_allocation.experiments import allocators
 from trace_allocation.predictors import OraclePredictor
 from trace_allocation.replay import (
@@ -143,6 +144,24 @@ def test_scorecard_scores_before_the_refit_and_ranks_prefixes_by_the_recorded_ra
     summary = score_summary(cards, sc.warmup)
     assert summary["spearman_pooled"] == pytest.approx(1.0)
     assert score_summary([], sc.warmup)["skill_root"] is None
+    assert score_summary([], sc.warmup)["skill_positive"] is None
+
+
+def test_skill_positive_is_the_share_of_steps_that_beat_the_running_base_rate():
+    """The share counts the measured steps whose root skill is positive; the recorded rates beat
+    the running base rate on more steps than a constant 1/2 does."""
+    sc, make_world = replay_world(PROMPTS, REAL_RUN.with_(pool_size=12, steps=8, warmup=1))
+    rates = {p.text: float(p.rewards.mean()) for p in PROMPTS}
+    shares = {}
+    for name, predictor in (("half", lambda: OraclePredictor(lambda t: 0.5)),
+                            ("rates", lambda: OraclePredictor(lambda t: rates.get(t, 0.5)))):
+        cards: list[Scorecard] = []
+        simulate(sc, scored(lambda w, rng: PclAllocator(predictor(), sc.grpo_group), cards), name=name,
+                 make_world=make_world)
+        skills = [s.skill_root for s in cards[0].scores[sc.warmup:] if s.skill_root is not None]
+        shares[name] = score_summary(cards, sc.warmup)["skill_positive"]
+        assert shares[name] == pytest.approx(sum(k > 0 for k in skills) / len(skills))
+    assert shares["rates"] > shares["half"]
 
 
 def test_scorecard_forwards_everything_and_measures_a_constant_as_no_skill():

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from tests import fuzz
 from tests.envs.conftest import calc
-from trace_envs import Response, Snapshot, Task, TaskSuite, ToolEnv, tool
+from trace_envs import Snapshot, Task, TaskSuite, ToolEnv, tool
 from trace_envs.actions import MAX_CALL_DEPTH, parse_action
 from trace_envs.calculator.env import CalculatorEnv
 from trace_envs.snapshot import MAX_BYTES

@@ -39,8 +39,9 @@ def test_missing_file(tmp_path):
         load_config(tmp_path / "none.yaml")
 
 
-@pytest.mark.parametrize("kind", ["lexical", "beta", "blend"])
-def test_every_predictor_kind_learns_and_survives_a_checkpoint(kind, tmp_path):
+@pytest.mark.parametrize("kind, options", [("lexical", {}), ("lexical", {"normalize": True}), ("beta", {}),
+                                           ("blend", {})])
+def test_every_predictor_kind_learns_and_survives_a_checkpoint(kind, options, tmp_path):
     """The predictor a config names plans, refits and resumes: its state after an update, saved
     in a checkpoint and loaded into a fresh one, gives the same predictions."""
     import numpy as np
@@ -49,7 +50,7 @@ def test_every_predictor_kind_learns_and_survives_a_checkpoint(kind, tmp_path):
     from trace_agents.train.loop import make_predictor
     from trace_allocation.tree import TURN_MARK
 
-    cfg = TrainConfig.model_validate({"predictor": {"kind": kind}})
+    cfg = TrainConfig.model_validate({"predictor": {"kind": kind, "options": options}})
     texts = [f"What is {a} + {b}?" for a, b in [(1, 2), (30, 4), (5, 600)]]
     texts += [texts[0] + TURN_MARK + "<tool_call>...</tool_call>"]
     predictor = make_predictor(cfg)
@@ -60,6 +61,7 @@ def test_every_predictor_kind_learns_and_survives_a_checkpoint(kind, tmp_path):
     fresh.load_state_dict(load_checkpoint(tmp_path, models={}, optimizers={}).states["trace"]["predictor"])
     np.testing.assert_allclose(fresh.predict(texts), predictor.predict(texts))
     assert ((predictor.predict(texts) >= 0) & (predictor.predict(texts) <= 1)).all()
+    assert all(getattr(predictor, name) == value for name, value in options.items())
 
 
 def test_threads_default_leaves_a_core_for_the_event_loop(monkeypatch):

@@ -149,7 +149,7 @@ def test_one_trace_step_through_verls_v1_machinery(setup):
         assert sessions == by_uid and len(sessions) == PROMPTS
         roots = [ep for ep in episodes if ep.parent is None]
         conts = [ep for ep in episodes if ep.parent is not None]
-        assert Counter(ep.prompt_key for ep in roots) == Counter({uid: 2 for uid in sessions})
+        assert Counter(ep.prompt_key for ep in roots) == Counter(dict.fromkeys(sessions, 2))
         assert len(conts) == metrics["trace/continuations_cap"] == 8
         for ep in conts:  # branched from its own prompt's root, from the exact token prefix
             parent = sampler.episodes[ep.parent[0]]

@@ -189,7 +189,8 @@ def _print_scores(console, scores: dict) -> None:
 
     table = Table(title="predictors on the recorded outcomes (before each refit; per step means)", title_justify="left",
                   box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
-    columns = ["skill_root", "auc_root", "skill_prefix", "auc_prefix", "spearman_prefix", "spearman_pooled"]
+    columns = ["skill_root", "skill_positive", "auc_root", "skill_prefix", "auc_prefix", "spearman_prefix",
+               "spearman_pooled"]
     table.add_column("method")
     for column in columns:
         table.add_column(column.replace("_prefix", "@pre").replace("_root", "@root"), justify="right", no_wrap=True)

@@ -43,10 +43,17 @@ class LexicalPredictor:
         batch_size: int = 256,
         depth_of: Callable[[str], int] | None = turns_in,
         replay: int = 3,
+        normalize: bool = False,
         seed: int = 0,
     ) -> None:
         """`depth_of` gives the depth for the crossed features (None: plain bag of words);
-        `replay` refits on the last `replay` earlier updates' targets too (0: this update only)."""
+        `replay` refits on the last `replay` earlier updates' targets too (0: this update only);
+        `normalize` scales each text's features to norm 1. Off by default: AdaGrad's first step moves
+        every feature by about `learning_rate`, so a text of n features moves its logit by about
+        n x learning_rate (~16 for a 27-word prompt: confidently wrong on real prompts), and with
+        it ~sqrt(n) x learning_rate; on recorded SmolLM2 outcomes that makes the root predictions
+        calibrated, but in the simulator TRACE finds fewer mixed trees with it
+        (docs/allocation_results.md, "A calibrated lexical model")."""
         if n_features & (n_features - 1):
             raise ValueError("n_features must be a power of two")
         self.n_features = n_features
@@ -55,6 +62,7 @@ class LexicalPredictor:
         self.epochs = epochs
         self.batch_size = batch_size
         self.depth_of = depth_of
+        self.normalize = normalize
         self.weights = np.zeros(n_features)
         self.bias = 0.0
         self._squared_grads = np.zeros(n_features)
@@ -85,8 +93,8 @@ class LexicalPredictor:
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         if not len(texts):
             return np.zeros(0)
-        index, row = self._features(texts)
-        return _sigmoid(self._logits(index, row, len(texts)))
+        index, row, value = self._features(texts)
+        return _sigmoid(self._logits(index, row, value, len(texts)))
 
     def update(self, texts: Sequence[str], targets: np.ndarray, weights: np.ndarray | None = None) -> None:
         y = np.asarray(targets, dtype=float)
@@ -103,29 +111,31 @@ class LexicalPredictor:
             batch_y = np.concatenate([o[1] for o in old] + [y])
             batch_w = np.concatenate([o[2] for o in old] + [w])
             self._history.append((list(texts), y, w))
-        index, row = self._features(batch_texts)
+        index, row, value = self._features(batch_texts)
         starts = np.searchsorted(row, np.arange(len(batch_texts) + 1))
         n = len(batch_texts)
         for _ in range(self.epochs):
             for batch in np.array_split(self._rng.permutation(n), max(1, n // self.batch_size)):
-                self._step(batch, index, starts, batch_y, batch_w)
+                self._step(batch, index, value, starts, batch_y, batch_w)
 
-    def _step(self, batch: np.ndarray, index: np.ndarray, starts: np.ndarray, y: np.ndarray, w: np.ndarray) -> None:
+    def _step(self, batch: np.ndarray, index: np.ndarray, value: np.ndarray, starts: np.ndarray,
+              y: np.ndarray, w: np.ndarray) -> None:
         lengths = starts[batch + 1] - starts[batch]
         positions = np.repeat(starts[batch] - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
         local_row = np.repeat(np.arange(batch.size), lengths)
-        idx = index[positions]
-        residual = w[batch] * (_sigmoid(self._logits(idx, local_row, batch.size)) - y[batch])
+        idx, val = index[positions], value[positions]
+        residual = w[batch] * (_sigmoid(self._logits(idx, local_row, val, batch.size)) - y[batch])
         used, inverse = np.unique(idx, return_inverse=True)
-        grad = np.bincount(inverse, weights=residual[local_row], minlength=used.size) + self.l2 * self.weights[used]
+        grad = np.bincount(inverse, weights=residual[local_row] * val, minlength=used.size)
+        grad += self.l2 * self.weights[used]
         self._squared_grads[used] += grad**2
         self.weights[used] -= self.learning_rate * grad / (np.sqrt(self._squared_grads[used]) + 1e-8)
         bias_grad = float(residual.sum())
         self._bias_squared_grad += bias_grad**2
         self.bias -= self.learning_rate * bias_grad / (np.sqrt(self._bias_squared_grad) + 1e-8)
 
-    def _logits(self, index: np.ndarray, row: np.ndarray, n: int) -> np.ndarray:
-        return np.bincount(row, weights=self.weights[index], minlength=n) + self.bias
+    def _logits(self, index: np.ndarray, row: np.ndarray, value: np.ndarray, n: int) -> np.ndarray:
+        return np.bincount(row, weights=self.weights[index] * value, minlength=n) + self.bias
 
     def _ids(self, keys: list[str]) -> np.ndarray:
         ids = self._token_ids
@@ -133,8 +143,9 @@ class LexicalPredictor:
             ids[key] = zlib.crc32(key.encode())
         return np.fromiter(map(ids.__getitem__, keys), dtype=np.int64, count=len(keys))
 
-    def _features(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Hashed feature index per occurrence and the text row it belongs to (sorted by row)."""
+    def _features(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Hashed feature index per occurrence, the text row it belongs to (sorted by row) and its
+        value: 1, or with `normalize` 1/sqrt(the row's occurrences), so every text has norm 1."""
         mask = self.n_features - 1
         tokens_per_text = [t.split() for t in texts]
         unigram = self._ids([tok for toks in tokens_per_text for tok in toks])
@@ -148,7 +159,11 @@ class LexicalPredictor:
             rows.append(row)
         index, row = np.concatenate(parts) & mask, np.concatenate(rows)
         order = np.argsort(row, kind="stable")
-        return index[order], row[order]
+        index, row = index[order], row[order]
+        if not self.normalize:
+            return index, row, np.ones(index.size)
+        counts = np.bincount(row, minlength=len(texts))
+        return index, row, 1.0 / np.sqrt(np.maximum(counts, 1))[row]
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
