@@ -15,7 +15,8 @@ The world (all knobs in `Scenario`):
 Every step a candidate pool of `pool_size` prompts is drawn uniformly; every prompt-selecting
 method (PCL, TRACE, DAPO) sees the same pool size. Each step is `trace_allocation.driver`'s, the
 simulator being its engine: the allocator plans, the world rolls out, the driver charges the budget
-and refits the allocator's predictor online on the backup targets.
+and refits the allocator's predictor online on the backup targets (`staleness` steps late, as
+the asynchronous pipeline may plan a step before the last ones' refits).
 
 Cost: the budget is charged in `cost_unit` ("trajectory": 1 per root, `continuation_cost` per
 continuation; "turns": generated turns exactly, the total being the trajectory budget times the
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
@@ -39,7 +41,7 @@ import numpy as np
 
 from trace_allocation.allocators import Allocator
 from trace_allocation.budget import Budget, ExpectedCost
-from trace_allocation.driver import Spent, StepDriver
+from trace_allocation.driver import Spent, StepDriver, refit_predictor
 from trace_allocation.predictors import brier_score
 from trace_allocation.root import root_value
 from trace_allocation.tree import TURN_MARK, Node, RolloutTree
@@ -71,6 +73,9 @@ class Scenario:
     tokens_per_turn: int = 4
     turn_signal: float = 1.5
     words_per_kind: int = 8
+    staleness: int = 0
+    """Steps the predictor's refit lags behind (the asynchronous pipeline's `pipeline.staleness`):
+    step j is planned, both stages, by a predictor refit on steps up to j - 1 - staleness only."""
     seed: int = 0
 
     @property
@@ -250,13 +255,18 @@ def simulate(
     driver = StepDriver(make_allocator(world, np.random.default_rng([scenario.seed, 1])))
     lengths = ExpectedCost(float(world.turns.mean()))
     report = RunReport(name, scenario)
+    unfit: deque[Sequence[RolloutTree]] = deque()
     for step in range(scenario.steps):
+        while len(unfit) > scenario.staleness:
+            refit_predictor(driver.allocator, unfit.popleft())
         pool = np.random.default_rng([scenario.seed, 2, step]).choice(scenario.n_prompts, scenario.pool_size,
                                                                       replace=False)
         rng = np.random.default_rng([scenario.seed, 3, step])
         world.truth.clear()
         world.text_truth.clear()
-        report.steps.append(asyncio.run(_run_step(world, driver, pool, step, rng, lengths)))
+        trees, record = asyncio.run(_run_step(world, driver, pool, step, rng, lengths))
+        unfit.append(trees)
+        report.steps.append(record)
         if on_step is not None:
             on_step(report.steps[-1])
     return report
@@ -306,7 +316,8 @@ async def _run_step(
     step: int,
     rng: np.random.Generator,
     lengths: ExpectedCost,
-) -> StepReport:
+) -> tuple[Sequence[RolloutTree], StepReport]:
+    """The step's trees (for the predictor's refit, which the caller schedules) and its record."""
     allocator = driver.allocator
     budget = _make_budget(world.scenario, world, allocator, lengths)
     trees = [world.root_tree(int(p), step) for p in pool]
@@ -316,10 +327,10 @@ async def _run_step(
     pool_error = None if predictor is None else float(np.mean((predictor.predict(texts) - true_v) ** 2))
     grown = await driver.grow(_SimEngine(world, trees, rng, lengths), texts, budget)
     brier, brier_root = _brier(allocator, grown.trees)
-    _, figures = driver.finish(grown.trees)
+    _, figures = driver.finish(grown.trees, refit=False)
     planned = {int(p) for p, c in zip(pool, grown.stage1) if c}
     opened = {t.prompt_id for t in grown.trees}
-    return StepReport(
+    return grown.trees, StepReport(
         step, figures.mixed_trees, figures.ratio, figures.informative_share, figures.prompts_opened,
         len(allocator.training_trees(grown.trees)), budget.usage["trajectory"], budget.usage["turns"],
         len(planned.difference(opened)), float(root_value(true_v, grown.stage1).sum()), budget.roots,

@@ -165,3 +165,32 @@ def test_stage2_is_not_starved_by_roots_already_paid():
                                  tree_group=4, m_max=4, steps=4)
     run = simulate(sc, allocators(sc)["trace"], name="trace")
     assert [round(step.cost_trajectory, 9) for step in run.steps] == [sc.budget] * sc.steps
+
+
+@pytest.mark.parametrize("staleness", [0, 1, 2])
+def test_a_stale_predictor_plans_each_step_with_the_refits_of_steps_before_the_lag(staleness):
+    """With `staleness` s, step j is planned (both stages) by a predictor refit on steps up to
+    j - 1 - s only: the asynchronous pipeline's worst case. No refit happens inside a step, so
+    the refits counted when a step ends are those it was planned with."""
+    from trace_allocation.experiments import lexical, tree
+
+    sc = SMALL.with_(steps=5, staleness=staleness)
+
+    class Counting:
+        def __init__(self) -> None:
+            self.inner, self.refits = lexical(), 0
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def predict(self, texts):
+            return self.inner.predict(texts)
+
+        def update(self, texts, targets, weights=None):
+            self.refits += 1
+            self.inner.update(texts, targets, weights)
+
+    counting, planned_with = Counting(), []
+    simulate(sc, tree(sc, "active", "active", lambda w: counting), name="trace",
+             on_step=lambda record: planned_with.append(counting.refits))
+    assert planned_with == [max(0, j - staleness) for j in range(sc.steps)]
