@@ -280,3 +280,42 @@ def test_trace_under_verls_colocate_async_trainer_charges_each_group_to_its_own_
         assert sum(len(p.open) for p in trainer.plans.plans.values()) == PROMPTS
         assert {p.step for p in trainer.plans.plans.values()} == {2}
         json.dumps(figures)
+
+
+def test_verls_rollout_correction_weighs_each_row_by_the_tokens_it_trains(setup):
+    """``algorithm.rollout_correction`` with the engine's log-probs (``calculate_log_probs``), in
+    verl's order: the actor writes ``old_log_probs`` for every token, then the advantage step. A
+    continuation's inherited prefix carries placeholder engine log-probs (0) far from the actor's
+    (-4 here): were they read, every continuation's sequence weight would be exp(-4 x the prefix)
+    and ``seq_max_k2`` (k2 = 8 > 1) would reject it."""
+    import torch
+    import transfer_queue as tq
+    from tensordict import TensorDict
+
+    overrides = ("actor_rollout_ref.rollout.calculate_log_probs=true",
+                 "algorithm.rollout_correction.rollout_is=sequence",
+                 "algorithm.rollout_correction.rollout_rs=seq_max_k2",
+                 "algorithm.rollout_correction.rollout_rs_threshold=1.0")
+    with trace_trainer(setup, None, *overrides) as (trainer, _):
+        trainer.prepare_step()
+        batch, _ = trainer.replay_buffer.sample(global_steps=1, partition_id="train", batch_size=PROMPTS)
+        stored = tq.kv_batch_get(keys=batch.keys, partition_id="train",
+                                 select_fields=["response_mask", "rollout_log_probs"])
+        old = [torch.where(mask.bool(), engine + 0.01, torch.full_like(engine, -4.0))
+               for mask, engine in zip(stored["response_mask"], stored["rollout_log_probs"])]
+        tq.kv_batch_put(keys=batch.keys, partition_id="train", fields=TensorDict(
+            {"old_log_probs": torch.nested.as_nested_tensor(old, layout=torch.jagged)}, batch_size=len(old)))
+        metrics: dict = {}
+        trainer._compute_advantage(batch, metrics)
+
+        after = tq.kv_batch_get(keys=batch.keys, partition_id="train",
+                                select_fields=["response_mask", "rollout_is_weights", "extra_fields"])
+        conts = 0
+        for mask, weights, extra in zip(after["response_mask"], after["rollout_is_weights"], after["extra_fields"]):
+            ep = Episode.from_dict(extra["trace_episode"])
+            assert mask.tolist() == ep.response_mask  # nothing rejected, inherited tokens still untrained
+            trained = int(mask.sum())
+            assert weights.shape == mask.shape
+            assert weights[mask.bool()] == pytest.approx(min(np.exp(0.01 * trained), 2.0), rel=1e-4)
+            conts += ep.parent is not None
+        assert conts == 8 and any(key.startswith("rollout_corr/") for key in metrics)

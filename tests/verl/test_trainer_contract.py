@@ -95,8 +95,6 @@ def test_a_resumed_run_plans_with_the_predictor_of_the_uninterrupted_run(tmp_pat
     ("algorithm.adv_estimator=gae", "adv_estimator=gae"),
     ("algorithm.use_kl_in_reward=true", "use_kl_in_reward"),
     ("algorithm.norm_adv_by_std_in_grpo=false", "norm_adv_by_std_in_grpo"),
-    ("algorithm.rollout_correction.rollout_is=token", "rollout_is"),
-    ("algorithm.rollout_correction.rollout_rs=token_k1", "rollout_rs"),
     ("trace.allocator=dapo", "dapo"),
 ])
 def test_settings_the_trainer_would_silently_drop_are_refused_before_ray_starts(tmp_path, override, refused):

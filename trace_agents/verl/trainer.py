@@ -34,12 +34,15 @@ import torch
 import transfer_queue as tq
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tensordict import TensorDict
+from verl.protocol import DataProto
 from verl.trainer.main_ppo import TaskRunnerV1
+from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_and_add_to_batch
 from verl.trainer.ppo.v1 import AgentLoopManagerTQ, AgentLoopWorkerTQ, PPOTrainerSync, register_trainer
 from verl.trainer.ppo.v1.agent_loop_tq import apply_greedy_sampling_params
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer, ReplayBufferAsync
 from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
 from verl.utils import tensordict_utils as tu
+from verl.workers.utils.padding import response_to_nested
 
 from trace_agents.train.checkpoint import dump_state, read_state
 from trace_agents.train.config import BudgetConfig, OptimConfig, PredictorConfig, TrainConfig
@@ -73,11 +76,6 @@ def refuse_unsupported(config: DictConfig, allocator: str) -> None:
                         "(use the actor's KL loss, actor_rollout_ref.actor.use_kl_loss)")
     if not algo.get("norm_adv_by_std_in_grpo", True):
         problems.append("algorithm.norm_adv_by_std_in_grpo=false (TRACE's advantages divide by the group std)")
-    correction = algo.get("rollout_correction") or {}
-    for key in ("rollout_is", "rollout_rs"):
-        if correction.get(key) is not None:
-            problems.append(f"algorithm.rollout_correction.{key}={correction.get(key)} "
-                            "(not applied to tree advantages)")
     sampler = OmegaConf.select(config, "trainer.v1.sampler") or {}
     if (sampler.get("custom_sampler") or {}).get("path"):
         problems.append("trainer.v1.sampler.custom_sampler (TRACE brings its own replay buffer, which tells it "
@@ -93,6 +91,24 @@ def refuse_unsupported(config: DictConfig, allocator: str) -> None:
         problems.append("trace.allocator=dapo (the verl workers run no refills; use the native trainer for DAPO)")
     if problems:
         raise ValueError("the TRACE trainer does not support: " + "; ".join(problems))
+
+
+def rollout_correction(config: DictConfig, trained: torch.Tensor, old: torch.Tensor,
+                       rollout: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """verl's rollout correction (``algorithm.rollout_correction``: truncated importance weights
+    ``rollout_is_weights``, rejection of tokens or sequences) on the tokens TRACE trains: a row's
+    ``trained`` mask (nested) leaves out the prefix a continuation inherited, which its parent's
+    row trains, so a sequence-level weight or rejection reads only the row's own tokens. Returns
+    the nested fields for TransferQueue (the masks narrowed by the rejection) and verl's
+    ``rollout_corr/`` metrics; verl's own function does the arithmetic."""
+    padded = TensorDict({"old_log_probs": old, "rollout_log_probs": rollout, "response_mask": trained},
+                        batch_size=trained.size(0)).to_padded_tensor()
+    data, figures = compute_rollout_correction_and_add_to_batch(DataProto(batch=padded), config)
+    kept = response_to_nested(data.batch["response_mask"].to(trained.dtype), trained)
+    fields = {"response_mask": kept, "loss_mask": kept}
+    if "rollout_is_weights" in data.batch.keys():
+        fields["rollout_is_weights"] = response_to_nested(data.batch["rollout_is_weights"], trained)
+    return fields, figures
 
 
 def trace_settings(config: DictConfig) -> tuple[str, TrainConfig]:
@@ -236,6 +252,15 @@ class _TraceSteps:
                                select_fields=["response_mask", "extra_fields"])
         lengths = data["response_mask"].offsets().diff().tolist()
         output = self.tree_advantages(batch.tags, list(data["extra_fields"]), lengths)
+        config = self.config.algorithm.get("rollout_correction")
+        if config is not None and not config.get("bypass_mode", False):  # verl's decoupled mode
+            logprobs = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
+                                       select_fields=["old_log_probs", "rollout_log_probs"])
+            if "rollout_log_probs" in logprobs.keys():  # as verl: only where the engine returned them
+                fields, figures = rollout_correction(config, output["response_mask"], logprobs["old_log_probs"],
+                                                     logprobs["rollout_log_probs"])
+                output.update(fields)
+                metrics.update(figures)
         metrics.update(self.trace_metrics)
         return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
 
