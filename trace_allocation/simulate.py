@@ -257,18 +257,18 @@ def simulate(
     report = RunReport(name, scenario)
     unfit: deque[Sequence[RolloutTree]] = deque()
     for step in range(scenario.steps):
-        while len(unfit) > scenario.staleness:
-            refit_predictor(driver.allocator, unfit.popleft())
         pool = np.random.default_rng([scenario.seed, 2, step]).choice(scenario.n_prompts, scenario.pool_size,
                                                                       replace=False)
         rng = np.random.default_rng([scenario.seed, 3, step])
         world.truth.clear()
         world.text_truth.clear()
         trees, record = asyncio.run(_run_step(world, driver, pool, step, rng, lengths))
-        unfit.append(trees)
         report.steps.append(record)
         if on_step is not None:
             on_step(report.steps[-1])
+        unfit.append(trees)
+        while len(unfit) > scenario.staleness:  # step + 1 plans with the refits of steps <= step - staleness
+            refit_predictor(driver.allocator, unfit.popleft())
     return report
 
 
