@@ -256,11 +256,15 @@ class _TraceSteps:
         if config is not None and not config.get("bypass_mode", False):  # verl's decoupled mode
             logprobs = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
                                        select_fields=["old_log_probs", "rollout_log_probs"])
-            if "rollout_log_probs" in logprobs.keys():  # as verl: only where the engine returned them
+            present = set(logprobs.keys())
+            if {"rollout_log_probs", "old_log_probs"} <= present:  # as verl: where the engine returned them
                 fields, figures = rollout_correction(config, output["response_mask"], logprobs["old_log_probs"],
                                                      logprobs["rollout_log_probs"])
                 output.update(fields)
                 metrics.update(figures)
+            elif "rollout_log_probs" in present and (config.get("rollout_is") or config.get("rollout_rs")):
+                raise ValueError("algorithm.rollout_correction needs the actor's old_log_probs in TransferQueue "
+                                 "before the advantage step (verl's decoupled mode computes them)")
         metrics.update(self.trace_metrics)
         return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
 
