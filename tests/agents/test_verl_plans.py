@@ -83,6 +83,62 @@ def test_a_prompt_is_planned_once_and_a_corrupt_state_is_refused():
 
 def test_a_plans_pool_never_feeds_another_plan():
     pools = ContinuationPools()
-    pools.give(0, 3)
-    assert pools.take(1, 5) == 0 and pools.take(0, 2) == 2
-    assert pools.close([0, 1]) == 1 and pools.pools == {}
+    pools.give(0, "a", 3)
+    assert pools.take(1, "b", 5) == 0 and pools.take(0, "c", 2) == 2
+    assert pools.close([0, 1]) == 1 and pools.nets == {} and pools.left == {}
+
+
+@st.composite
+def pool_histories(draw):
+    """Prompts of one plan starting (again: a re-issue), giving and taking in a random order,
+    with checkpoints (the pools saved and restored) between any two calls."""
+    uids = st.sampled_from("abcd")
+    step = st.one_of(st.tuples(st.just("begin"), uids, st.just(0)),
+                     st.tuples(st.just("give"), uids, st.integers(0, 4)),
+                     st.tuples(st.just("take"), uids, st.integers(0, 4)),
+                     st.tuples(st.just("checkpoint"), st.just(""), st.just(0)))
+    return draw(st.lists(step, max_size=40))
+
+
+@examples(100)
+@given(pool_histories())
+def test_a_pool_holds_what_the_current_attempts_gave_less_what_they_took(history):
+    """A re-issued prompt's earlier attempt counts for nothing: the pool is always the current
+    attempts' gifts less their draws, pays out only from a positive balance, and a checkpoint
+    changes nothing."""
+    pools = ContinuationPools()
+    net = dict.fromkeys("abcd", 0)  # the current attempt's contribution, per prompt
+    for kind, uid, amount in history:
+        before = pools.left.get(0, 0.0)
+        if kind == "begin":
+            pools.begin(0, uid)
+            net[uid] = 0
+        elif kind == "give":
+            pools.give(0, uid, amount)
+            net[uid] += amount
+        elif kind == "take":
+            got = pools.take(0, uid, amount)
+            assert got == min(amount, max(0.0, before))
+            net[uid] -= got
+        else:
+            restored = ContinuationPools()
+            restored.load_state_dict(pools.state_dict(), open_plans=[0])
+            pools = restored
+        assert pools.left.get(0, 0.0) == sum(net.values())
+    assert pools.close([0]) == max(0, sum(net.values()))
+
+
+@pytest.mark.parametrize("damage", [
+    lambda s: s["plans"].append({"id": 7, "nets": {}}),  # a plan the ledger does not hold open
+    lambda s: s["plans"].append(dict(s["plans"][0])),  # the same plan twice
+    lambda s: s["plans"][0]["nets"].update(a=float("nan")),
+    lambda s: s["plans"][0]["nets"].update(a="lots"),
+    lambda s: s["plans"][0].pop("nets"),
+])
+def test_a_damaged_pools_state_is_refused(damage):
+    pools = ContinuationPools()
+    pools.give(0, "a", 2)
+    state = pools.state_dict()
+    damage(state)
+    with pytest.raises((ValueError, KeyError)):
+        ContinuationPools().load_state_dict(state, open_plans=[0])

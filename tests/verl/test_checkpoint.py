@@ -13,7 +13,9 @@ from omegaconf import open_dict
 from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
 from trace_agents.verl.main import AGENT_LOOP_YAML
+from trace_agents.verl.plans import ContinuationPools
 from trace_agents.verl.trainer import TRACE_STATE, TraceTrainer
+from trace_allocation import Budget
 
 TEXTS = ["What is 2+3?", "What is 17*23?", "Add 4 and 9.", "What is 100-58?"]
 
@@ -111,4 +113,55 @@ def test_a_damaged_trace_state_is_a_clear_error(tmp_path, verl_checkpoints, dama
         grpo.global_steps = 2
         grpo._save_checkpoint()
     with pytest.raises(ValueError, match="TRACE|checkpoint state"):
+        trainer(tmp_path)._load_checkpoint()
+
+
+class LocalManager:
+    """`TraceAgentLoopManager`'s pool calls over real pools, without Ray."""
+
+    def __init__(self) -> None:
+        self.pools = ContinuationPools()
+
+    def pools_state(self) -> dict:
+        return self.pools.state_dict()
+
+    def load_pools(self, state: dict, open_plans: list[int]) -> None:
+        self.pools.load_state_dict(state, open_plans)
+
+
+def a_run_with_an_open_plan(tmp_path) -> TraceTrainer:
+    """An asynchronous run's state at a checkpoint: plan 0 open, prompt "a" gave its pool 2
+    continuations and "b" drew 1 of them."""
+    first = trainer(tmp_path)
+    first.plans.open(["a", "b"], Budget(6), step=1, counts=[2, 2])
+    first.agent_loop_manager = LocalManager()
+    first.agent_loop_manager.pools.give(0, "a", 2)
+    first.agent_loop_manager.pools.take(0, "b", 1)
+    first.global_steps = 1
+    first._save_checkpoint()
+    return first
+
+
+def test_the_open_plans_stage2_pools_reach_the_run_before_verl_reissues_its_prompts(tmp_path, verl_checkpoints,
+                                                                                 monkeypatch):
+    """verl loads the checkpoint in ``init_workers`` (no agent-loop manager yet) and re-issues the
+    in-flight prompts in ``fit`` once it has one: the pools must be in the run's `PlanPools` then."""
+    a_run_with_an_open_plan(tmp_path)
+    seen: list[dict] = []
+    monkeypatch.setattr(PPOTrainer, "_reissue_inflight_prompts",
+                        lambda self, partition_id="train": seen.append(self.agent_loop_manager.pools.left) or 0)
+    resumed = trainer(tmp_path)
+    resumed._load_checkpoint()
+    resumed.agent_loop_manager = LocalManager()
+    resumed._reissue_inflight_prompts()
+    assert seen == [{0: 1.0}] and set(resumed.plans.plans) == {0}
+    resumed.agent_loop_manager.pools.begin(0, "b")  # "b" was in flight: re-issued, its draw returns
+    assert resumed.agent_loop_manager.pools.left == {0: 2.0}
+
+
+def test_a_damaged_pools_state_is_a_clear_error_at_load(tmp_path, verl_checkpoints):
+    a_run_with_an_open_plan(tmp_path)
+    state = tmp_path / "global_step_1" / TRACE_STATE / "state.json"
+    state.write_text(state.read_text().replace('"a": 2.0', '"a": NaN'))
+    with pytest.raises(ValueError, match="cannot resume TRACE's state.*not finite"):
         trainer(tmp_path)._load_checkpoint()

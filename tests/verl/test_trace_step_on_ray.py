@@ -280,6 +280,13 @@ def test_trace_under_verls_colocate_async_trainer_charges_each_group_to_its_own_
         assert sum(len(p.open) for p in trainer.plans.plans.values()) == PROMPTS
         assert {p.step for p in trainer.plans.plans.values()} == {2}
         json.dumps(figures)
+        # the open plans' Stage 2 pools, as a checkpoint saves them, read from and restored into
+        # the run's real `PlanPools` actor
+        pools = trainer.trace_state()["pools"]
+        assert {p["id"] for p in pools["plans"]} <= set(trainer.plans.plans)
+        json.dumps(pools)
+        trainer.agent_loop_manager.load_pools(pools, list(trainer.plans.plans))
+        assert trainer.agent_loop_manager.pools_state() == pools
 
 
 def test_verls_rollout_correction_weighs_each_row_by_the_tokens_it_trains(setup):

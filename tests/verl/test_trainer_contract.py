@@ -105,11 +105,13 @@ def test_settings_the_trainer_would_silently_drop_are_refused_before_ray_starts(
 
 
 class LocalPools:
-    """A `PlanPools` actor handle's call shape (``await pools.take.remote(plan, n)``) over the real pools."""
+    """A `PlanPools` actor handle's call shape (``await pools.take.remote(plan, uid, n)``) over the
+    real pools."""
 
     def __init__(self) -> None:
         self.pools = ContinuationPools()
-        self.take, self.give = (SimpleNamespace(remote=self._remote(f)) for f in (self.pools.take, self.pools.give))
+        for name in ("begin", "take", "give"):
+            setattr(self, name, SimpleNamespace(remote=self._remote(getattr(self.pools, name))))
 
     @staticmethod
     def _remote(method):
@@ -140,4 +142,26 @@ def test_a_prompt_verl_marks_greedy_is_sampled_greedily(monkeypatch):
         asyncio.run(worker._run_prompt(prompt, {"temperature": 1.0, "top_p": 0.9}, {"validate": False}))
     assert seen[0]["temperature"] == 1.0 and seen[1]["temperature"] == 0
     # each prompt's sessions raised: its Stage 2 share (2) went to its own plan's pool
-    assert {p: pool.left for p, pool in worker.pools.pools.pools.items()} == {0: 2, 3: 2}
+    assert worker.pools.pools.left == {0: 2, 3: 2}
+
+
+def test_a_re_issued_prompt_replaces_its_earlier_attempts_share_in_its_plans_pool(monkeypatch):
+    """verl re-issues a resumed run's in-flight prompts: the real worker's second attempt of a
+    prompt withdraws what the first gave its plan's pool, so a share is never counted twice."""
+    worker = object.__new__(TraceAgentLoopWorker)
+    worker.allocator = SimpleNamespace(continuations_per_root=2)
+    worker.pools = LocalPools()
+    worker.config = SimpleNamespace(actor_rollout_ref=SimpleNamespace(rollout=SimpleNamespace(n=1)))
+
+    async def run_agent_loop(params, **_):
+        raise RuntimeError("no engine here")  # every session fails: the prompt gives its whole share
+
+    async def put(**_):
+        return None
+
+    monkeypatch.setattr(worker, "_run_agent_loop", run_agent_loop, raising=False)
+    monkeypatch.setattr("trace_agents.verl.trainer.tq.async_kv_put", put)
+    for uid in ("a", "b", "a"):  # "a" again: re-issued after a resume
+        prompt = {"uid": uid, "__rollout_n__": 1, CONTINUATIONS_KEY: 2, PLAN_KEY: 0}
+        asyncio.run(worker._run_prompt(prompt, {"temperature": 1.0}, {"validate": False}))
+    assert worker.pools.pools.nets == {0: {"a": 2.0, "b": 2.0}} and worker.pools.pools.left == {0: 4.0}

@@ -6,21 +6,21 @@ train whichever groups finished first: a prompt planned while step k ran may be 
 k+2, or evicted as stale and never trained. A budget on the trainer's step would charge it to
 the wrong step. The ledger keys budgets by plan id instead; the plan id travels with each prompt
 row (`PLAN_KEY`, persisted by TransferQueue with the row, so a re-issued prompt keeps it), and
-each plan's Stage 2 pool is a `ContinuationPools` entry under the same id. A plan closes once
-each of its prompts was trained or evicted; the synchronous trainer is the case of one plan
-per step, closed by the step that opened it.
+each plan's Stage 2 pool is a `ContinuationPools` entry under the same id (checkpointed with the
+open plans). A plan closes once each of its prompts was trained or evicted; the synchronous
+trainer is the case of one plan per step, closed by the step that opened it.
 
 No verl import: `trace_agents.verl.trainer` wires this into verl, the tests drive it directly.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from trace_allocation import Budget
-from trace_allocation.driver import ContinuationPool
 
 PLAN_KEY = "__trace_plan__"
 """Per-row batch column: the id of the plan that counted the prompt's rollouts."""
@@ -146,22 +146,63 @@ class PlanLedger:
 
 
 class ContinuationPools:
-    """One `ContinuationPool` per open plan: a prompt's unused Stage 2 share goes to the later
-    prompts of its own plan, never to another plan's budget. A plan the pools do not know (its
-    prompts were re-issued after a resume, the pools were not checkpointed) starts empty."""
+    """One Stage 2 pool per open plan: a prompt's unused Stage 2 share goes to the later prompts
+    of its own plan, never to another plan's budget.
+
+    Each prompt's net contribution (what it gave less what it took) is kept, so that a prompt
+    run again (verl re-issues the in-flight prompts of a resumed run) first withdraws what its
+    earlier attempt gave and returns what it took (`begin`), and so that the pools of the open
+    plans are checkpointed with them (`state_dict`). A withdrawal may leave a pool in debt
+    (a later prompt drew the share): it pays nothing out until prompts give it back."""
 
     def __init__(self) -> None:
-        self.pools: dict[int, ContinuationPool] = {}
+        self.nets: dict[int, dict[str, float]] = {}
+        self.left: dict[int, float] = {}
 
-    def give(self, plan: int, amount: float) -> None:
-        self.pools.setdefault(plan, ContinuationPool()).give(amount)
+    def begin(self, plan: int, uid: str) -> None:
+        """Prompt ``uid`` of ``plan`` (re)starts: its earlier attempt's contribution is withdrawn."""
+        net = self.nets.get(plan, {}).pop(uid, 0.0)
+        if net:
+            self.left[plan] -= net
 
-    def take(self, plan: int, most: float) -> float:
-        return self.pools.setdefault(plan, ContinuationPool()).take(most)
+    def give(self, plan: int, uid: str, amount: float) -> None:
+        self._add(plan, uid, max(0.0, float(amount)))
+
+    def take(self, plan: int, uid: str, most: float) -> float:
+        got = min(max(0.0, float(most)), max(0.0, self.left.get(plan, 0.0)))
+        self._add(plan, uid, -got)
+        return got
+
+    def _add(self, plan: int, uid: str, amount: float) -> None:
+        nets = self.nets.setdefault(plan, {})
+        nets[uid] = nets.get(uid, 0.0) + amount
+        self.left[plan] = self.left.get(plan, 0.0) + amount
 
     def close(self, plans: Iterable[int]) -> float:
         """Forget closed plans; returns what their pools left unspent."""
-        return sum(self.pools.pop(p).left for p in plans if p in self.pools)
+        unspent = 0.0
+        for p in plans:
+            self.nets.pop(p, None)
+            unspent += max(0.0, self.left.pop(p, 0.0))
+        return unspent
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"plans": [{"id": p, "nets": dict(nets)} for p, nets in self.nets.items()]}
+
+    def load_state_dict(self, state: dict[str, Any], open_plans: Iterable[int]) -> None:
+        """Restore the pools of ``open_plans`` (the ledger's, loaded from the same checkpoint);
+        a pool of any other plan, or a contribution that is not a finite number, is refused."""
+        known = set(open_plans)
+        nets: dict[int, dict[str, float]] = {}
+        for entry in state["plans"]:
+            plan = int(entry["id"])
+            if plan not in known or plan in nets:
+                raise ValueError(f"a Stage 2 pool of plan {plan}, which is not an open plan of the ledger")
+            nets[plan] = {str(u): float(v) for u, v in dict(entry["nets"]).items()}
+            if not all(math.isfinite(v) for v in nets[plan].values()):
+                raise ValueError(f"plan {plan}'s Stage 2 pool holds a contribution that is not finite")
+        self.nets = nets
+        self.left = {p: math.fsum(n.values()) for p, n in nets.items()}
 
 
 __all__ = ["PLAN_KEY", "Closed", "ContinuationPools", "Plan", "PlanLedger"]

@@ -162,6 +162,9 @@ class _TraceSteps:
         """The budget of the latest plan (in the synchronous trainer: this step's)."""
         self.refits = 0
         self._shipped: int | None = None
+        self.restored_pools: dict[str, Any] | None = None
+        """The open plans' Stage 2 pools read from a checkpoint, for the run's `PlanPools` once
+        ``fit()`` has its agent-loop manager (`_reissue_inflight_prompts`)."""
         self._begin_step()
         super().__init__(config)
 
@@ -334,9 +337,11 @@ class _TraceSteps:
     # ------------------------------------------------------------------ checkpoints
     def trace_state(self) -> dict[str, Any]:
         predictor = self.sampler.allocator.predictor
+        manager = getattr(self, "agent_loop_manager", None)  # verl sets it in fit()
         return {"alloc_rng": self.alloc_rng.bit_generator.state, "unpaid": self.sampler.driver.unpaid,
                 "predictor": None if predictor is None else predictor.state_dict(),
-                "plans": self.plans.state_dict()}
+                "plans": self.plans.state_dict(),
+                "pools": manager.pools_state() if hasattr(manager, "pools_state") else None}
 
     def load_trace_state(self, state: dict[str, Any]) -> None:
         predictor = self.sampler.allocator.predictor
@@ -348,6 +353,18 @@ class _TraceSteps:
             predictor.load_state_dict(state["predictor"])
         if state.get("plans") is not None:  # saved before plans were kept: a synchronous run has none open
             self.plans.load_state_dict(state["plans"])
+        if state.get("pools") is not None:  # saved before the pools were kept: the open plans' pools start empty
+            ContinuationPools().load_state_dict(state["pools"], self.plans.plans)  # refused now, not in fit()
+            self.restored_pools = state["pools"]
+
+    def _reissue_inflight_prompts(self, partition_id: str = "train") -> int:
+        """The checkpoint's Stage 2 pools go to the run's `PlanPools` before verl re-issues the
+        prompts that were in flight; each of those withdraws its earlier attempt's share as it
+        begins again (`ContinuationPools.begin`)."""
+        if self.restored_pools is not None:
+            self.agent_loop_manager.load_pools(self.restored_pools, list(self.plans.plans))
+            self.restored_pools = None
+        return super()._reissue_inflight_prompts(partition_id)
 
     def _save_checkpoint(self) -> None:
         """TRACE's state first: verl marks the step saved (``latest_checkpointed_iteration.txt``)
@@ -459,6 +476,7 @@ class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             return await super()._run_prompt(prompt, sampling_params, trajectory, trace)
         uid, plan = prompt["uid"], int(plan)
         await tq.async_kv_put(key=uid, partition_id="train", tag={"status": "running"})
+        await self.pools.begin.remote(plan, uid)  # a re-issued prompt withdraws its earlier attempt's share
         status, unplanned = "finished", cap
         try:
             n = int(prompt.pop("__rollout_n__", self.config.actor_rollout_ref.rollout.n))
@@ -470,11 +488,11 @@ class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             if len(episodes) < n:
                 status = "failure"
             request = pool_request(self.allocator, episodes)
-            extra = int(await self.pools.take.remote(plan, request)) if request else 0
+            extra = int(await self.pools.take.remote(plan, uid, request)) if request else 0
             unplanned += extra
             branches = plan_prompt(self.allocator, episodes, cap, extra=extra) if episodes else []
             unplanned -= len(branches)
-            await self.pools.give.remote(plan, unplanned)  # at once, so that prompts planned later may draw it
+            await self.pools.give.remote(plan, uid, unplanned)  # at once, so that prompts planned later may draw it
             unplanned = 0
             conts = await self._sessions(params, trajectory, trace, prompt, branches, first=n)
             if any(o is None for o in conts):
@@ -483,7 +501,7 @@ class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             logger.exception("TRACE prompt %s failed", uid)
             status = "failure"
             if unplanned:
-                await self.pools.give.remote(plan, unplanned)
+                await self.pools.give.remote(plan, uid, unplanned)
         await tq.async_kv_put(key=uid, partition_id="train", tag={"status": status})
 
     async def _sessions(self, params, trajectory, trace, prompt, branches, *, first: int) -> list[Any]:
@@ -518,6 +536,12 @@ class TraceAgentLoopManager(AgentLoopManagerTQ):
     def close_plans(self, plans: list[int]) -> float:
         """Drop the closed plans' pools; returns what they left unspent."""
         return float(ray.get(self.pools.close.remote(plans)))
+
+    def pools_state(self) -> dict[str, Any]:
+        return ray.get(self.pools.state_dict.remote())
+
+    def load_pools(self, state: dict[str, Any], open_plans: list[int]) -> None:
+        ray.get(self.pools.load_state_dict.remote(state, open_plans))
 
 
 @ray.remote
