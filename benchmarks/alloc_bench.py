@@ -35,7 +35,8 @@ def main() -> None:
     for name, values in pools.items():
         report[f"stage1_ms_{name}"] = round(best_ms(lambda: allocate_roots(values, 2048, m_min=2, m_max=16), 10), 2)
         counts = allocate_roots(values, 2048, m_min=2, m_max=16)
-        report[f"stage1_gap_to_dp_{name}"] = root_optimum_dp(values, 2048, 2, 16) - float(root_value(values, counts).sum())
+        report[f"stage1_gap_to_dp_{name}"] = (root_optimum_dp(values, 2048, 2, 16)
+                                              - float(root_value(values, counts).sum()))
     q = rng.random(160)
     report["stage2_ms"] = round(best_ms(lambda: allocate_prefixes(q, 32), 200), 3)
     print(json.dumps(report))

@@ -3,8 +3,9 @@
     python benchmarks/dialect_bench.py [--turns 200] [--json]
 
 Uses the families' real chat templates (the trl wheel's, or those shipped with the dialects) on
-the project's tiny tokenizer (``tests/agents/family_tokenizers.py``) and a search-env turn with two parallel calls where the
-format allows them. Prints milliseconds per turn for parsing and for the observation segment.
+the project's tiny tokenizer (``tests/agents/family_tokenizers.py``) and a search-env turn with two
+parallel calls where the format allows them. Prints milliseconds per turn for parsing and for the
+observation segment.
 """
 
 from __future__ import annotations

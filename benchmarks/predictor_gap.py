@@ -102,7 +102,8 @@ def main() -> None:
                 for method, row in rows.items():
                     row[f"gap_closed_{key}"] = (row[key] - base[key]) / gap if gap else None
                     row[f"gap_closed_{key}_by_seed"] = [
-                        (m - b) / g if g else None for m, b, g in zip(row[f"{key}_by_seed"], base[f"{key}_by_seed"], gaps)]
+                        (m - b) / g if g else None
+                        for m, b, g in zip(row[f"{key}_by_seed"], base[f"{key}_by_seed"], gaps)]
         report[unit] = rows
     print(json.dumps(report, indent=1))
 

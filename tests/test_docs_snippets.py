@@ -154,7 +154,8 @@ def test_block_runs(block: Block, sandboxes):
     except subprocess.TimeoutExpired:
         pytest.fail(f"{block.id}: still running after {TIMEOUT_S} s (mark it <!-- fragment --> if "
                     "it is a server, or make it smaller)")
-    assert done.returncode == 0, f"{block.id} failed:\n{block.code}\n--- output\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+    assert done.returncode == 0, (f"{block.id} failed:\n{block.code}\n--- output\n"
+                                  f"{done.stdout[-3000:]}{done.stderr[-3000:]}")
 
 
 REPO_PATH = re.compile(r"`((?:examples|scripts|benchmarks|docs|tests|trace_envs|trace_agents|"

@@ -1,7 +1,7 @@
 """Offline stand-ins for each family's tokenizer: the project's tiny BPE with the family's real chat
-template from the ``trl`` wheel (or shipped with the dialects), its special tokens added as single tokens and its end-of-turn
-token as eos. Rendering, parsing and token segments then behave as with the real tokenizer (only
-ordinary text splits into different pieces)."""
+template from the ``trl`` wheel (or shipped with the dialects), its special tokens added as single
+tokens and its end-of-turn token as eos. Rendering, parsing and token segments then behave as with
+the real tokenizer (only ordinary text splits into different pieces)."""
 
 from __future__ import annotations
 

@@ -38,7 +38,8 @@ QWEN3_LIKE = (
     "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
     "{%- endif %}"
 )
-OBSERVATION_SEGMENT = "<|im_end|>\n<|im_start|>user\n<tool_response>\n5\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+OBSERVATION_SEGMENT = ("<|im_end|>\n<|im_start|>user\n<tool_response>\n5\n</tool_response><|im_end|>\n"
+                       "<|im_start|>assistant\n")
 
 
 @pytest.fixture(scope="module")

@@ -165,11 +165,13 @@ def test_a_malformed_call_is_an_error_observation(dialects, family, search_env):
 
 PUBLISHED_FORMS = [
     # OpenAI's harmony guide: the recipient in the channel header, with <|constrain|>
-    ("harmony", '<|channel|>commentary to=functions.calculator <|constrain|>json<|message|>{"expression": "2*3"}<|call|>'),
+    ("harmony", '<|channel|>commentary to=functions.calculator <|constrain|>json<|message|>'
+                '{"expression": "2*3"}<|call|>'),
     ("harmony", '<|channel|>commentary to=functions.calculator<|message|>{"expression": "2*3"}<|call|>'),
     ("harmony", '<|channel|>analysis<|message|>multiply<|end|><|start|>assistant<|channel|>commentary '
                 'to=functions.calculator <|constrain|>json<|message|>{"expression": "2*3"}<|call|>'),
-    ("harmony", ' to=functions.calculator<|channel|>commentary <|constrain|>json<|message|>{"expression": "2*3"}<|call|>'),
+    ("harmony", ' to=functions.calculator<|channel|>commentary <|constrain|>json<|message|>'
+                '{"expression": "2*3"}<|call|>'),
     # Llama 3.x replies beside Meta's {"name", "parameters"}
     ("llama3_json", '{"name": "calculator", "arguments": {"expression": "2*3"}}'),
     ("llama3_json", '{"type": "function", "name": "calculator", "parameters": {"expression": "2*3"}}'),
@@ -198,7 +200,8 @@ def test_every_published_call_form_is_read(dialects, family, reply):
     env.reset(seed=0)
     action = dialects[family].parse(reply, env)
     if template_parser():
-        assert [(c.name, c.arguments, c.error) for c in action.tool_calls] == [("calculator", {"expression": "2*3"}, None)]
+        assert [(c.name, c.arguments, c.error) for c in action.tool_calls] == [
+            ("calculator", {"expression": "2*3"}, None)]
     else:  # trl's legacy schemas know only the template's own form: an error the model reads, never a final answer
         assert action.tool_calls
 

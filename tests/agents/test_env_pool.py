@@ -74,7 +74,7 @@ def test_every_episode_is_returned_once(tiny, k, workers, trees):
         assert len(leaves) == k and len({id(n) for n in nodes}) == len(nodes)
         assert {id(e.leaf) for e in group} == {id(leaf) for leaf in leaves}
         # the root's children are in episode order
-        assert [c for c in tree.root.children] == [e.leaf.path()[1] for e in group]
+        assert list(tree.root.children) == [e.leaf.path()[1] for e in group]
 
 
 def _tree_record(tree):

@@ -30,8 +30,8 @@ def _recording(records: list[tuple[str, list, list[tuple[int, str, list]]]]) -> 
         own_row, row = row, row + 1
         recorded = []
         for rollout, turn, rewards in prefixes:
-            recorded.append(Prefix(rollout=rollout, depth=1, transcript=f"{text}{TURN_MARK}{turn}", tokens=5, hidden_row=row,
-                                   continuations=[_outcome(r, 1) for r in rewards]))
+            recorded.append(Prefix(rollout=rollout, depth=1, transcript=f"{text}{TURN_MARK}{turn}", tokens=5,
+                                   hidden_row=row, continuations=[_outcome(r, 1) for r in rewards]))
             row += 1
         prompts.append(PromptRecord(index=index, task_id=str(index), prompt=text, prompt_tokens=3, hidden_row=own_row,
                                     bare=[_outcome(r) for r in bare], prefixes=recorded))
@@ -90,7 +90,8 @@ def test_cli_replays_a_recording(capsys, tmp_path):
     (["--data", "x.npz"], "go together"),
     (["--world", "replay", "--data", "missing.npz"], "no recording"),
     (["--world", "replay", "--data", str(SHIPPED / "README.md")], "not a valid recording"),
-    (["--world", "replay", "--data", str(SHIPPED / "smollm2-calculator-warm.npz"), "--experiments", "ad"], "a, b and c"),
+    (["--world", "replay", "--data", str(SHIPPED / "smollm2-calculator-warm.npz"), "--experiments", "ad"],
+     "a, b and c"),
 ])
 def test_cli_refuses_bad_replay_flags(argv, message, capsys):
     assert main(["simulate", "--quick", "--no-progress", *argv]) != 0

@@ -67,7 +67,8 @@ def test_active_roots_with_prices_still_use_the_budget():
     lengths.observe("short", 2.0)
     lengths.observe("long", 8.0)
     budget = Budget(40, unit="turns", estimates=(2.0, 1.0), prices=lengths)
-    counts = TreeAllocator(predictor, continuations_per_root=0, m_max=16, rng=np.random.default_rng(0)).plan_roots(["short", "long"], budget)
+    counts = TreeAllocator(predictor, continuations_per_root=0, m_max=16,
+                           rng=np.random.default_rng(0)).plan_roots(["short", "long"], budget)
     assert float(counts @ np.array([2.0, 8.0])) <= 40 and counts.sum() >= 8
 
 
@@ -90,7 +91,8 @@ def test_trace_continuations_go_to_surprising_prefixes_and_spend_m_times_n():
 
 def test_uniform_continuations_spread_over_eligible_prefixes():
     tree = _two_rollout_tree()
-    allocator = TreeAllocator(None, roots="uniform", prefixes="uniform", continuations_per_root=3, rng=np.random.default_rng(1))
+    allocator = TreeAllocator(None, roots="uniform", prefixes="uniform", continuations_per_root=3,
+                              rng=np.random.default_rng(1))
     plan = allocator.plan_continuations(tree)
     assert sum(k for _, k in plan) == 6
     assert {n.prefix_text for n, _ in plan} <= {"p\na1", "p\na1\na2", "p\nb1"}

@@ -38,7 +38,8 @@ def test_lexical_learns_a_noisy_signal_and_beats_the_constant():
     model.update(texts[:2000], outcomes[:2000])
     held_out = model.predict(texts[2000:])
     assert brier_score(held_out, p[2000:]) < 0.035  # 8 tokens carry ~0.02 of irreducible error
-    assert brier_score(held_out, outcomes[2000:]) < brier_score(np.full(1000, outcomes[:2000].mean()), outcomes[2000:]) - 0.03
+    assert (brier_score(held_out, outcomes[2000:])
+            < brier_score(np.full(1000, outcomes[:2000].mean()), outcomes[2000:]) - 0.03)
 
 
 def test_lexical_is_deterministic_and_respects_weights():
@@ -90,7 +91,8 @@ def test_frozen_minilm_head_learns(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from trace_allocation.predictors import EncoderPredictor
 
-    texts = [f"the search found the answer {i}" for i in range(16)] + [f"error: tool call failed {i}" for i in range(16)]
+    texts = ([f"the search found the answer {i}" for i in range(16)]
+             + [f"error: tool call failed {i}" for i in range(16)])
     targets = np.array([1.0] * 16 + [0.0] * 16)
     model = EncoderPredictor(learning_rate=0.05, epochs=30)
     model.update(texts, targets)

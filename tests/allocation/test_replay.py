@@ -29,7 +29,8 @@ from trace_allocation.tree import TURN_MARK, RolloutTree
 def _prompt(i: int, rewards, *, prefix_rewards=(0.0, 1.0)) -> ReplayPrompt:
     """Prompt i: bare rollouts with `rewards` (2 turns each); rollout 0 has a recorded prefix."""
     text = f"prompt {i}"
-    prefix = ReplayPrefix(f"{text}{TURN_MARK}call {i}", np.array(prefix_rewards, dtype=float), np.ones(len(prefix_rewards)))
+    prefix = ReplayPrefix(f"{text}{TURN_MARK}call {i}", np.array(prefix_rewards, dtype=float),
+                          np.ones(len(prefix_rewards)))
     rewards = np.array(rewards, dtype=float)
     paths = ((0,),) + ((),) * (rewards.size - 1)
     return ReplayPrompt(text, rewards, np.full(rewards.size, 2.0), paths, (prefix,))

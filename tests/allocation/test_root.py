@@ -70,7 +70,7 @@ def test_edge_cases():
     assert allocate_roots(np.array([0.5]), 100).tolist() == [16]  # capped at m_max
 
 
-@pytest.mark.parametrize("bad", [dict(m_min=0), dict(m_min=5, m_max=4)])
+@pytest.mark.parametrize("bad", [{"m_min": 0}, {"m_min": 5, "m_max": 4}])
 def test_rejects_bad_bounds(bad):
     with pytest.raises(ValueError):
         allocate_roots(np.array([0.5]), 4, **bad)

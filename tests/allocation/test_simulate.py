@@ -84,7 +84,8 @@ def test_dapo_over_samples_trains_its_quota_and_reports_its_cost():
         assert s.trained_trees == min(quota, s.mixed_trees) and s.mixed_trees >= quota
         assert s.prompts_opened * sc.grpo_group == s.roots  # every group it paid for is counted
         assert s.effective_ratio == pytest.approx(s.mixed_trees / s.prompts_opened)
-    capped = simulate(sc.with_(dapo_budget_multiple=1.0), allocators(sc.with_(dapo_budget_multiple=1.0))["dapo"], name="dapo")
+    capped = simulate(sc.with_(dapo_budget_multiple=1.0), allocators(sc.with_(dapo_budget_multiple=1.0))["dapo"],
+                      name="dapo")
     grpo = simulate(sc, allocators(sc)["grpo"], name="grpo")
     assert [s.cost_trajectory for s in capped.steps] == [s.cost_trajectory for s in grpo.steps]
 
@@ -128,7 +129,8 @@ def test_sweep_keeps_grpo_calibrated_and_rows_lead_with_the_headline():
         (0.0, "grpo"), (0.0, "trace_oracle"), (0.9, "grpo"), (0.9, "trace_oracle")]
     for share in (0.0, 0.9):
         world = SyntheticTasks(SMALL.with_(topic_share=share))
-        assert mixed_rate(world.probit(np.arange(SMALL.n_prompts), 0), SMALL.grpo_group) == pytest.approx(0.27, abs=1e-6)
+        assert (mixed_rate(world.probit(np.arange(SMALL.n_prompts), 0), SMALL.grpo_group)
+                == pytest.approx(0.27, abs=1e-6))
     assert all(list(r)[2 : 2 + len(HEADLINE)] == list(HEADLINE) for r in rows)
 
 

@@ -97,7 +97,8 @@ def test_lone_surrogates_in_free_text_are_replaced():
     assert parsed.answer == "\ufffdx"
     assert parse_action('<tool_call>{"name": "a", "arguments": {"b": [' * 1 + "]}}</tool_call>").error is None
     deep = "[" * (MAX_CALL_DEPTH + 1) + "]" * (MAX_CALL_DEPTH + 1)
-    assert "nested" in parse_action(f'<tool_call>{{"name": "a", "arguments": {{"b": {deep}}}}}</tool_call>').tool_calls[0].error
+    assert "nested" in parse_action(
+        f'<tool_call>{{"name": "a", "arguments": {{"b": {deep}}}}}</tool_call>').tool_calls[0].error
 
 
 class Exploding(ToolEnv):

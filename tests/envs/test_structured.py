@@ -192,7 +192,8 @@ def test_transformers_reads_the_same_descriptions():
     theirs = get_json_schema(lookup)["function"]
     ours = _Env.lookup.schema()["function"]
     for name in ("city", "days"):
-        assert theirs["parameters"]["properties"][name]["description"] == ours["parameters"]["properties"][name]["description"]
+        assert (theirs["parameters"]["properties"][name]["description"]
+                == ours["parameters"]["properties"][name]["description"])
     assert json.dumps(ours)  # JSON-serialisable, as templates need
 
 

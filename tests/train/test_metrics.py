@@ -22,7 +22,8 @@ def test_corrupt_line_is_reported(tmp_path):
 def test_plots_are_written(tmp_path):
     records = [
         {"step": s, "allocator": a, "reward_mean": 0.1 * s, "effective_ratio": 0.5, "mixed_trees": 3,
-         "informative_share": 0.5, "cost_trajectory": 32.0, "cost_turns": 70.0, "predictor_brier": 0.2, "calibration": {"predicted": [0.2, 0.8], "observed": [0.3, 0.7]}}
+         "informative_share": 0.5, "cost_trajectory": 32.0, "cost_turns": 70.0, "predictor_brier": 0.2,
+         "calibration": {"predicted": [0.2, 0.8], "observed": [0.3, 0.7]}}
         for s in range(3) for a in ("trace", "grpo")
     ]
     paths = plot_metrics(records, tmp_path)

@@ -17,7 +17,8 @@ from trace_agents.verl import Branch, EnvSpec, Episode, EpisodeRunner, stop_para
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 
 
-def make_runner(policy, *, response_length: int = 4096, logprobs: bool = False, **kw) -> tuple[EpisodeRunner, ScriptedServer]:
+def make_runner(policy, *, response_length: int = 4096, logprobs: bool = False,
+                **kw) -> tuple[EpisodeRunner, ScriptedServer]:
     tok = ChatMLTokenizer()
     server = ScriptedServer(tok, policy, logprobs)
     return EpisodeRunner(server.generate, TextDialect(tok), response_length=response_length, **kw), server
@@ -49,7 +50,8 @@ def test_mask_reward_and_turns_of_a_solved_episode():
     assert runs[2][1] == f"<answer>{answer()}</answer><|im_end|>"
     assert ep.num_turns == 4  # prompt, action, observation, answer
     first, last = ep.turns
-    assert first.observation == "5" and first.snapshot and first.offset == ep.response_mask.index(1, ep.response_mask.index(0))
+    assert (first.observation == "5" and first.snapshot
+            and first.offset == ep.response_mask.index(1, ep.response_mask.index(0)))
     assert last.observation is None and last.snapshot is None
     # the prompt: the env's instructions, its tools in the system text, the task
     prompt = ChatMLTokenizer().decode(ep.prompt_ids)

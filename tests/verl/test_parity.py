@@ -93,7 +93,8 @@ def native_step(tokenizer):
     budget = Budget(settings.budget.total, continuation_cost=settings.budget.continuation_cost)
     result = asyncio.run(sampler.step([Candidate(env, t.id) for t in picked], budget))
     samples = training_samples(result.trees, mode=settings.optim.advantage, shared=settings.optim.shared_tokens)
-    advantages = Counter((s.path[0].prefix_text, s.leaf.prefix_text, d, round(float(np.float32(a)), 6))  # verl stores float32
+    # verl stores float32
+    advantages = Counter((s.path[0].prefix_text, s.leaf.prefix_text, d, round(float(np.float32(a)), 6))
                          for s in samples for d, a in s.advantages.items())
     continuations = Counter((e.tree.root.prefix_text, e.start.prefix_text) for e in result.episodes if e.continuation)
     return result.root_counts, continuations, budget, advantages, sampler.allocator.predictor
@@ -205,7 +206,8 @@ def test_both_wings_are_adapters_of_the_one_episode_loop(tokenizer, monkeypatch)
         return TokenOutput(token_ids=tokenizer.encode(text, add_special_tokens=False), stop_reason="completed")
 
     runner = EpisodeRunner(generate, TextDialect(tokenizer), response_length=4096)
-    flat = asyncio.run(runner.run(EnvSpec("trace/Calculator-v0", {"suite_options": SUITE}, task.id), {}, prompt_key="p"))
+    flat = asyncio.run(runner.run(EnvSpec("trace/Calculator-v0", {"suite_options": SUITE}, task.id), {},
+                                  prompt_key="p"))
 
     on_native, on_verl = played
     same = lambda t: (t.action, t.observation, t.action_ids, t.env_ids, t.reward, t.terminated, t.snapshot.payload)  # noqa: E731

@@ -26,16 +26,35 @@ FINGERPRINTS = {  # copied (_run_prompt), or relied on for its order (fit, step)
     "apply_greedy_sampling_params": (apply_greedy_sampling_params, "a367a538e74c95e0"),
 }
 SIGNATURES = {  # overridden or called with these parameters
-    "PPOTrainer.step": (PPOTrainer.step, "(self, metrics: dict, timing_raw: dict) -> transfer_queue.metadata.KVBatchMeta"),
+    "PPOTrainer.step": (PPOTrainer.step,
+                        "(self, metrics: dict, timing_raw: dict) -> transfer_queue.metadata.KVBatchMeta"),
     "PPOTrainer._save_checkpoint": (PPOTrainer._save_checkpoint, "(self)"),
     "PPOTrainer._load_checkpoint": (PPOTrainer._load_checkpoint, "(self)"),
-    "PPOTrainer._next_train_batch": (PPOTrainer._next_train_batch, "(self, num_prompts: int | None = None) -> tensordict._td.TensorDict"),
-    "PPOTrainer._submit_batch_to_rollout": (PPOTrainer._submit_batch_to_rollout, "(self, batch: tensordict._td.TensorDict) -> int"),
-    "PPOTrainer._build_replay_buffer": (PPOTrainer._build_replay_buffer, "(self) -> verl.trainer.ppo.v1.replay_buffer.ReplayBuffer"),
-    "ReplayBuffer._materialize_batch": (ReplayBuffer._materialize_batch, "(self, partition_id: str, selected_prompt_uids: list[str], partition_snapshot: dict[str, dict]) -> transfer_queue.metadata.KVBatchMeta"),
-    "ReplayBuffer._evict_terminal_groups": (ReplayBuffer._evict_terminal_groups, "(self, global_steps: int, partition_id: str, eviction_reasons: tuple[set[str], set[str], set[str], collections.Counter]) -> tuple[set[str], int, int, dict]"),
-    "AgentLoopWorkerTQ._run_agent_loop": (WORKER._run_agent_loop, "(self, sampling_params: dict[str, typing.Any], trajectory: dict[str, typing.Any], *, agent_name: str, trace: bool = True, _ray_trace_ctx=None, **kwargs) -> verl.experimental.agent_loop.agent_loop._InternalAgentLoopOutput"),
-    "AgentLoopWorkerTQ._agent_loop_postprocess": (WORKER._agent_loop_postprocess, "(self, output: verl.experimental.agent_loop.agent_loop.AgentLoopOutput | list[verl.experimental.agent_loop.agent_loop.AgentLoopOutput], validate, *, _ray_trace_ctx=None, **kwargs) -> None"),
+    "PPOTrainer._next_train_batch": (PPOTrainer._next_train_batch,
+                                     "(self, num_prompts: int | None = None) -> tensordict._td.TensorDict"),
+    "PPOTrainer._submit_batch_to_rollout": (PPOTrainer._submit_batch_to_rollout,
+                                            "(self, batch: tensordict._td.TensorDict) -> int"),
+    "PPOTrainer._build_replay_buffer": (PPOTrainer._build_replay_buffer,
+                                        "(self) -> verl.trainer.ppo.v1.replay_buffer.ReplayBuffer"),
+    "ReplayBuffer._materialize_batch": (
+        ReplayBuffer._materialize_batch,
+        "(self, partition_id: str, selected_prompt_uids: list[str], partition_snapshot: dict[str, dict]) "
+        "-> transfer_queue.metadata.KVBatchMeta"),
+    "ReplayBuffer._evict_terminal_groups": (
+        ReplayBuffer._evict_terminal_groups,
+        "(self, global_steps: int, partition_id: str, "
+        "eviction_reasons: tuple[set[str], set[str], set[str], collections.Counter]) "
+        "-> tuple[set[str], int, int, dict]"),
+    "AgentLoopWorkerTQ._run_agent_loop": (
+        WORKER._run_agent_loop,
+        "(self, sampling_params: dict[str, typing.Any], trajectory: dict[str, typing.Any], *, agent_name: str, "
+        "trace: bool = True, _ray_trace_ctx=None, **kwargs) "
+        "-> verl.experimental.agent_loop.agent_loop._InternalAgentLoopOutput"),
+    "AgentLoopWorkerTQ._agent_loop_postprocess": (
+        WORKER._agent_loop_postprocess,
+        "(self, output: verl.experimental.agent_loop.agent_loop.AgentLoopOutput "
+        "| list[verl.experimental.agent_loop.agent_loop.AgentLoopOutput], validate, *, _ray_trace_ctx=None, "
+        "**kwargs) -> None"),
 }
 
 
