@@ -85,7 +85,7 @@ def test_a_plans_pool_never_feeds_another_plan():
     pools = ContinuationPools()
     pools.give(0, "a", 3)
     assert pools.take(1, "b", 5) == 0 and pools.take(0, "c", 2) == 2
-    assert pools.close([0, 1]) == 1 and pools.nets == {} and pools.left == {}
+    assert pools.close([0, 1]) == 1 and pools.nets == {} and pools.left(0) == 0
 
 
 @st.composite
@@ -109,7 +109,7 @@ def test_a_pool_holds_what_the_current_attempts_gave_less_what_they_took(history
     pools = ContinuationPools()
     net = dict.fromkeys("abcd", 0)  # the current attempt's contribution, per prompt
     for kind, uid, amount in history:
-        before = pools.left.get(0, 0.0)
+        before = pools.left(0)
         if kind == "begin":
             pools.begin(0, uid)
             net[uid] = 0
@@ -124,7 +124,7 @@ def test_a_pool_holds_what_the_current_attempts_gave_less_what_they_took(history
             restored = ContinuationPools()
             restored.load_state_dict(pools.state_dict(), open_plans=[0])
             pools = restored
-        assert pools.left.get(0, 0.0) == sum(net.values())
+        assert pools.left(0) == sum(net.values())
     assert pools.close([0]) == max(0, sum(net.values()))
 
 

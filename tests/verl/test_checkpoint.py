@@ -149,14 +149,14 @@ def test_the_open_plans_stage2_pools_reach_the_run_before_verl_reissues_its_prom
     a_run_with_an_open_plan(tmp_path)
     seen: list[dict] = []
     monkeypatch.setattr(PPOTrainer, "_reissue_inflight_prompts",
-                        lambda self, partition_id="train": seen.append(self.agent_loop_manager.pools.left) or 0)
+                        lambda self, partition_id="train": seen.append(self.agent_loop_manager.pools.left(0)) or 0)
     resumed = trainer(tmp_path)
     resumed._load_checkpoint()
     resumed.agent_loop_manager = LocalManager()
     resumed._reissue_inflight_prompts()
-    assert seen == [{0: 1.0}] and set(resumed.plans.plans) == {0}
+    assert seen == [1.0] and set(resumed.plans.plans) == {0}
     resumed.agent_loop_manager.pools.begin(0, "b")  # "b" was in flight: re-issued, its draw returns
-    assert resumed.agent_loop_manager.pools.left == {0: 2.0}
+    assert resumed.agent_loop_manager.pools.left(0) == 2.0
 
 
 def test_a_damaged_pools_state_is_a_clear_error_at_load(tmp_path, verl_checkpoints):

@@ -142,7 +142,7 @@ def test_a_prompt_verl_marks_greedy_is_sampled_greedily(monkeypatch):
         asyncio.run(worker._run_prompt(prompt, {"temperature": 1.0, "top_p": 0.9}, {"validate": False}))
     assert seen[0]["temperature"] == 1.0 and seen[1]["temperature"] == 0
     # each prompt's sessions raised: its Stage 2 share (2) went to its own plan's pool
-    assert worker.pools.pools.left == {0: 2, 3: 2}
+    assert worker.pools.pools.nets == {0: {"u": 2.0}, 3: {"u": 2.0}}
 
 
 def test_a_re_issued_prompt_replaces_its_earlier_attempts_share_in_its_plans_pool(monkeypatch):
@@ -164,4 +164,4 @@ def test_a_re_issued_prompt_replaces_its_earlier_attempts_share_in_its_plans_poo
     for uid in ("a", "b", "a"):  # "a" again: re-issued after a resume
         prompt = {"uid": uid, "__rollout_n__": 1, CONTINUATIONS_KEY: 2, PLAN_KEY: 0}
         asyncio.run(worker._run_prompt(prompt, {"temperature": 1.0}, {"validate": False}))
-    assert worker.pools.pools.nets == {0: {"a": 2.0, "b": 2.0}} and worker.pools.pools.left == {0: 4.0}
+    assert worker.pools.pools.nets == {0: {"a": 2.0, "b": 2.0}} and worker.pools.pools.left(0) == 4.0

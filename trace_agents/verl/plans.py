@@ -157,33 +157,33 @@ class ContinuationPools:
 
     def __init__(self) -> None:
         self.nets: dict[int, dict[str, float]] = {}
-        self.left: dict[int, float] = {}
+
+    def left(self, plan: int) -> float:
+        """What ``plan``'s pool holds: its prompts' net contributions (below zero: in debt)."""
+        return math.fsum(self.nets.get(plan, {}).values())
 
     def begin(self, plan: int, uid: str) -> None:
         """Prompt ``uid`` of ``plan`` (re)starts: its earlier attempt's contribution is withdrawn."""
-        net = self.nets.get(plan, {}).pop(uid, 0.0)
-        if net:
-            self.left[plan] -= net
+        self.nets.get(plan, {}).pop(uid, None)
 
     def give(self, plan: int, uid: str, amount: float) -> None:
         self._add(plan, uid, max(0.0, float(amount)))
 
     def take(self, plan: int, uid: str, most: float) -> float:
-        got = min(max(0.0, float(most)), max(0.0, self.left.get(plan, 0.0)))
+        got = min(max(0.0, float(most)), max(0.0, self.left(plan)))
         self._add(plan, uid, -got)
         return got
 
     def _add(self, plan: int, uid: str, amount: float) -> None:
         nets = self.nets.setdefault(plan, {})
         nets[uid] = nets.get(uid, 0.0) + amount
-        self.left[plan] = self.left.get(plan, 0.0) + amount
 
     def close(self, plans: Iterable[int]) -> float:
         """Forget closed plans; returns what their pools left unspent."""
         unspent = 0.0
         for p in plans:
+            unspent += max(0.0, self.left(p))
             self.nets.pop(p, None)
-            unspent += max(0.0, self.left.pop(p, 0.0))
         return unspent
 
     def state_dict(self) -> dict[str, Any]:
@@ -202,7 +202,6 @@ class ContinuationPools:
             if not all(math.isfinite(v) for v in nets[plan].values()):
                 raise ValueError(f"plan {plan}'s Stage 2 pool holds a contribution that is not finite")
         self.nets = nets
-        self.left = {p: math.fsum(n.values()) for p, n in nets.items()}
 
 
 __all__ = ["PLAN_KEY", "Closed", "ContinuationPools", "Plan", "PlanLedger"]

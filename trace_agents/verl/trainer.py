@@ -476,9 +476,9 @@ class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             return await super()._run_prompt(prompt, sampling_params, trajectory, trace)
         uid, plan = prompt["uid"], int(plan)
         await tq.async_kv_put(key=uid, partition_id="train", tag={"status": "running"})
-        await self.pools.begin.remote(plan, uid)  # a re-issued prompt withdraws its earlier attempt's share
         status, unplanned = "finished", cap
         try:
+            await self.pools.begin.remote(plan, uid)  # a re-issued prompt withdraws its earlier attempt's share
             n = int(prompt.pop("__rollout_n__", self.config.actor_rollout_ref.rollout.n))
             params = dict(sampling_params)
             if not prompt.pop("__do_sample__", True):
