@@ -45,7 +45,8 @@ def test_every_plan_closes_once_with_what_its_own_prompts_spent(history):
                 expected[int(uid[1:].split("u")[0])] += 0.5 if flag else 1.0
             except BudgetExceeded:
                 pass
-            assert budget.spent <= budget.total
+            # within `Budget.can_afford`'s 1e-9: a total a float error under 2 still pays 2 roots
+            assert budget.spent <= budget.total + 1e-9
         else:
             ledger.settle([uid], trained=flag, step=9)
     closed = ledger.drain()
