@@ -52,14 +52,16 @@ def test_hf_batched_matches_one_at_a_time(tiny, max_batch_tokens):
 
 
 def test_requests_joining_a_running_batch_each_complete_once_as_if_alone(tiny):
-    """The engine steps back to back in its thread; requests that arrive at random moments (and
-    wait for one of 3 rows) get exactly one completion each, with their tokens and
+    """The engine steps back to back in its thread; requests that arrive together or at random
+    moments (and wait for one of 3 rows) get exactly one completion each, with their tokens and
     log-probabilities of running alone."""
     model, tok = tiny
     rng = random.Random(0)
     requests = [(_prompt(tok, "x" * rng.randint(0, 20)),
                  SamplingParams(1.0, 1.0, rng.randint(1, 10), seed=i)) for i in range(8)]
-    delays = [rng.uniform(0, 0.05) for _ in requests]
+    # the first four arrive together, so one of them waits for one of the 3 rows however fast the
+    # engine steps (with every arrival random, an idle machine finished each before the next came)
+    delays = [0.0] * 4 + [rng.uniform(0, 0.05) for _ in requests[4:]]
     alone = [HFEngine(model, tok).generate([r])[0] for r in requests]
     backend = HFBackend(model, tok, max_batch=3)
     calls: collections.Counter[int] = collections.Counter()
